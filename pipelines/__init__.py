@@ -1,0 +1,1 @@
+"""DALI graphs (decode + preprocess), the job runner and the ``fovea`` command line."""

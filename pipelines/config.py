@@ -1,0 +1,285 @@
+"""The job configuration: one YAML file, validated into typed objects before any work.
+
+Usage::
+
+    cfg = load_config("job.yaml", overrides={"sources": ["clips/"], "device": "cpu"})
+    cfg.postprocess.conf_threshold    # 0.25
+
+See ``examples/job.yaml`` for an annotated example. Every problem raises
+:class:`streams.errors.ConfigError` naming the key path (``sinks[0].path: ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from streams.errors import ConfigError
+from streams.registry import PluginConfig
+from streams.schema import from_dict
+
+ModelLayout = Literal["auto", "yolov8", "yolov5", "efficient_nms"]
+EngineKind = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One ``sources:`` entry in mapping form.
+
+    Exactly one of ``path`` (file, glob or directory), ``list`` (a text file with one
+    path per line) or ``uri`` (``rtsp://...``) is set. A plain string entry is a
+    ``path`` (or a ``uri`` when it has a scheme).
+    """
+
+    path: str | None = None
+    list: str | None = None
+    uri: str | None = None
+    id: str | None = None
+    transport: Literal["tcp", "udp"] = "tcp"
+    username: str | None = None
+    password: str | None = None
+
+    def validate(self, key: str) -> None:
+        given = [n for n in ("path", "list", "uri") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ConfigError(key, f"set exactly one of path, list, uri (got {given or 'none'})")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model:``: which network to run and how to read its outputs.
+
+    ``path`` is an ONNX file, a TorchScript/ExportedProgram file, or ``default`` for the
+    bundled detector. ``input_size`` is ``[height, width]``; ``None`` reads it from the
+    model when the model declares a static size.
+    """
+
+    path: str = "default"
+    layout: ModelLayout = "auto"
+    input_size: tuple[int, int] | None = None
+    class_names: list[str] | str | None = None
+
+    def validate(self, key: str) -> None:
+        if self.input_size is not None and any(v <= 0 or v % 2 for v in self.input_size):
+            raise ConfigError(f"{key}.input_size", f"expected 2 positive even integers, got {list(self.input_size)}")
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    """``engine.tensorrt:``: how TensorRT plans are built and cached."""
+
+    cache_dir: str = "~/.cache/fovea/engines"
+    workspace_mb: int = 4096
+    batch: tuple[int, int, int] | None = None  # min, opt, max; default 1, batch_size, batch_size
+    int8_calibration: list[str] | None = None   # videos whose frames calibrate INT8
+    calibration_frames: int = 512
+    efficient_nms: bool = False
+    timing_cache: bool = True
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """``engine:``: which backend runs the model, where, and how."""
+
+    kind: EngineKind = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    batch_size: int = 16
+    cuda_graphs: bool = True
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+    def validate(self, key: str) -> None:
+        if self.device != "auto" and self.device != "cpu" and not _is_cuda_device(self.device):
+            raise ConfigError(f"{key}.device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not 1 <= self.batch_size <= 1024:
+            raise ConfigError(f"{key}.batch_size", f"expected 1..1024, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """``preprocess:``: how frames become model input (done by DALI on the decode device)."""
+
+    resize: Literal["letterbox", "stretch"] = "letterbox"
+    pad_value: int = 114
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (255.0, 255.0, 255.0)
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+
+    def validate(self, key: str) -> None:
+        if not 0 <= self.pad_value <= 255:
+            raise ConfigError(f"{key}.pad_value", f"expected 0..255, got {self.pad_value}")
+        if any(s == 0 for s in self.std):
+            raise ConfigError(f"{key}.std", "values must be non-zero")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """``decode:``: where video is decoded and with how many concurrent sessions."""
+
+    backend: Literal["auto", "gpu", "cpu"] = "auto"
+    sessions: int = 4  # concurrent decode pipelines (GPU: NVDEC sessions)
+    threads: int = 2  # DALI CPU threads per pipeline
+
+    def validate(self, key: str) -> None:
+        if not 1 <= self.sessions <= 64:
+            raise ConfigError(f"{key}.sessions", f"expected 1..64, got {self.sessions}")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """``postprocess:``: thresholds of the detection decoding and NMS."""
+
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 300
+    class_agnostic: bool = False
+
+    def validate(self, key: str) -> None:
+        for name in ("conf_threshold", "iou_threshold"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{key}.{name}", f"expected a number in [0, 1], got {v}")
+        if self.max_detections < 1:
+            raise ConfigError(f"{key}.max_detections", f"expected >= 1, got {self.max_detections}")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The whole job. Build with :func:`load_config` or :func:`parse_config`."""
+
+    sources: list[SourceEntry]
+    sinks: list[PluginConfig]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later stages (live:)
+
+
+_TOP_KEYS = ("sources", "sinks", "model", "engine", "preprocess", "decode", "postprocess")
+_EXTRA_KEYS = ("live",)
+
+
+def _is_cuda_device(text: str) -> bool:
+    return text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())
+
+
+def parse_source(raw: Any, key: str) -> SourceEntry:
+    """A ``sources:`` entry: a string (path, glob, dir, or URI) or a mapping."""
+    if isinstance(raw, str):
+        if not raw.strip():
+            raise ConfigError(key, "empty source")
+        if "://" in raw:
+            return SourceEntry(uri=raw)
+        return SourceEntry(path=raw)
+    return from_dict(SourceEntry, raw, key)
+
+
+def parse_config(raw: Any, base_dir: Path | None = None) -> JobConfig:
+    """Validate a parsed YAML document into a :class:`JobConfig`.
+
+    Relative paths are kept as written; ``base_dir`` resolves them (the YAML's folder).
+    """
+    from streams.sinks import SINKS  # registry of sink plugins
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", f"the config must be a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_TOP_KEYS) - set(_EXTRA_KEYS))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown section; expected one of {list(_TOP_KEYS + _EXTRA_KEYS)}")
+    sources_raw = raw.get("sources")
+    if sources_raw is None or sources_raw == []:
+        raise ConfigError("sources", "at least one source is required")
+    if isinstance(sources_raw, (str, Mapping)):
+        sources_raw = [sources_raw]
+    if not isinstance(sources_raw, list):
+        raise ConfigError("sources", f"expected a list, got {type(sources_raw).__name__}")
+    sources = [parse_source(s, f"sources[{i}]") for i, s in enumerate(sources_raw)]
+    if base_dir is not None:
+        sources = [_resolve_source(s, base_dir) for s in sources]
+    sinks_raw = raw.get("sinks", [{"type": "jsonl", "path": "fovea-out/detections.jsonl"}])
+    if not isinstance(sinks_raw, list) or not sinks_raw:
+        raise ConfigError("sinks", "expected a non-empty list of sinks")
+    sinks = [SINKS.parse(s, f"sinks[{i}]") for i, s in enumerate(sinks_raw)]
+    model = from_dict(ModelConfig, raw.get("model"), "model")
+    if base_dir is not None and model.path != "default" and not Path(model.path).expanduser().is_absolute():
+        model = replace(model, path=str(base_dir / model.path))
+    return JobConfig(
+        sources=sources,
+        sinks=sinks,
+        model=model,
+        engine=from_dict(EngineConfig, raw.get("engine"), "engine"),
+        preprocess=from_dict(PreprocessConfig, raw.get("preprocess"), "preprocess"),
+        decode=from_dict(DecodeConfig, raw.get("decode"), "decode"),
+        postprocess=from_dict(PostprocessConfig, raw.get("postprocess"), "postprocess"),
+        extra={k: raw[k] for k in _EXTRA_KEYS if k in raw},
+    )
+
+
+def _resolve_source(s: SourceEntry, base: Path) -> SourceEntry:
+    if s.path is not None and not Path(s.path).expanduser().is_absolute():
+        return replace(s, path=str(base / s.path))
+    if s.list is not None and not Path(s.list).expanduser().is_absolute():
+        return replace(s, list=str(base / s.list))
+    return s
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> JobConfig:
+    """Read, merge command-line ``overrides`` and validate a YAML config.
+
+    ``overrides`` may hold ``sources`` (list), ``model`` (path), ``out`` (output folder:
+    replaces the sinks' folders) and ``device`` (engine and decode device).
+    """
+    raw: dict[str, Any] = {}
+    base_dir: Path | None = None
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("", f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError("", f"{p} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("", f"{p}: the config must be a mapping of sections")
+        raw = loaded
+        base_dir = p.resolve().parent
+    raw = apply_overrides(raw, overrides or {})
+    return parse_config(raw, base_dir)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with the command-line overrides applied."""
+    out = dict(raw)
+    if overrides.get("sources"):
+        out["sources"] = list(overrides["sources"])
+    if overrides.get("model"):
+        model = dict(out.get("model") or {})
+        model["path"] = overrides["model"]
+        out["model"] = model
+    if overrides.get("device"):
+        dev = overrides["device"]
+        engine = dict(out.get("engine") or {})
+        engine["device"] = dev
+        out["engine"] = engine
+        decode = dict(out.get("decode") or {})
+        decode["backend"] = "cpu" if dev == "cpu" else ("auto" if dev == "auto" else "gpu")
+        out["decode"] = decode
+    if overrides.get("out"):
+        folder = Path(overrides["out"])
+        sinks = out.get("sinks") or [{"type": "jsonl", "path": "detections.jsonl"}, {"type": "csv", "path": "detections.csv"}]
+        new_sinks = []
+        for s in sinks:
+            s = dict(s)
+            if isinstance(s.get("path"), str):
+                s["path"] = str(folder / Path(s["path"]).name)
+            new_sinks.append(s)
+        out["sinks"] = new_sinks
+    return out

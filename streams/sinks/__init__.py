@@ -1,0 +1,71 @@
+"""Sinks: where per-frame results go. One Protocol, a registry of plugins by name.
+
+Usage::
+
+    parsed = SINKS.parse({"type": "jsonl", "path": "out/dets.jsonl"}, key="sinks[0]")
+    with SINKS.create(parsed) as sink:
+        sink.write(results)          # Sequence[FrameResult]
+
+Plugins register themselves in their own modules; :data:`SINKS` imports the built-in
+ones lazily on first use, so importing this package has no side effects beyond that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from streams.frames import FrameResult
+from streams.registry import PluginConfig, Registry
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives frame results in order, per source. ``write`` is the hot path."""
+
+    def __enter__(self) -> Sink: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        """Persist or publish ``results``; called once per processed batch."""
+        ...
+
+
+class _SinkRegistry(Registry[Sink]):
+    """The sink registry; loads the built-in plugin modules on first lookup."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            from streams.sinks import files  # noqa: F401  (registers jsonl, csv)
+
+            try:
+                from streams.sinks import mqtt  # noqa: F401  (registers mqtt)
+            except ImportError:  # the mqtt module itself imports paho lazily
+                pass
+
+    def names(self) -> list[str]:
+        self._load()
+        return super().names()
+
+    def parse(self, raw: object, key: str) -> PluginConfig:  # type: ignore[override]
+        self._load()
+        return super().parse(raw, key)  # type: ignore[arg-type]
+
+    def create(self, parsed: PluginConfig) -> Sink:
+        self._load()
+        return super().create(parsed)
+
+
+SINKS: Registry[Sink] = _SinkRegistry("sink")
+
+__all__ = ["SINKS", "Sink"]
