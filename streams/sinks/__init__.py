@@ -47,6 +47,7 @@ class _SinkRegistry(Registry[Sink]):
         if not self._loaded:
             self._loaded = True
             from streams.sinks import files  # noqa: F401  (registers jsonl, csv)
+            from streams.sinks import video  # noqa: F401  (registers video)
 
             try:
                 from streams.sinks import mqtt  # noqa: F401  (registers mqtt)

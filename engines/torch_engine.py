@@ -1,0 +1,230 @@
+"""The torch engine: CUDA FP16 (channels_last, CUDA graphs) or CPU FP32.
+
+Runs any ``nn.Module`` whose forward maps an image batch ``[N, 3, H, W]`` to one tensor
+or a tuple of tensors (YOLO-style raw outputs).
+
+CUDA graphs and zero copy
+    A CUDA graph reads its input from the address it was captured with. Copying each
+    DALI batch into a static buffer would cost a device-to-device copy of the frame
+    batch, which Fovea never makes. Instead the engine keeps one captured graph per
+    (stream, input address, shape, strides): DALI recycles a small set of output
+    buffers, so after warm-up every batch hits a graph captured on its own buffer, and
+    the graph reads DALI's memory in place. Graphs of one stream share one memory pool
+    (their replays are ordered on that stream). If addresses keep changing (more misses
+    than ``graph_cache_size``), the engine logs that once and runs eagerly instead.
+
+Usage::
+
+    with TorchEngine(model, device="cuda:0", precision="fp16", input_size=(640, 640)) as e:
+        out = e.infer({"images": batch}, stream=torch.cuda.current_stream().cuda_stream)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from engines.base import Layout, TensorSpec
+from streams.errors import EngineError, ShapeError
+
+log = logging.getLogger(__name__)
+
+
+class _Graph:
+    """A captured CUDA graph with its static outputs."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, outputs: tuple[torch.Tensor, ...]) -> None:
+        self.graph = graph
+        self.outputs = outputs
+
+
+class TorchEngine:
+    """Runs a torch module; see the module docstring."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str = "cpu",
+        precision: str = "fp32",
+        input_size: tuple[int, int] = (640, 640),
+        input_name: str = "images",
+        output_names: tuple[str, ...] | None = None,
+        cuda_graphs: bool = True,
+        max_batch_size: int | None = None,
+        graph_cache_size: int = 16,
+    ) -> None:
+        self._device = torch.device(device)
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineError(f"device {device!r} requested but torch sees no CUDA GPU")
+        on_cuda = self._device.type == "cuda"
+        if precision == "int8":
+            raise EngineError("the torch engine runs fp32 or fp16; int8 needs engine: tensorrt")
+        self._dtype = torch.float16 if (on_cuda and precision == "fp16") else torch.float32
+        if not on_cuda and precision == "fp16":
+            log.info("torch engine on the CPU runs in fp32 (fp16 is for CUDA)")
+        self._model = model
+        self._input_name = input_name
+        self._input_size = input_size
+        self._output_names = output_names
+        self._use_graphs = cuda_graphs and on_cuda
+        self._max_batch = max_batch_size
+        self._graph_cache_size = graph_cache_size
+        self._graphs: dict[int, OrderedDict[tuple[Any, ...], _Graph]] = {}
+        self._pools: dict[int, Any] = {}
+        self._misses = 0
+        self._outputs: tuple[TensorSpec, ...] = ()
+        self._entered = False
+
+    # -- Engine properties --------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        h, w = self._input_size
+        return (TensorSpec(self._input_name, (None, 3, h, w), self.input_dtype),)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def device(self) -> str:
+        return str(self._device) if self._device.index is not None or self._device.type == "cpu" \
+            else f"cuda:{torch.cuda.current_device()}"
+
+    @property
+    def input_layout(self) -> Layout:
+        return "NHWC" if self._device.type == "cuda" else "NCHW"
+
+    @property
+    def input_dtype(self) -> str:
+        return "float16" if self._dtype == torch.float16 else "float32"
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return self._max_batch
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> TorchEngine:
+        m = self._model.eval().to(self._device)
+        if self._device.type == "cuda":
+            m = m.to(memory_format=torch.channels_last)
+        if self._dtype == torch.float16:
+            m = m.half()
+        self._model = m
+        self._entered = True
+        # one small eager run names and shapes the outputs
+        h, w = self._input_size
+        probe = torch.zeros((1, 3, h, w), dtype=self._dtype, device=self._device)
+        if self._device.type == "cuda":
+            probe = probe.to(memory_format=torch.channels_last)
+        outs = self._forward(probe)
+        names = self._output_names or tuple(f"output{i}" for i in range(len(outs)))
+        if len(names) != len(outs):
+            raise EngineError(f"model returns {len(outs)} outputs but {len(names)} names were given")
+        self._output_names = names
+        self._outputs = tuple(
+            TensorSpec(n, (None, *o.shape[1:]), str(o.dtype).removeprefix("torch."))
+            for n, o in zip(names, outs, strict=True)
+        )
+        log.info("torch engine on %s (%s, graphs=%s): outputs %s", self.device, self.input_dtype,
+                 self._use_graphs, [(s.name, s.shape) for s in self._outputs])
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._graphs.clear()
+        self._pools.clear()
+        self._entered = False
+
+    # -- hot path -----------------------------------------------------------------------
+    def infer(
+        self, inputs: Mapping[str, torch.Tensor], stream: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        if not self._entered:
+            raise EngineError("TorchEngine.infer called outside 'with'")
+        x = inputs.get(self._input_name)
+        if x is None:
+            raise EngineError(f"missing input {self._input_name!r}; got {sorted(inputs)}")
+        self._check(x)
+        if self._device.type != "cuda":
+            with torch.inference_mode():
+                outs = self._forward(x)
+        else:
+            s = torch.cuda.ExternalStream(stream, device=self._device) if stream \
+                else torch.cuda.current_stream(self._device)
+            with torch.cuda.stream(s):
+                outs = self._replay(x, s) if self._use_graphs else self._eager(x)
+        assert self._output_names is not None
+        return dict(zip(self._output_names, outs, strict=True))
+
+    def _check(self, x: torch.Tensor) -> None:
+        h, w = self._input_size
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (h, w):
+            raise ShapeError(f"{self._input_name}: expected shape (N, 3, {h}, {w}), got {tuple(x.shape)}")
+        if x.dtype != self._dtype:
+            raise ShapeError(f"{self._input_name}: expected dtype {self._dtype}, got {x.dtype}")
+        if x.device != self._device and not (self._device.index is None and x.device.type == self._device.type):
+            raise ShapeError(f"{self._input_name}: expected a tensor on {self._device}, got {x.device}")
+        if self._max_batch is not None and x.shape[0] > self._max_batch:
+            raise ShapeError(f"{self._input_name}: batch {x.shape[0]} exceeds max_batch_size {self._max_batch}")
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.inference_mode():
+            out = self._model(x)
+        if isinstance(out, torch.Tensor):
+            return (out,)
+        if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+            return tuple(out)
+        raise EngineError(f"model must return a tensor or a tuple of tensors, got {type(out).__name__}")
+
+    def _eager(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._forward(x)
+
+    def _replay(self, x: torch.Tensor, s: torch.cuda.Stream) -> tuple[torch.Tensor, ...]:
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+        cache = self._graphs.setdefault(s.cuda_stream, OrderedDict())
+        g = cache.get(key)
+        if g is None:
+            self._misses += 1
+            if self._misses > 4 * self._graph_cache_size:
+                log.warning(
+                    "CUDA graphs disabled: input buffers keep changing address (%d captures); "
+                    "running eagerly from now on", self._misses,
+                )
+                self._use_graphs = False
+                self._graphs.clear()
+                return self._eager(x)
+            g = self._capture(x, s)
+            cache[key] = g
+            if len(cache) > self._graph_cache_size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        g.graph.replay()
+        return g.outputs
+
+    def _capture(self, x: torch.Tensor, s: torch.cuda.Stream) -> _Graph:
+        side = torch.cuda.Stream(device=self._device)
+        side.wait_stream(s)
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up on a side stream, as torch requires before capture
+                self._forward(x)
+        s.wait_stream(side)
+        pool = self._pools.get(s.cuda_stream)
+        if pool is None:
+            pool = torch.cuda.graph_pool_handle()
+            self._pools[s.cuda_stream] = pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=side):
+            outs = self._forward(x)
+        s.wait_stream(side)
+        log.debug("captured a CUDA graph for input %#x %s", x.data_ptr(), tuple(x.shape))
+        return _Graph(graph, outs)

@@ -1,0 +1,177 @@
+"""The batch job: files → decode/preprocess → in-place engine → postprocess → sinks.
+
+Every stage is set up (and every config problem found) before the first frame is
+decoded: sources expanded, engine loaded, sinks opened. Then batches flow from the
+decode sessions through the engine to the sinks; a failing file is reported and skipped
+while the rest goes on.
+
+Usage::
+
+    summary = run_job(load_config("job.yaml"))
+    print(summary.to_text()); sys.exit(0 if summary.ok else 1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engines.base import Engine
+from engines.factory import ModelInfo, open_engine, resolve_device
+from operators.decode import detect_layout, select_outputs
+from operators.inplace import InPlaceInference
+from operators.postprocess import PostprocessParams, postprocess
+from pipelines.config import JobConfig
+from pipelines.decode import DecodedBatch
+from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
+from pipelines.preprocess import PreprocessSpec
+from pipelines.progress import FileFailure, JobSummary, Progress
+from streams.errors import ConfigError
+from streams.files import expand_sources
+from streams.frames import FrameResult
+from streams.sinks import SINKS, Sink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """The inference half of the job, shared by file and live runners."""
+
+    engine: Engine
+    info: ModelInfo
+    layout: str
+    params: PostprocessParams
+    operator: InPlaceInference
+
+    def process(self, batch: DecodedBatch) -> list[FrameResult]:
+        """Engine + postprocess of one decoded batch; results for its valid rows."""
+        with _stream_ctx(batch.stream):
+            outputs = self.operator(batch.images, batch.layout, batch.stream)
+            ordered = select_outputs(outputs, self.layout)  # type: ignore[arg-type]
+            geoms = [batch.geometry if r is not None else None for r in batch.rows]
+            dets = postprocess(ordered, self.layout, geoms, self.params, self.info.class_names)  # type: ignore[arg-type]
+        return [FrameResult(meta, d) for meta, d in zip(batch.rows, dets, strict=True)
+                if meta is not None and d is not None]
+
+
+def _stream_ctx(stream: int | None) -> contextlib.AbstractContextManager[Any]:
+    if stream is None:
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.ExternalStream(stream))
+
+
+def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stage:
+    """Open the engine (entered on ``stack``) and resolve the output layout."""
+    engine, info = open_engine(cfg.model, cfg.engine, device)
+    engine = stack.enter_context(engine)  # type: ignore[arg-type]
+    layout = info.layout
+    if layout == "auto":
+        layout = detect_layout([o.shape for o in engine.outputs], [o.name for o in engine.outputs])
+        log.info("model output layout: %s", layout)
+    p = cfg.postprocess
+    params = PostprocessParams(conf_threshold=p.conf_threshold, iou_threshold=p.iou_threshold,
+                               max_detections=p.max_detections, class_agnostic=p.class_agnostic)
+    return Stage(engine, info, layout, params, InPlaceInference(engine))
+
+
+def decode_plan(cfg: JobConfig, stage: Stage, device: str) -> DecodePlan:
+    """Where and how files are decoded for this engine."""
+    backend = cfg.decode.backend
+    on_cuda = device.startswith("cuda")
+    if backend == "gpu" and not on_cuda:
+        raise ConfigError("decode.backend", "gpu decoding needs a CUDA device (engine.device)")
+    decode_device = "gpu" if (on_cuda and backend != "cpu") else "cpu"
+    engine = stage.engine
+    batch = cfg.engine.batch_size
+    if engine.max_batch_size is not None and engine.max_batch_size < batch:
+        log.info("batch size limited to the engine's maximum %d", engine.max_batch_size)
+        batch = engine.max_batch_size
+    spec = PreprocessSpec(dtype=engine.input_dtype, layout=engine.input_layout,  # type: ignore[arg-type]
+                          options=cfg.preprocess)
+    return DecodePlan(
+        spec=spec,
+        input_size=stage.info.input_size,
+        batch=batch,
+        decode_device=decode_device,  # type: ignore[arg-type]
+        device_id=int(device.split(":")[1]) if on_cuda else None,
+        sessions=cfg.decode.sessions,
+        threads=cfg.decode.threads,
+    )
+
+
+def open_sinks(cfg: JobConfig, stack: contextlib.ExitStack) -> list[Sink]:
+    """Create and enter every configured sink."""
+    return [stack.enter_context(SINKS.create(s)) for s in cfg.sinks]  # type: ignore[arg-type]
+
+
+def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
+    """Run a file job to the end (or Ctrl-C: sinks are still closed cleanly)."""
+    files, problems = expand_sources(cfg.sources)
+    live = [s for s in cfg.sources if s.uri is not None]
+    if live:
+        raise ConfigError("sources", "stream URIs (rtsp://) run with 'fovea live'; "
+                          "'fovea run' processes files")
+    summary = JobSummary(files_total=len(files) + len(problems))
+    summary.failures += [FileFailure(e.source, e.reason) for e in problems]
+    for e in problems:
+        log.error("skipping %s", e)
+    device = resolve_device(cfg.engine.device)
+    with contextlib.ExitStack() as stack:
+        stage = open_stage(cfg, device, stack)
+        plan = decode_plan(cfg, stage, device)
+        sinks = open_sinks(cfg, stack)
+        summary.engine = type(stage.engine).__name__
+        summary.device = device
+        summary.outputs = [str(getattr(s.config, "path", s.type)) for s in cfg.sinks]
+        progress = Progress(total_files=summary.files_total, enabled=show_progress)
+        progress.files_finished = len(problems)
+        start = time.monotonic()
+        try:
+            source = stack.enter_context(FileBatchSource(files, plan))
+            while (item := source.read()) is not None:
+                if isinstance(item, FileEvent):
+                    _on_event(item, summary, progress)
+                    continue
+                results = stage.process(item)
+                for sink in sinks:
+                    sink.write(results)
+                summary.frames += len(results)
+                summary.detections += sum(len(r.detections) for r in results)
+                progress.frames_done(len(results))
+        finally:
+            summary.seconds = time.monotonic() - start
+            progress.close()
+    return summary
+
+
+def _on_event(ev: FileEvent, summary: JobSummary, progress: Progress) -> None:
+    name = str(ev.file.path)
+    if ev.kind == "started":
+        progress.add_expected(ev.expected_frames)
+        summary.decoders[ev.decoder] = summary.decoders.get(ev.decoder, 0) + 1
+        log.debug("%s: %d frames, decoder %s", name, ev.expected_frames, ev.decoder)
+    elif ev.kind == "done":
+        summary.files_done += 1
+        progress.file_finished()
+        if ev.frames != ev.expected_frames:
+            log.warning("%s: %d frames decoded, %d expected", name, ev.frames, ev.expected_frames)
+    else:
+        assert ev.error is not None
+        log.error("skipping %s", ev.error)
+        summary.failures.append(FileFailure(name, ev.error.reason, ev.frames))
+        progress.file_finished()
+
+
+def results_by_source(results: Sequence[FrameResult]) -> dict[str, list[FrameResult]]:
+    """Group results by source id, keeping order (a helper for tests and tools)."""
+    out: dict[str, list[FrameResult]] = {}
+    for r in results:
+        out.setdefault(r.frame.source_id, []).append(r)
+    return out

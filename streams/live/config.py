@@ -1,0 +1,160 @@
+"""The ``live:`` section of a job config: batching, watchdog, backoff, HTTP, decode.
+
+Validated with :func:`streams.schema.from_dict`, so unknown keys and bad values raise
+:class:`streams.errors.ConfigError` naming the key path (``live.batch.policy: ...``).
+
+YAML (every key optional; the defaults are shown)::
+
+    live:
+      decode: auto              # auto | cpu (decoded RGB frames) | gpu (GOP buffers for DALI)
+      log_interval_s: 30        # periodic one-line summary of all streams; 0 = off
+      decode_threads: 1         # FFmpeg threads per stream (CPU decode)
+      max_gop_frames: 300       # GOP buffers longer than this are cut (gpu decode)
+      ffmpeg_options: {}        # extra FFmpeg demuxer options, e.g. {buffer_size: "1048576"}
+      http: {enabled: true, host: 127.0.0.1, port: 9108}   # port 0 = any free port
+      batch: {max_wait_ms: 40, queue_size: 8, policy: drop_oldest}   # or policy: block
+      watchdog: {stall_s: 5, open_timeout_s: 10}
+      backoff: {initial_s: 0.5, max_s: 30, multiplier: 2, jitter: 0.2}
+
+Usage::
+
+    live = parse_live_config(job_config.extra.get("live"))
+    live.batch.policy          # "drop_oldest"
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streams.errors import ConfigError
+from streams.schema import from_dict
+
+DecodeMode = Literal["auto", "cpu", "gpu"]
+OutputMode = Literal["frames", "gop"]
+QueuePolicy = Literal["drop_oldest", "block"]
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``live.http``: the metrics/health/control HTTP server."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+    def validate(self, key: str) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{key}.port", f"expected 0..65535, got {self.port}")
+        if not self.host:
+            raise ConfigError(f"{key}.host", "must not be empty")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """``live.batch``: cross-stream batching (see :mod:`streams.live.batcher`)."""
+
+    max_wait_ms: float = 40.0
+    queue_size: int = 8
+    policy: QueuePolicy = "drop_oldest"
+
+    def validate(self, key: str) -> None:
+        if not 0.0 <= self.max_wait_ms <= 60_000.0:
+            raise ConfigError(f"{key}.max_wait_ms", f"expected 0..60000, got {self.max_wait_ms}")
+        if not 1 <= self.queue_size <= 10_000:
+            raise ConfigError(f"{key}.queue_size", f"expected 1..10000, got {self.queue_size}")
+
+    @property
+    def max_wait_s(self) -> float:
+        """``max_wait_ms`` in seconds."""
+        return self.max_wait_ms / 1000.0
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """``live.watchdog``: when a stream counts as stalled, how long an open may take."""
+
+    stall_s: float = 5.0
+    open_timeout_s: float = 10.0
+
+    def validate(self, key: str) -> None:
+        if not 0.1 <= self.stall_s <= 3600.0:
+            raise ConfigError(f"{key}.stall_s", f"expected 0.1..3600, got {self.stall_s}")
+        if not 0.1 <= self.open_timeout_s <= 3600.0:
+            raise ConfigError(
+                f"{key}.open_timeout_s", f"expected 0.1..3600, got {self.open_timeout_s}"
+            )
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """``live.backoff``: capped exponential reconnect delays with jitter."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def validate(self, key: str) -> None:
+        if self.initial_s <= 0.0:
+            raise ConfigError(f"{key}.initial_s", f"expected > 0, got {self.initial_s}")
+        if self.max_s < self.initial_s:
+            raise ConfigError(
+                f"{key}.max_s", f"expected >= initial_s ({self.initial_s}), got {self.max_s}"
+            )
+        if self.multiplier < 1.0:
+            raise ConfigError(f"{key}.multiplier", f"expected >= 1, got {self.multiplier}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ConfigError(f"{key}.jitter", f"expected a number in [0, 1), got {self.jitter}")
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """The ``live:`` section. See the module docstring for the YAML form."""
+
+    decode: DecodeMode = "auto"
+    log_interval_s: float = 30.0
+    decode_threads: int = 1
+    max_gop_frames: int = 300
+    ffmpeg_options: dict[str, str] = field(default_factory=dict)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+
+    def validate(self, key: str) -> None:
+        if self.log_interval_s < 0.0:
+            raise ConfigError(f"{key}.log_interval_s", f"expected >= 0, got {self.log_interval_s}")
+        if not 0 <= self.decode_threads <= 64:
+            raise ConfigError(
+                f"{key}.decode_threads", f"expected 0..64 (0 = auto), got {self.decode_threads}"
+            )
+        if not 1 <= self.max_gop_frames <= 100_000:
+            raise ConfigError(
+                f"{key}.max_gop_frames", f"expected 1..100000, got {self.max_gop_frames}"
+            )
+
+
+def parse_live_config(raw: Any, key: str = "live") -> LiveConfig:
+    """Validate the raw ``live:`` mapping (``None`` gives the defaults)."""
+    return from_dict(LiveConfig, raw, key)
+
+
+def resolve_output_mode(decode: DecodeMode) -> OutputMode:
+    """``cpu`` -> ``"frames"``, ``gpu`` -> ``"gop"``; ``auto`` picks ``"gop"`` when DALI
+    is installed and torch sees a CUDA device, ``"frames"`` otherwise."""
+    if decode == "cpu":
+        return "frames"
+    if decode == "gpu":
+        return "gop"
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("torch") is None:
+        return "frames"
+    try:
+        if importlib.util.find_spec("nvidia.dali") is None:
+            return "frames"
+        import torch
+
+        return "gop" if torch.cuda.is_available() else "frames"
+    except Exception:  # a broken CUDA/torch install means: decode on the CPU
+        return "frames"

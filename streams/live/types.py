@@ -1,0 +1,197 @@
+"""Plain data types of the live package: stream specs, states, statistics, output items.
+
+No threads, no FFmpeg: safe to import anywhere, and to pickle or log (a
+:class:`StreamSpec`'s repr hides its credentials).
+
+Usage::
+
+    spec = StreamSpec(id="gate", uri="rtsp://10.0.0.5/main", username="admin", password="pw")
+    spec                          # StreamSpec(id='gate', uri='rtsp://***@10.0.0.5/main', ...)
+    item: LiveItem                # LiveFrame (CPU decode) or GopBuffer (GPU decode)
+    item.source_id, item.metas    # same on both kinds
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from streams.errors import ConfigError
+from streams.frames import FrameMeta
+from streams.live.redact import Credentials
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class StreamState(str, enum.Enum):
+    """Where a stream's reader thread is in its life cycle.
+
+    ``connecting`` (first open) -> ``live`` (packets flowing) -> ``stalled`` (no packet for
+    ``watchdog.stall_s``) or a drop -> ``reconnecting`` (backoff wait and re-open) -> ``live``
+    ... ; ``stopped`` after :meth:`RtspSource.stop`; ``failed`` on an error that retrying
+    cannot fix (401, 403, 404, no video stream, unsupported codec).
+    """
+
+    CONNECTING = "connecting"
+    LIVE = "live"
+    STALLED = "stalled"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One live stream to read: a stable id, its URI and transport, optional credentials.
+
+    Credentials in the URI's userinfo and in ``username``/``password`` are merged (the
+    fields win). ``repr`` shows the URI redacted and never the password.
+    """
+
+    id: str
+    uri: str
+    transport: Literal["tcp", "udp"] = "tcp"
+    username: str | None = None
+    password: str | None = None
+
+    def validate(self, key: str) -> None:
+        if not _ID.match(self.id):
+            raise ConfigError(
+                f"{key}.id",
+                f"expected 1-64 characters of A-Z a-z 0-9 _ . - (got {self.id!r})",
+            )
+        if "://" not in self.uri:
+            raise ConfigError(f"{key}.uri", "expected a stream URI such as rtsp://host/path")
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamSpec(id={self.id!r}, uri={self.credentials().display_uri!r}, "
+            f"transport={self.transport!r}, username={'***' if self.username else None})"
+        )
+
+    def credentials(self) -> Credentials:
+        """The URI to open and the redacted one to show."""
+        return Credentials.resolve(self.uri, self.username, self.password)
+
+    @classmethod
+    def from_source(cls, entry: Any, index: int) -> StreamSpec:
+        """Build from a ``sources:`` entry (:class:`pipelines.config.SourceEntry` or alike).
+
+        The id is ``entry.id`` or ``cam<index>``.
+        """
+        uri = getattr(entry, "uri", None)
+        if not uri:
+            raise ConfigError(f"sources[{index}].uri", "a live stream needs a uri")
+        return cls(
+            id=getattr(entry, "id", None) or f"cam{index}",
+            uri=uri,
+            transport=getattr(entry, "transport", "tcp") or "tcp",
+            username=getattr(entry, "username", None),
+            password=getattr(entry, "password", None),
+        )
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """A point-in-time snapshot of one stream (JSON-ready through :meth:`to_dict`).
+
+    ``uri`` is redacted; ``last_error`` is redacted. ``fps`` is the frame rate over the
+    last few seconds (0 when nothing arrived lately). Queue fields are filled by the
+    :class:`~streams.live.manager.StreamManager` from its batcher.
+    """
+
+    id: str
+    uri: str
+    transport: str
+    mode: str
+    state: StreamState
+    state_since: float
+    packets: int = 0
+    frames: int = 0
+    bytes: int = 0
+    reconnects: int = 0
+    sessions: int = 0
+    stalls: int = 0
+    decode_errors: int = 0
+    skipped_packets: int = 0
+    fps: float = 0.0
+    last_packet_age_s: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    queued: int = 0
+    dropped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``state`` as its string value)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["state"] = self.state.value
+        d["fps"] = round(self.fps, 2)
+        if self.last_packet_age_s is not None:
+            d["last_packet_age_s"] = round(self.last_packet_age_s, 3)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFrame:
+    """One decoded frame (CPU decode path).
+
+    Attributes:
+        meta: identity and timing; ``meta.arrival_time`` is when its packet arrived.
+        image: ``uint8[H, W, 3]`` RGB.
+        session: 0 for the first connection, +1 after each reconnect.
+    """
+
+    meta: FrameMeta
+    image: npt.NDArray[np.uint8]
+    session: int = 0
+
+    @property
+    def source_id(self) -> str:
+        return self.meta.source_id
+
+    @property
+    def metas(self) -> tuple[FrameMeta, ...]:
+        """The frame's metadata as a 1-tuple (same shape as :attr:`GopBuffer.metas`)."""
+        return (self.meta,)
+
+
+@dataclass(frozen=True, slots=True)
+class GopBuffer:
+    """A self-contained encoded buffer for GPU decoding (one GOP, or a prefix of one).
+
+    ``data`` is an elementary stream in ``fmt`` (``"h264"``/``"hevc"``: Annex-B) that starts
+    at a keyframe and carries the parameter sets (SPS/PPS/VPS) in band, so a fresh decoder
+    (``fn.experimental.inputs.video``/``fn.decoders.video`` or ``av.open(BytesIO(data),
+    format=fmt)``) decodes it with no other state. ``metas`` lists its frames in
+    presentation order: the order a decoder outputs them.
+    """
+
+    source_id: str
+    data: bytes
+    fmt: str
+    codec: str
+    metas: tuple[FrameMeta, ...]
+    session: int = 0
+
+    @property
+    def first_arrival(self) -> float | None:
+        """Arrival time of the keyframe that starts the buffer."""
+        times = [m.arrival_time for m in self.metas if m.arrival_time is not None]
+        return min(times) if times else None
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+
+LiveItem = LiveFrame | GopBuffer

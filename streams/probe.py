@@ -1,0 +1,114 @@
+"""Probing video files with PyAV before decoding: codec, size, frame count and pts.
+
+DALI cannot skip one bad sample inside a batch and a decode error invalidates its
+pipeline, so every file is opened and demuxed here first. A missing, empty, non-video
+or unreadable file fails here with a :class:`SourceError` naming the reason.
+
+The demux pass (packets only, no decoding: fast) also yields the presentation-order
+pts of every frame, which DALI does not report in stream units (its timestamps are in
+seconds and relative to the first frame).
+
+Usage::
+
+    info = probe_video(Path("a.mp4"))
+    info.codec, info.width, info.height, info.num_frames, info.pts[:3]
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from streams.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+#: Codecs DALI decodes on the CPU; the GPU (NVDEC) also handles h264, hevc, av1, mpeg4.
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp8", "vp9", "mjpeg"})
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the probe learnt about a file's first video stream."""
+
+    path: Path
+    codec: str
+    width: int
+    height: int
+    time_base: tuple[int, int]
+    fps: float
+    pts: tuple[int, ...]  # presentation order, one per frame
+    start_pts: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    @property
+    def duration_s(self) -> float:
+        if not self.pts:
+            return 0.0
+        return float((self.pts[-1] - self.pts[0]) * Fraction(*self.time_base))
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Open ``path`` with PyAV, demux every packet of its first video stream.
+
+    Raises:
+        SourceError: missing, empty, not a video, unreadable or holding no frames.
+    """
+    import av  # local: keeps the data layer importable without PyAV's load cost
+
+    name = str(path)
+    if not path.exists():
+        raise SourceError(name, "no such file")
+    if not path.is_file():
+        raise SourceError(name, "not a regular file")
+    if path.stat().st_size == 0:
+        raise SourceError(name, "empty file (0 bytes)")
+    try:
+        container = av.open(name)
+    except av.error.InvalidDataError as e:
+        raise SourceError(name, f"not a video file or corrupt header ({e.strerror or e})") from e
+    except (av.error.FFmpegError, OSError) as e:
+        raise SourceError(name, f"cannot open ({getattr(e, 'strerror', None) or e})") from e
+    with container:
+        if not container.streams.video:
+            raise SourceError(name, "not a video file (no video stream)")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        if not ctx.width or not ctx.height:
+            raise SourceError(name, "video stream has no frame size (corrupt header?)")
+        tb = stream.time_base or Fraction(1, 90000)
+        pts: list[int] = []
+        bad_packets = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if packet.pts is None:
+                    bad_packets += 1
+                    continue
+                pts.append(int(packet.pts))
+        except av.error.FFmpegError as e:
+            raise SourceError(name, f"demuxing failed after {len(pts)} packets ({e.strerror or e})") from e
+        if not pts:
+            raise SourceError(name, "no video frames")
+        if bad_packets:
+            log.warning("%s: %d packets without pts", name, bad_packets)
+        pts.sort()
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        return VideoInfo(
+            path=path,
+            codec=ctx.name,
+            width=int(ctx.width),
+            height=int(ctx.height),
+            time_base=(tb.numerator, tb.denominator),
+            fps=fps,
+            pts=tuple(pts),
+            start_pts=pts[0],
+        )

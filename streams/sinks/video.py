@@ -1,0 +1,513 @@
+"""Annotated-video sink: re-decodes each source file and writes it back with boxes drawn.
+
+``type: video`` writes ``<path>/<source_id>.annotated.mp4`` per file source (or exactly
+``path`` when it ends in a video extension and there is one source), encoded on the CPU
+(``libx264`` by default: H100/H200 have no NVENC) with the source's time base, frame rate
+and per-frame timestamps (shifted so the video starts at 0). Boxes get one colour per
+class (:func:`color_for_class`), optionally the label and confidence, and every frame
+shows its ``frame_index`` in the top-left corner.
+
+How frames are matched: for each source the sink opens the source file with PyAV and
+decodes it sequentially, in lockstep with the results (decoded frame *i* is
+``frame_index`` *i*; the pts is checked too when the result carries one). Results
+arrive in order per source, possibly interleaved across sources. When a result for
+frame *k* arrives the decoder advances to *k*; frames passed over without a result
+(a frame stride, dropped frames) are written un-annotated with ``unmatched: copy`` (the
+default) or left out with ``unmatched: skip`` (the output keeps the source timestamps,
+so playback timing stays right). The video ends at the last frame that had a result: a
+job stopped early gives a shorter video. A source is finalised as soon as its last
+frame is written; everything still open is finalised on ``__exit__``, also when an
+exception is propagating, so the MP4 is always playable.
+
+Memory: per source being written, one decoded frame, the decoder and the encoder
+(x264's lookahead: ``preset: veryfast`` keeps it to ~10 frames). Nothing else is held.
+
+Only file sources can be annotated: results from ``rtsp://`` (or any other network
+URI) sources are ignored after one warning per source.
+
+Usage::
+
+    sinks:
+      - type: video
+        path: out/annotated          # or out/a.annotated.mp4 with a single source
+        crf: 23                      # x264 quality: lower = better/bigger; null = encoder default
+        draw_labels: true
+
+    with SINKS.create(SINKS.parse({"type": "video", "path": "out"}, key="sinks[0]")) as sink:
+        sink.write(results)          # Sequence[FrameResult]
+
+    # or directly
+    with VideoSink("out", crf=20) as sink:
+        sink.write(results)
+    sink.outputs                     # {"a": Path("out/a.annotated.mp4"), ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from streams.detections import Detections
+from streams.errors import ConfigError, SinkError
+from streams.frames import FrameResult
+from streams.sinks import SINKS
+
+log = logging.getLogger(__name__)
+
+#: Extensions that make ``path`` a single output file rather than a folder.
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm"})
+
+#: One colour per class id (modulo), saturated so they survive 4:2:0 chroma subsampling.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49),
+    (72, 249, 10), (146, 204, 23), (61, 219, 134), (26, 147, 52), (0, 212, 187),
+    (44, 153, 168), (0, 194, 255), (52, 69, 147), (100, 115, 255), (0, 24, 236),
+    (132, 56, 255), (82, 0, 133), (203, 56, 255), (255, 149, 200), (255, 55, 199),
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NETWORK_HINT = "only file sources can be annotated"
+
+
+def color_for_class(class_id: int) -> tuple[int, int, int]:
+    """The RGB colour boxes of ``class_id`` are drawn in."""
+    return PALETTE[int(class_id) % len(PALETTE)]
+
+
+def is_file_uri(uri: str) -> bool:
+    """True for plain paths and ``file://`` URIs; False for ``rtsp://`` and other network URIs."""
+    scheme = urlsplit(uri).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # one letter: a Windows drive
+
+
+def _file_path(uri: str) -> Path:
+    parts = urlsplit(uri)
+    return Path(parts.path) if parts.scheme == "file" else Path(uri)
+
+
+def _to_rgb(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
+    return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+
+
+def _load_font(size: int) -> Any:
+    try:
+        from PIL import ImageFont
+    except ImportError as e:
+        raise SinkError("the video sink needs Pillow to draw: pip install pillow") from e
+    try:
+        return ImageFont.load_default(size=size)  # FreeType font (Pillow >= 10.1)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()  # fixed-size bitmap font
+
+
+def draw_detections(
+    rgb: npt.NDArray[np.uint8],
+    detections: Detections,
+    frame_index: int | None = None,
+    *,
+    draw_labels: bool = True,
+    line_width: int | None = None,
+    font: Any = None,
+) -> npt.NDArray[np.uint8]:
+    """Draw ``detections`` (boxes in ``rgb``'s pixels) on an ``uint8[H, W, 3]`` RGB image.
+
+    Returns a new array. Boxes are clipped to the image; labels go above the box (inside
+    it when there is no room); ``frame_index`` is written in the top-left corner.
+
+    Usage::
+
+        out = draw_detections(frame.to_ndarray(format="rgb24"), dets, frame_index=7)
+    """
+    from PIL import Image, ImageDraw
+
+    h, w = rgb.shape[:2]
+    lw = line_width or max(2, round(min(h, w) / 240))
+    if font is None:
+        font = _load_font(max(10, round(h / 36)))
+    image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    draw = ImageDraw.Draw(image)
+    boxes = np.round(detections.xyxy).astype(np.int64)
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w - 1)
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h - 1)
+    labels = detections.labels
+    for (x1, y1, x2, y2), conf, cid, label in zip(
+        boxes.tolist(), detections.confidence.tolist(), detections.class_id.tolist(), labels,
+        strict=True,
+    ):
+        if x2 < x1 or y2 < y1:
+            continue
+        colour = color_for_class(cid)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=lw)
+        if draw_labels:
+            text = f"{label} {conf:.2f}"
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            tw, th = right - left + 4, bottom - top + 4
+            ty = y1 - th if y1 - th >= 0 else y1 + lw
+            draw.rectangle((x1, ty, x1 + tw, ty + th), fill=colour)
+            dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150
+            draw.text((x1 + 2 - left, ty + 2 - top), text, fill=(0, 0, 0) if dark else
+                      (255, 255, 255), font=font)
+    if frame_index is not None:
+        text = f"#{frame_index}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        draw.rectangle((0, 0, right - left + 6, bottom - top + 6), fill=(0, 0, 0))
+        draw.text((3 - left, 3 - top), text, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+@dataclass(frozen=True)
+class VideoSinkConfig:
+    """``type: video``: annotated copies of the file sources.
+
+    Attributes:
+        path: output folder (``<path>/<source_id>.annotated.mp4``), or an output file
+            (ends in .mp4/.mkv/.mov/.avi/.webm) when the job has a single source.
+        codec: FFmpeg encoder name, CPU encoders only (``libx264``, ``libx265``, ``mpeg4``).
+        crf: constant rate factor passed to the encoder (x264/x265: 0-51, lower is
+            better); ``null`` for encoders without one.
+        preset: encoder speed preset (x264/x265); ``null`` for encoders without one.
+        draw_labels: draw "label confidence" above every box.
+        unmatched: frames without a result are written un-annotated (``copy``) or
+            left out (``skip``).
+        line_width: box outline width in pixels; ``null`` scales with the frame size.
+        threads: decoder and encoder threads per source (0 = FFmpeg's choice).
+    """
+
+    path: str
+    codec: str = "libx264"
+    crf: int | None = 23
+    preset: str | None = "veryfast"
+    draw_labels: bool = True
+    unmatched: Literal["copy", "skip"] = "copy"
+    line_width: int | None = None
+    threads: int = 2
+
+    def validate(self, key: str) -> None:
+        if self.crf is not None and not 0 <= self.crf <= 63:
+            raise ConfigError(f"{key}.crf", f"expected 0..51 (x264), got {self.crf}")
+        if self.line_width is not None and self.line_width < 1:
+            raise ConfigError(f"{key}.line_width", f"expected >= 1, got {self.line_width}")
+        if self.threads < 0:
+            raise ConfigError(f"{key}.threads", f"expected >= 0, got {self.threads}")
+        try:
+            av.codec.Codec(self.codec, "w")
+        except Exception as e:  # UnknownCodecError and friends
+            raise ConfigError(f"{key}.codec", f"unknown encoder '{self.codec}' ({e})") from e
+
+
+class _SourceWriter:
+    """Decodes one source file in lockstep with its results and encodes the annotated copy."""
+
+    def __init__(self, source_id: str, uri: str, out_path: Path, cfg: VideoSinkConfig,
+                 font_cache: dict[int, Any]) -> None:
+        self.source_id = source_id
+        self.uri = uri
+        self.out_path = out_path
+        self.cfg = cfg
+        self._fonts = font_cache
+        self.finished = False
+        self.frames_written = 0
+        self._position = 0  # frame_index of the next frame the decoder yields
+        self._pending: av.VideoFrame | None = None
+        self._eof = False
+        self._late = 0
+        self._pts_mismatch = 0
+        self._first_pts: int | None = None
+        self._last_pts: int | None = None
+        self._out: Any = None
+        self._ostream: Any = None
+        path = _file_path(uri)
+        try:
+            self._in = av.open(str(path))
+        except (av.error.FFmpegError, OSError) as e:
+            raise SinkError(f"video sink: cannot open source '{source_id}' ({uri}) to "
+                            f"annotate it: {getattr(e, 'strerror', None) or e}") from e
+        try:
+            if not self._in.streams.video:
+                raise SinkError(f"video sink: source '{source_id}' ({uri}) has no video stream")
+            self._istream = self._in.streams.video[0]
+            self._istream.thread_type = "AUTO"
+            self._istream.codec_context.thread_count = cfg.threads
+            tb = self._istream.time_base
+            self.time_base: Fraction = Fraction(tb) if tb else Fraction(1, 90000)
+            rate = self._istream.average_rate or self._istream.guessed_rate
+            self.fps: Fraction = Fraction(rate) if rate else Fraction(25)
+            self._step = max(1, round(1 / (self.fps * self.time_base)))
+            self._frames: Iterator[av.VideoFrame] = self._in.decode(self._istream)
+        except BaseException:
+            self._in.close()
+            raise
+
+    # -- decoding ---------------------------------------------------------------------
+    def _next_frame(self) -> av.VideoFrame | None:
+        """The frame at ``self._position`` (None at the end of the source)."""
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        if self._eof:
+            return None
+        try:
+            return next(self._frames)
+        except StopIteration:
+            self._eof = True
+        except av.error.FFmpegError as e:
+            log.warning("video sink: decoding %s stopped at frame %d (%s); its annotated video "
+                        "ends there", self.uri, self._position, e)
+            self._eof = True
+        return None
+
+    def _at_end(self) -> bool:
+        """Decode one frame ahead; True when the source has no frame at ``self._position``."""
+        if self._pending is None:
+            self._pending = self._next_frame()
+        return self._pending is None
+
+    # -- encoding ---------------------------------------------------------------------
+    def _open_output(self, width: int, height: int) -> None:
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._out = av.open(str(self.out_path), "w")
+            stream = self._out.add_stream(self.cfg.codec, rate=self.fps)
+            stream.width = width - width % 2  # 4:2:0 needs even sizes
+            stream.height = height - height % 2
+            stream.pix_fmt = "yuv420p"
+            stream.time_base = self.time_base
+            stream.codec_context.time_base = self.time_base
+            stream.codec_context.thread_count = self.cfg.threads
+            options: dict[str, str] = {}
+            if self.cfg.crf is not None:
+                options["crf"] = str(self.cfg.crf)
+            if self.cfg.preset is not None:
+                options["preset"] = self.cfg.preset
+            stream.options = options
+            self._ostream = stream
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            self._close_output()
+            raise SinkError(f"video sink: cannot open {self.out_path} for writing: "
+                            f"{getattr(e, 'strerror', None) or e}") from e
+        log.info("video sink: annotating %s -> %s (%dx%d, %s fps, %s)", self.uri, self.out_path,
+                 width, height, float(self.fps), self.cfg.codec)
+
+    def _encode(self, frame: av.VideoFrame, src_pts: int | None) -> None:
+        if self._out is None:
+            self._open_output(frame.width, frame.height)
+        if src_pts is not None and self._first_pts is None:
+            self._first_pts = src_pts
+        pts = None if src_pts is None or self._first_pts is None else src_pts - self._first_pts
+        if pts is None or (self._last_pts is not None and pts <= self._last_pts):
+            pts = 0 if self._last_pts is None else self._last_pts + self._step  # keep it monotonic
+        frame.pts = pts
+        frame.time_base = self.time_base
+        self._last_pts = pts
+        try:
+            for packet in self._ostream.encode(frame):
+                self._out.mux(packet)
+        except (av.error.FFmpegError, OSError) as e:
+            raise SinkError(f"video sink: cannot write {self.out_path}: {e}") from e
+        self.frames_written += 1
+
+    # -- results ----------------------------------------------------------------------
+    def add(self, result: FrameResult) -> None:
+        """Advance the decoder to ``result``'s frame, annotate it and encode it."""
+        meta = result.frame
+        index = meta.frame_index
+        if self.finished or index < self._position:
+            self._late += 1
+            if self._late == 1:
+                log.warning("video sink: source '%s': result for frame %d arrived after frame %d "
+                            "was written (out of order, duplicated or past the end); ignored",
+                            self.source_id, index, self._position - 1)
+            return
+        while self._position < index:  # frames without a result
+            frame = self._next_frame()
+            if frame is None:
+                break
+            if self.cfg.unmatched == "copy":
+                rgb = _to_rgb(frame)
+                self._encode(self._annotate(rgb, Detections.empty(), self._position, None),
+                             frame.pts)
+            self._position += 1
+        frame = self._next_frame()
+        if frame is None:
+            log.warning("video sink: source '%s': result for frame %d but %s has only %d frames; "
+                        "ignored", self.source_id, index, self.uri, self._position)
+            self._late += 1
+            self.close()
+            return
+        self._check_pts(meta.pts, meta.time_base, frame)
+        rgb = _to_rgb(frame)
+        self._encode(self._annotate(rgb, result.detections, index, (meta.width, meta.height)),
+                     frame.pts)
+        self._position += 1
+        if self._at_end():
+            self.close()
+
+    def _annotate(self, rgb: npt.NDArray[np.uint8], dets: Detections, index: int,
+                  meta_size: tuple[int, int] | None) -> av.VideoFrame:
+        h, w = rgb.shape[:2]
+        if meta_size is not None and meta_size != (w, h) and len(dets):
+            scale = np.array([w / meta_size[0], h / meta_size[1]] * 2, np.float32)
+            dets = Detections(dets.xyxy * scale, dets.confidence, dets.class_id, dets.class_names)
+        size = max(10, round(h / 36))
+        if size not in self._fonts:
+            self._fonts[size] = _load_font(size)
+        drawn = draw_detections(rgb, dets, index, draw_labels=self.cfg.draw_labels,
+                                line_width=self.cfg.line_width, font=self._fonts[size])
+        return av.VideoFrame.from_ndarray(drawn, format="rgb24")
+
+    def _check_pts(self, pts: int | None, time_base: tuple[int, int],
+                   frame: av.VideoFrame) -> None:
+        if pts is None or frame.pts is None:
+            return
+        tb = Fraction(*time_base)
+        if tb == self.time_base:
+            same = pts == frame.pts
+        else:
+            same = abs(pts * tb - frame.pts * self.time_base) * self.fps < Fraction(1, 2)
+        if not same:
+            self._pts_mismatch += 1
+            if self._pts_mismatch == 1:
+                log.warning("video sink: source '%s': frame %d has pts %d (%s) in the results but "
+                            "pts %d (%s) when decoded here; boxes may be drawn on the wrong frames",
+                            self.source_id, self._position, pts, tb, frame.pts, self.time_base)
+
+    # -- closing ----------------------------------------------------------------------
+    def _close_output(self) -> None:
+        out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close()
+            except (av.error.FFmpegError, OSError) as e:
+                log.error("video sink: finalising %s failed: %s", self.out_path, e)
+
+    def close(self) -> None:
+        """Flush the encoder and finalise the file (idempotent; never raises for FFmpeg errors)."""
+        if self.finished:
+            return
+        self.finished = True
+        self._pending = None
+        try:
+            if self._out is not None:
+                try:
+                    for packet in self._ostream.encode(None):
+                        self._out.mux(packet)
+                except (av.error.FFmpegError, OSError) as e:
+                    log.error("video sink: flushing the encoder of %s failed: %s",
+                              self.out_path, e)
+                self._close_output()
+                log.info("video sink: wrote %s (%d frames)", self.out_path, self.frames_written)
+        finally:
+            self._frames = iter(())  # drop the decoder and the encoder
+            self._ostream = None
+            self._in.close()
+        if self._late:
+            log.warning("video sink: source '%s': %d result(s) could not be placed (see above)",
+                        self.source_id, self._late)
+        if self._pts_mismatch:
+            log.warning("video sink: source '%s': %d frame(s) had a different pts than decoded "
+                        "here", self.source_id, self._pts_mismatch)
+
+
+def _output_name(source_id: str) -> Path:
+    parts = [_UNSAFE.sub("_", p).strip(".") or "_" for p in source_id.split("/") if p]
+    if not parts:
+        parts = ["_"]
+    return Path(*parts[:-1], parts[-1] + ".annotated.mp4")
+
+
+class VideoSink:
+    """Writes an annotated copy of every file source; see the module docstring."""
+
+    def __init__(self, path: str | Path, codec: str = "libx264", crf: int | None = 23,
+                 preset: str | None = "veryfast", draw_labels: bool = True,
+                 unmatched: Literal["copy", "skip"] = "copy", line_width: int | None = None,
+                 threads: int = 2) -> None:
+        self.config = VideoSinkConfig(str(path), codec, crf, preset, draw_labels, unmatched,
+                                      line_width, threads)
+        self.path = Path(path).expanduser()
+        self._single_file = self.path.suffix.lower() in VIDEO_SUFFIXES
+        self._writers: dict[str, _SourceWriter] = {}
+        self._ignored: set[str] = set()
+        self._fonts: dict[int, Any] = {}
+        self._entered = False
+        #: source id -> output file, for every source that got a writer.
+        self.outputs: dict[str, Path] = {}
+
+    def __enter__(self) -> VideoSink:
+        _load_font(12)  # fail now, not at the first frame, when Pillow is missing
+        self._entered = True
+        return self
+
+    def _writer(self, result: FrameResult) -> _SourceWriter | None:
+        meta = result.frame
+        sid = meta.source_id
+        writer = self._writers.get(sid)
+        if writer is not None or sid in self._ignored:
+            return writer
+        if not is_file_uri(meta.uri):
+            self._ignored.add(sid)
+            log.warning("video sink: source '%s' (%s) is not a file; %s, its results are ignored",
+                        sid, meta.uri, _NETWORK_HINT)
+            return None
+        if self._single_file:
+            if self.outputs:
+                raise SinkError(f"video sink: path {self.path} is a single file but results of a "
+                                f"second source '{sid}' arrived; set path to a folder")
+            out = self.path
+        else:
+            out = self.path / _output_name(sid)
+        writer = _SourceWriter(sid, meta.uri, out, self.config, self._fonts)
+        self._writers[sid] = writer
+        self.outputs[sid] = out
+        return writer
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        """Annotate and encode ``results`` (in order per source; sources may interleave)."""
+        if not self._entered:
+            raise SinkError(f"video sink {self.path}: write() called outside 'with'")
+        for result in results:
+            writer = self._writer(result)
+            if writer is not None:
+                writer.add(result)
+
+    def close(self) -> None:
+        """Finalise every open output (also called by ``__exit__``)."""
+        errors: list[BaseException] = []
+        for writer in self._writers.values():
+            try:
+                writer.close()
+            except Exception as e:  # close the others first
+                errors.append(e)
+        self._entered = False
+        if errors:
+            raise SinkError(f"video sink: closing failed: {errors[0]}") from errors[0]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except SinkError:
+            if exc is None:
+                raise
+            log.exception("video sink: closing after an error failed")
+
+
+@SINKS.register("video", VideoSinkConfig)
+def _video(config: VideoSinkConfig) -> VideoSink:
+    return VideoSink(config.path, config.codec, config.crf, config.preset, config.draw_labels,
+                     config.unmatched, config.line_width, config.threads)
