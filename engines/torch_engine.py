@@ -223,7 +223,8 @@ class TorchEngine:
             pool = torch.cuda.graph_pool_handle()
             self._pools[s.cuda_stream] = pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, stream=side):
+        # thread_local: DALI threads keep calling CUDA (allocations, event queries) meanwhile
+        with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
             outs = self._forward(x)
         s.wait_stream(side)
         log.debug("captured a CUDA graph for input %#x %s", x.data_ptr(), tuple(x.shape))

@@ -46,8 +46,10 @@ class _SinkRegistry(Registry[Sink]):
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
-            from streams.sinks import files  # noqa: F401  (registers jsonl, csv)
-            from streams.sinks import video  # noqa: F401  (registers video)
+            from streams.sinks import (
+                files,  # noqa: F401  (registers jsonl, csv)
+                video,  # noqa: F401  (registers video)
+            )
 
             try:
                 from streams.sinks import mqtt  # noqa: F401  (registers mqtt)
