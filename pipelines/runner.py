@@ -73,12 +73,25 @@ def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stag
     engine = stack.enter_context(engine)  # type: ignore[arg-type]
     layout = info.layout
     if layout == "auto":
-        layout = detect_layout([o.shape for o in engine.outputs], [o.name for o in engine.outputs])
+        shapes = [o.shape for o in engine.outputs]
+        if any(d is None for shape in shapes for d in shape[1:]):
+            shapes = _probe_output_shapes(engine, info.input_size)
+        layout = detect_layout(shapes, [o.name for o in engine.outputs])
         log.info("model output layout: %s", layout)
     p = cfg.postprocess
     params = PostprocessParams(conf_threshold=p.conf_threshold, iou_threshold=p.iou_threshold,
                                max_detections=p.max_detections, class_agnostic=p.class_agnostic)
     return Stage(engine, info, layout, params, InPlaceInference(engine))
+
+
+def _probe_output_shapes(engine: Engine, size: tuple[int, int]) -> list[tuple[int | None, ...]]:
+    """Output shapes from one inference on a blank batch (for models with symbolic dims)."""
+    dtype = torch.float16 if engine.input_dtype == "float16" else torch.float32
+    x = torch.zeros((1, 3, *size), dtype=dtype, device=engine.device)
+    if engine.input_layout == "NHWC":
+        x = x.contiguous(memory_format=torch.channels_last)
+    outs = engine.infer({engine.inputs[0].name: x})
+    return [tuple(outs[o.name].shape) for o in engine.outputs]
 
 
 def decode_plan(cfg: JobConfig, stage: Stage, device: str) -> DecodePlan:
