@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from types import TracebackType
@@ -77,6 +78,7 @@ class TorchEngine:
         self._graphs: dict[int, OrderedDict[tuple[Any, ...], _Graph]] = {}
         self._pools: dict[int, Any] = {}
         self._misses = 0
+        self._lock = threading.Lock()  # graph caches are shared by the callers' threads
         self._outputs: tuple[TensorSpec, ...] = ()
         self._entered = False
 
@@ -189,9 +191,15 @@ class TorchEngine:
         return self._forward(x)
 
     def _replay(self, x: torch.Tensor, s: torch.cuda.Stream) -> tuple[torch.Tensor, ...]:
+        """Replay (capturing first if needed) the graph for this stream and input buffer.
+
+        Thread-safe: each stream has its own cache and pool, and one caller thread per
+        stream is assumed (Fovea's decode sessions each own a stream).
+        """
         key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
-        cache = self._graphs.setdefault(s.cuda_stream, OrderedDict())
-        g = cache.get(key)
+        with self._lock:
+            cache = self._graphs.setdefault(s.cuda_stream, OrderedDict())
+            g = cache.get(key)
         if g is None:
             self._misses += 1
             if self._misses > 4 * self._graph_cache_size:
@@ -200,14 +208,17 @@ class TorchEngine:
                     "running eagerly from now on", self._misses,
                 )
                 self._use_graphs = False
-                self._graphs.clear()
+                with self._lock:
+                    self._graphs.clear()
                 return self._eager(x)
             g = self._capture(x, s)
-            cache[key] = g
-            if len(cache) > self._graph_cache_size:
-                cache.popitem(last=False)
+            with self._lock:
+                cache[key] = g
+                if len(cache) > self._graph_cache_size:
+                    cache.popitem(last=False)
         else:
-            cache.move_to_end(key)
+            with self._lock:
+                cache.move_to_end(key)
         g.graph.replay()
         return g.outputs
 
@@ -218,10 +229,11 @@ class TorchEngine:
             for _ in range(2):  # warm-up on a side stream, as torch requires before capture
                 self._forward(x)
         s.wait_stream(side)
-        pool = self._pools.get(s.cuda_stream)
-        if pool is None:
-            pool = torch.cuda.graph_pool_handle()
-            self._pools[s.cuda_stream] = pool
+        with self._lock:
+            pool = self._pools.get(s.cuda_stream)
+            if pool is None:
+                pool = torch.cuda.graph_pool_handle()
+                self._pools[s.cuda_stream] = pool
         graph = torch.cuda.CUDAGraph()
         # thread_local: DALI threads keep calling CUDA (allocations, event queries) meanwhile
         with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):

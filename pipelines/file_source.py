@@ -7,6 +7,11 @@ amount. On the GPU each worker has its own CUDA stream: DALI orders the outputs 
 and the consumer runs the engine on it, so no host synchronisation is needed between
 decode and inference.
 
+With a ``process`` callback (engine + postprocess), each worker also runs inference on
+its own batches, on its own stream, and hands back :class:`ProcessedBatch` results: the
+sessions then overlap engine work as well as decoding, a file's batches stay in order,
+and DALI's buffers are released as soon as the detections are on the host.
+
 A file that fails (probe or decode) becomes a ``FileEvent(kind="failed")`` with the
 reason; its worker builds a fresh pipeline for the next file (DALI pipelines are
 invalid after a decode error), so the job goes on.
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -32,8 +37,9 @@ from typing import Literal
 from operators.boxes import letterbox_geometry
 from pipelines.decode import DecodedBatch, FileDecoder, choose_decoder
 from pipelines.preprocess import PreprocessSpec
-from streams.errors import DecodeError, SourceError
+from streams.errors import DecodeError, EngineError, FoveaError, SourceError
 from streams.files import VideoFile
+from streams.frames import FrameResult
 from streams.probe import VideoInfo, probe_video
 
 log = logging.getLogger(__name__)
@@ -65,15 +71,34 @@ class FileEvent:
     info: VideoInfo | None = None
 
 
+@dataclass(frozen=True)
+class ProcessedBatch:
+    """The results of one batch processed by a worker's ``process`` callback."""
+
+    file: VideoFile
+    results: list[FrameResult]
+
+
+Processor = Callable[[DecodedBatch], list[FrameResult]]
+
 _END = object()
+
+
+@dataclass(frozen=True)
+class _WorkerCrash:
+    """An error that must stop the job (engine, sink, bug), carried to the consumer."""
+
+    error: BaseException
 
 
 class FileBatchSource:
     """Decodes ``files`` with ``plan.sessions`` concurrent pipelines; see module docstring."""
 
-    def __init__(self, files: Sequence[VideoFile], plan: DecodePlan, queue_size: int | None = None) -> None:
+    def __init__(self, files: Sequence[VideoFile], plan: DecodePlan, queue_size: int | None = None,
+                 process: Processor | None = None) -> None:
         self.files = list(files)
         self.plan = plan
+        self.process = process
         self._jobs: queue.Queue[VideoFile] = queue.Queue()
         self._out: queue.Queue[object] = queue.Queue(maxsize=queue_size or max(2, 2 * plan.sessions))
         self._stop = threading.Event()
@@ -108,14 +133,17 @@ class FileBatchSource:
                 t.join(timeout=0.05)
         self._threads.clear()
 
-    def read(self) -> DecodedBatch | FileEvent | None:
-        """The next batch or file event; ``None`` once every file is finished."""
+    def read(self) -> DecodedBatch | ProcessedBatch | FileEvent | None:
+        """The next batch (or processed batch) or file event; ``None`` once all files are done."""
         while self._running > 0:
             item = self._out.get()
             if item is _END:
                 self._running -= 1
                 continue
-            assert isinstance(item, (DecodedBatch, FileEvent))
+            if isinstance(item, _WorkerCrash):
+                self._stop.set()
+                raise item.error
+            assert isinstance(item, (DecodedBatch, ProcessedBatch, FileEvent))
             return item
         return None
 
@@ -144,9 +172,20 @@ class FileBatchSource:
                 except queue.Empty:
                     break
                 self._decode_file(f, stream)
+        except BaseException as e:  # engine failures etc. stop the job, in the consumer
+            self._put(_WorkerCrash(e))
         finally:
             self._put(_END) or self._out.put(_END)
             del keep_stream
+
+    def _run_process(self, batch: DecodedBatch) -> list[FrameResult]:
+        assert self.process is not None
+        try:
+            return self.process(batch)
+        except FoveaError:
+            raise
+        except Exception as e:  # inference failures are not the file's fault
+            raise EngineError(f"inference failed on {batch.source.path}: {type(e).__name__}: {e}") from e
 
     def _decode_file(self, f: VideoFile, stream: int | None) -> None:
         plan = self.plan
@@ -165,12 +204,18 @@ class FileBatchSource:
         try:
             with decoder:
                 for batch in decoder:
-                    if not self._put(batch):
+                    item: object = batch
+                    if self.process is not None:
+                        item = ProcessedBatch(f, self._run_process(batch))
+                        del batch  # DALI's buffers go back as soon as detections are on the host
+                    if not self._put(item):
                         return
         except SourceError as e:
             self._put(FileEvent(f, "failed", frames=decoder.frames_decoded,
                                 expected_frames=info.num_frames, decoder=kind, error=e))
             return
+        except FoveaError:
+            raise  # not the file's fault: an engine or sink problem stops the job
         except Exception as e:  # a DALI/FFmpeg failure we did not foresee: isolate the file
             log.exception("%s: unexpected decode failure", f.path)
             err = DecodeError(str(f.path), f"{type(e).__name__}: {str(e).strip()[:300]}")

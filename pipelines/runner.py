@@ -29,7 +29,7 @@ from operators.inplace import InPlaceInference
 from operators.postprocess import PostprocessParams, postprocess
 from pipelines.config import JobConfig
 from pipelines.decode import DecodedBatch
-from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
+from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent, ProcessedBatch
 from pipelines.preprocess import PreprocessSpec
 from pipelines.progress import FileFailure, JobSummary, Progress
 from streams.errors import ConfigError
@@ -147,12 +147,13 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
         progress.files_finished = len(problems)
         start = time.monotonic()
         try:
-            source = stack.enter_context(FileBatchSource(files, plan))
+            # engine + postprocess run in the decode sessions' threads, one CUDA stream each
+            source = stack.enter_context(FileBatchSource(files, plan, process=stage.process))
             while (item := source.read()) is not None:
                 if isinstance(item, FileEvent):
                     _on_event(item, summary, progress)
                     continue
-                results = stage.process(item)
+                results = item.results if isinstance(item, ProcessedBatch) else stage.process(item)
                 for sink in sinks:
                     sink.write(results)
                 summary.frames += len(results)

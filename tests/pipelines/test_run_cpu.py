@@ -123,3 +123,19 @@ def test_help_explains_every_option(capsys) -> None:
     text = capsys.readouterr().out
     for opt in ("--source", "--model", "--out", "--device", "--no-progress"):
         assert opt in text
+
+
+def test_engine_failure_stops_the_job_with_a_clear_error(clip_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 1:
+                raise RuntimeError("kaboom")
+            return torch.zeros(x.shape[0], 6, 100)
+
+    path = tmp_path / "broken.pt"
+    torch.jit.script(Broken()).save(str(path))
+    code = main(["run", "--source", str(clip_dir / "landscape.mp4"), "--model", str(path),
+                 "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
+    assert code == 4  # engine error, not "file failed"
