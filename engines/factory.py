@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import Engine
-from pipelines.config import EngineConfig, ModelConfig
-from streams.errors import ConfigError, EngineError, MissingDependencyError
+from pipelines.config import EngineConfig, ModelConfig, PostprocessConfig, PreprocessConfig
+from streams.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -119,20 +119,27 @@ def _tensorrt_importable() -> tuple[bool, str]:
         import tensorrt  # noqa: F401
     except ImportError:
         return False, "the 'tensorrt' package is not installed"
-    try:
-        import pycuda  # noqa: F401
-    except ImportError:
-        pass  # the TensorRT engine uses torch's CUDA where it can
     return True, "tensorrt is importable"
 
 
-def open_engine(model: ModelConfig, engine: EngineConfig, device: str) -> tuple[Engine, ModelInfo]:
-    """Build (but do not enter) the engine for ``model`` on ``device``, with model info."""
+def open_engine(
+    model: ModelConfig,
+    engine: EngineConfig,
+    device: str,
+    postprocess: PostprocessConfig | None = None,
+    preprocess: PreprocessConfig | None = None,
+) -> tuple[Engine, ModelInfo]:
+    """Build (but do not enter) the engine for ``model`` on ``device``, with model info.
+
+    ``postprocess`` and ``preprocess`` matter to TensorRT only: in-engine NMS thresholds
+    and the INT8 calibration frames' letterboxing follow the job's settings.
+    """
+    extras = {"postprocess": postprocess, "preprocess": preprocess}
     names = load_class_names(model.class_names)
     path = model.path
     kind = engine.kind
     if path == "default":
-        return _open_default(model, engine, device, names)
+        return _open_default(model, engine, device, names, extras)
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError("model.path", f"model file {path!r} does not exist")
@@ -156,7 +163,7 @@ def open_engine(model: ModelConfig, engine: EngineConfig, device: str) -> tuple[
             raise ConfigError("engine.kind", "the torch engine runs torch models (.pt/.pt2); for "
                               "ONNX use onnxruntime or tensorrt")
         if kind == "tensorrt":
-            return _open_tensorrt(p, engine, device, info), info
+            return _open_tensorrt(p, engine, device, info, extras), info
         from engines.onnxruntime_engine import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(p, device=device), info
@@ -169,7 +176,8 @@ def open_engine(model: ModelConfig, engine: EngineConfig, device: str) -> tuple[
             log.warning("model.input_size not set for %s: using %dx%d", p.name, *size)
         info = ModelInfo(names or (), size, model.layout)
         return _torch_engine(module, engine, device, size), info
-    raise ConfigError("model.path", f"unsupported model file {p.name!r}: expected .onnx, .pt, .pth, .torchscript or .pt2")
+    raise ConfigError("model.path",
+                      f"unsupported model file {p.name!r}: expected .onnx, .pt, .pth, .torchscript or .pt2")
 
 
 def _torch_engine(module: Any, engine: EngineConfig, device: str, size: tuple[int, int]) -> Engine:
@@ -194,7 +202,8 @@ def _load_torch_model(p: Path) -> Any:
 
 
 def _open_default(
-    model: ModelConfig, engine: EngineConfig, device: str, names: tuple[str, ...] | None
+    model: ModelConfig, engine: EngineConfig, device: str, names: tuple[str, ...] | None,
+    extras: dict[str, Any],
 ) -> tuple[Engine, ModelInfo]:
     from engines.detector.model import load_default_detector
 
@@ -216,18 +225,18 @@ def _open_default(
         if not onnx_path.exists():
             export_onnx(net, onnx_path, info.input_size)
         if kind == "tensorrt":
-            return _open_tensorrt(onnx_path, engine, device, info), info
+            return _open_tensorrt(onnx_path, engine, device, info, extras), info
         from engines.onnxruntime_engine import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(onnx_path, device=device), info
     raise ConfigError("engine.kind", f"unknown engine {kind!r}")
 
 
-def _open_tensorrt(onnx_path: Path, engine: EngineConfig, device: str, info: ModelInfo) -> Engine:
+def _open_tensorrt(
+    onnx_path: Path, engine: EngineConfig, device: str, info: ModelInfo, extras: dict[str, Any]
+) -> Engine:
     if not device.startswith("cuda"):
         raise ConfigError("engine.device", "engine: tensorrt needs a CUDA device")
-    try:
-        from engines.tensorrt import open_tensorrt_engine
-    except ImportError as e:
-        raise MissingDependencyError("tensorrt", "engine: tensorrt", "pip install tensorrt pycuda") from e
-    return open_tensorrt_engine(onnx_path, engine, device, info.input_size)
+    from engines.tensorrt import open_tensorrt_engine
+
+    return open_tensorrt_engine(onnx_path, engine, device, info.input_size, **extras)

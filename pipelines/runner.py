@@ -69,7 +69,7 @@ def _stream_ctx(stream: int | None) -> contextlib.AbstractContextManager[Any]:
 
 def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stage:
     """Open the engine (entered on ``stack``) and resolve the output layout."""
-    engine, info = open_engine(cfg.model, cfg.engine, device)
+    engine, info = open_engine(cfg.model, cfg.engine, device, cfg.postprocess, cfg.preprocess)
     engine = stack.enter_context(engine)  # type: ignore[arg-type]
     layout = info.layout
     if layout == "auto":

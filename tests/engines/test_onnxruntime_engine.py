@@ -82,3 +82,39 @@ def test_job_results_match_between_engines(
         boxes_a = [c for d in a["detections"] for c in d["box"]]
         boxes_b = [c for d in b["detections"] for c in d["box"]]
         assert boxes_a == pytest.approx(boxes_b, abs=0.05)
+
+
+def test_auto_engine_for_onnx_without_tensorrt_is_onnxruntime(bright_onnx: Path, caplog) -> None:
+    """On a machine without the tensorrt package, engine: auto runs ONNX with ONNX Runtime
+    and says why, once."""
+    import logging
+
+    from engines.factory import open_engine
+    from pipelines.config import EngineConfig, ModelConfig
+
+    with caplog.at_level(logging.INFO):
+        engine, info = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(), "cpu")
+    assert isinstance(engine, OnnxRuntimeEngine)
+    assert info.input_size == (320, 320)
+    assert any("engine auto → onnxruntime" in r.message for r in caplog.records)
+
+
+def test_tensorrt_engine_without_tensorrt_names_what_to_install(bright_onnx: Path) -> None:
+    from engines.factory import open_engine
+    from pipelines.config import EngineConfig, ModelConfig
+    from streams.errors import MissingDependencyError
+
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="CUDA"):
+            open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(kind="tensorrt"), "cpu")
+        return
+    with pytest.raises(MissingDependencyError, match="tensorrt"):
+        engine, _ = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(kind="tensorrt"), "cuda:0")
+        with engine:
+            pass
