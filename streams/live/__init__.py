@@ -1,0 +1,77 @@
+"""Live streams: RTSP sources, cross-stream batching, metrics, health and control.
+
+Modules:
+
+* :mod:`streams.live.config`  ``live:`` config section (:class:`LiveConfig`)
+* :mod:`streams.live.types`   :class:`StreamSpec`, :class:`StreamState`, :class:`StreamStats`,
+  output items :class:`LiveFrame` (CPU decode) and :class:`GopBuffer` (GPU decode)
+* :mod:`streams.live.rtsp`    :class:`RtspSource`, one reader thread per camera
+* :mod:`streams.live.batcher` :class:`Batcher`, nvstreammux-like round-robin batching
+* :mod:`streams.live.metrics` :class:`LiveMetrics`, Prometheus series and latency
+* :mod:`streams.live.http`    :class:`LiveHttpServer`, /metrics /health /streams
+* :mod:`streams.live.manager` :class:`StreamManager`, owns all of the above
+
+Usage::
+
+    from streams.live import LiveConfig, StreamManager, StreamSpec
+
+    with StreamManager(LiveConfig(), mode="frames") as mgr:
+        mgr.add_stream(StreamSpec("cam0", "rtsp://127.0.0.1:8554/cam0"))
+        batch = mgr.next_batch(max_batch=8)
+
+Importing this package starts nothing: threads and sockets exist only after
+``StreamManager.start()`` / ``RtspSource.start()``. ``StreamManager``, ``LiveMetrics`` and
+``LiveHttpServer`` are imported on first use, so the config and data types import without
+``prometheus-client`` (the ``live`` extra). See ``docs/live.md`` for the design.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from streams.live.batcher import Batcher, QueueStats, StreamQueue
+from streams.live.config import LiveConfig, parse_live_config, resolve_output_mode
+from streams.live.redact import Credentials, redact_uri
+from streams.live.rtsp import Backoff, RtspSource
+from streams.live.types import GopBuffer, LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
+
+if TYPE_CHECKING:
+    from streams.live.http import LiveHttpServer
+    from streams.live.manager import StreamManager
+    from streams.live.metrics import LiveMetrics
+
+_LAZY = {
+    "LiveHttpServer": "streams.live.http",
+    "LiveMetrics": "streams.live.metrics",
+    "StreamManager": "streams.live.manager",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'streams.live' has no attribute {name!r}")
+
+
+__all__ = [
+    "Backoff",
+    "Batcher",
+    "Credentials",
+    "GopBuffer",
+    "LiveConfig",
+    "LiveFrame",
+    "LiveHttpServer",
+    "LiveItem",
+    "LiveMetrics",
+    "QueueStats",
+    "RtspSource",
+    "StreamManager",
+    "StreamQueue",
+    "StreamSpec",
+    "StreamState",
+    "StreamStats",
+    "parse_live_config",
+    "redact_uri",
+    "resolve_output_mode",
+]

@@ -70,7 +70,8 @@ _DEFAULT_RTSP_OPTIONS = {
 
 class Backoff:
     """Capped exponential delays with jitter: ``min(max_s, initial_s * multiplier**n)``
-    times a uniform factor in ``[1 - jitter, 1 + jitter]`` (never above ``max_s``).
+    times a uniform factor in ``[1 - jitter, 1 + jitter]``; never above ``max_s`` (at the
+    cap the jitter goes downwards only, so cameras that failed together stay spread out).
 
     Usage::
 
@@ -98,8 +99,10 @@ class Backoff:
         """The next delay in seconds."""
         base = min(self.max_s, self.initial_s * self.multiplier ** min(self.attempt, 64))
         self.attempt += 1
-        factor = 1.0 + self._rng.uniform(-self.jitter, self.jitter)
-        return max(0.0, min(self.max_s, base * factor))
+        delay = base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+        if delay > self.max_s:  # at the cap, jitter downwards: streams stay spread out
+            delay = self.max_s * (1.0 - self._rng.uniform(0.0, self.jitter))
+        return max(0.0, delay)
 
     def reset(self) -> None:
         self.attempt = 0
@@ -350,6 +353,7 @@ class RtspSource:
                 with self._cond:
                     self.reconnects += 1
             first = False
+            failure: _Failure | None
             try:
                 container = self._open()
             except Exception as e:
@@ -580,7 +584,7 @@ class RtspSource:
     def _probe_size(self, codec: str, data: bytes) -> None:
         """Learn the frame size by decoding a buffer's first frame (no SDP parameters)."""
         try:
-            dec = av.CodecContext.create(codec, "r")
+            dec: Any = av.CodecContext.create(codec, "r")
             for packet in dec.parse(data):
                 for frame in dec.decode(packet):
                     with self._cond:

@@ -1,0 +1,294 @@
+"""The live-stream manager: owns the RTSP sources, the batcher, the metrics and the
+optional HTTP server; streams can be added and removed at runtime.
+
+Threads: one reader per stream (:class:`~streams.live.rtsp.RtspSource`), one monitor
+(periodic summary log line), the HTTP server's; the consumer (the runner) calls
+:meth:`StreamManager.next_batch` from its own thread.
+
+Usage (what a runner does)::
+
+    live = parse_live_config(job.extra.get("live"))
+    with StreamManager(live) as mgr:                       # start(): monitor + HTTP
+        for i, src in enumerate(job.sources):
+            mgr.add_stream(StreamSpec.from_source(src, i))
+        while not stopping:
+            batch = mgr.next_batch(job.engine.batch_size)  # LiveFrame or GopBuffer items
+            ... infer, postprocess, sinks.write(results) ...
+            for r in results:
+                mgr.record_emitted(r.frame)                # latency + frames_out
+    # __exit__ -> stop(timeout): every source closed within a bounded time
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from types import TracebackType
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from streams.errors import SourceError
+from streams.frames import FrameMeta
+from streams.live.batcher import Batcher
+from streams.live.config import LiveConfig, OutputMode, resolve_output_mode
+from streams.live.http import LiveHttpServer
+from streams.live.metrics import LiveMetrics
+from streams.live.rtsp import RtspSource
+from streams.live.types import LiveItem, StreamSpec, StreamState, StreamStats
+
+log = logging.getLogger(__name__)
+
+
+class StreamManager:
+    """Owns live sources, their queues, metrics and HTTP endpoints. Thread-safe.
+
+    Args:
+        config: the ``live:`` section (defaults if ``None``).
+        mode: ``"frames"`` (CPU-decoded RGB frames) or ``"gop"`` (GOP buffers for GPU
+            decode); ``None`` resolves ``config.decode`` (see :func:`resolve_output_mode`).
+        registry: the Prometheus registry to use (a fresh one if ``None``).
+        rng: random source of the reconnect jitter (tests pass a seeded one).
+    """
+
+    def __init__(
+        self,
+        config: LiveConfig | None = None,
+        *,
+        mode: OutputMode | None = None,
+        registry: CollectorRegistry | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or LiveConfig()
+        self.mode: OutputMode = mode or resolve_output_mode(self.config.decode)
+        b = self.config.batch
+        self.batcher: Batcher[LiveItem] = Batcher(b.queue_size, b.policy)
+        self.metrics = LiveMetrics(registry if registry is not None else CollectorRegistry())
+        self.metrics.bind(self.streams)
+        self.http: LiveHttpServer | None = None
+        self._rng = rng
+        self._lock = threading.RLock()
+        self._sources: dict[str, RtspSource] = {}
+        self._retired: list[RtspSource] = []  # removed, thread not ended yet
+        self._stop = threading.Event()
+        self._started = False
+        self._monitor: threading.Thread | None = None
+
+    # --------------------------------------------------------------- life cycle
+    def start(self) -> StreamManager:
+        """Start the monitor thread and, if ``config.http.enabled``, the HTTP server."""
+        with self._lock:
+            if self._started:
+                return self
+            if self._stop.is_set():
+                raise SourceError("live", "the stream manager was stopped; make a new one")
+            self._started = True
+        if self.config.http.enabled:
+            h = self.config.http
+            self.http = LiveHttpServer(self, h.host, h.port).start()
+        if self.config.log_interval_s > 0:
+            self._monitor = threading.Thread(target=self._monitor_loop, name="live-monitor",
+                                             daemon=True)
+            self._monitor.start()
+        return self
+
+    def __enter__(self) -> StreamManager:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the HTTP server, every source and the batcher; wait at most ``timeout``
+        seconds for the reader threads (default: the longest a blocked read or open can
+        take, ``max(watchdog.stall_s, watchdog.open_timeout_s) + 1``).
+
+        Returns ``True`` when every thread ended in time. Threads still blocked in a read
+        are daemons; they end on their own once their read or open times out.
+        Queued items stay readable through :meth:`next_batch`.
+        """
+        if timeout is None:
+            wd = self.config.watchdog
+            timeout = max(wd.stall_s, wd.open_timeout_s) + 1.0
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        with self._lock:
+            sources = list(self._sources.values()) + self._retired
+        for s in sources:
+            s.stop()
+        self.batcher.close()
+        alive = [s.id for s in sources if not s.join(max(0.0, deadline - time.monotonic()))]
+        if self._monitor is not None:
+            self._monitor.join(max(0.0, deadline - time.monotonic()))
+        if alive:
+            log.warning("live: %d reader thread(s) still blocked after %.1f s: %s",
+                        len(alive), timeout, ", ".join(alive))
+        else:
+            log.info("live: all %d stream(s) stopped", len(sources))
+        return not alive
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ streams
+    def add_stream(self, spec: StreamSpec) -> StreamStats:
+        """Start reading ``spec``; other streams are not disturbed.
+
+        Raises :class:`~streams.errors.ConfigError` for a bad spec and
+        :class:`~streams.errors.SourceError` when the id is taken or the manager stopped.
+        """
+        spec.validate("stream")
+        with self._lock:
+            if self._stop.is_set():
+                raise SourceError(spec.id, "the stream manager is stopped")
+            if spec.id in self._sources:
+                raise SourceError(spec.id, "a stream with this id already exists")
+            queue = self.batcher.add_stream(spec.id)
+            source = RtspSource(spec, queue.put, mode=self.mode, config=self.config, rng=self._rng)
+            self._sources[spec.id] = source
+            source.start()
+        log.info("live: added stream %s (%s, %s, %s)", spec.id, source.display_uri,
+                 spec.transport, self.mode)
+        return source.stats()
+
+    def add_sources(self, entries: Iterable[Any]) -> list[StreamStats]:
+        """Add every ``sources:`` entry that has a ``uri`` (see :meth:`StreamSpec.from_source`)."""
+        return [
+            self.add_stream(StreamSpec.from_source(e, i))
+            for i, e in enumerate(entries)
+            if getattr(e, "uri", None)
+        ]
+
+    def remove_stream(self, stream_id: str, timeout: float = 2.0) -> bool:
+        """Stop and forget a stream (its queued items are dropped). ``False`` if unknown.
+
+        Waits up to ``timeout`` s for its thread; a thread blocked in a read is left to
+        end on its own (bounded by ``watchdog.stall_s``) and cannot emit any more.
+        """
+        with self._lock:
+            source = self._sources.pop(stream_id, None)
+            if source is None:
+                return False
+            source.stop()
+            self.batcher.remove_stream(stream_id)
+            self.metrics.forget(stream_id)
+        if not source.join(timeout):
+            with self._lock:
+                self._retired.append(source)
+        log.info("live: removed stream %s", stream_id)
+        return True
+
+    def source(self, stream_id: str) -> RtspSource | None:
+        """The source object of a stream (for its state history), or ``None``."""
+        with self._lock:
+            return self._sources.get(stream_id)
+
+    def stream_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._sources)
+
+    def stats(self, stream_id: str) -> StreamStats | None:
+        """One stream's snapshot (with its queue counters), or ``None``."""
+        source = self.source(stream_id)
+        if source is None:
+            return None
+        q = self.batcher.stats().get(stream_id)
+        s = source.stats()
+        return s if q is None else replace(s, queued=q.depth, dropped=q.dropped)
+
+    def streams(self) -> list[StreamStats]:
+        """Snapshots of every stream, in the order they were added."""
+        with self._lock:
+            sources = list(self._sources.values())
+        queues = self.batcher.stats()
+        out = []
+        for source in sources:
+            s = source.stats()
+            q = queues.get(source.id)
+            out.append(s if q is None else replace(s, queued=q.depth, dropped=q.dropped))
+        return out
+
+    # ----------------------------------------------------------------- consumer
+    def next_batch(self, max_batch: int, max_wait_s: float | None = None) -> list[LiveItem]:
+        """Up to ``max_batch`` items from all streams, round-robin; waits at most
+        ``max_wait_s`` (default ``live.batch.max_wait_ms``). See :class:`Batcher`."""
+        if max_wait_s is None:
+            max_wait_s = self.config.batch.max_wait_s
+        return self.batcher.next_batch(max_batch, max_wait_s)
+
+    def record_emitted(self, meta: FrameMeta | Sequence[FrameMeta]) -> None:
+        """Tell the metrics that these frames' detections were emitted (latency, count).
+
+        Frames of streams removed meanwhile (still in the runner's hands) are ignored, so
+        a removed stream's series do not come back.
+        """
+        now = time.time()
+        metas = (meta,) if isinstance(meta, FrameMeta) else meta
+        with self._lock:
+            for m in metas:
+                if m.source_id in self._sources:
+                    self.metrics.record_emitted(m, now)
+
+    # ------------------------------------------------------------------- health
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``(http_status, payload)``: 200 ``ok`` when all streams are live, 200
+        ``degraded`` when some are, 503 ``down`` when none is (or there are none)."""
+        streams = self.streams()
+        live = sum(1 for s in streams if s.state == StreamState.LIVE)
+        if streams and live == len(streams):
+            status, code = "ok", 200
+        elif live:
+            status, code = "degraded", 200
+        else:
+            status, code = "down", 503
+        payload = {
+            "status": status,
+            "live": live,
+            "total": len(streams),
+            "mode": self.mode,
+            "streams": {
+                s.id: {
+                    "state": s.state.value,
+                    "fps": round(s.fps, 2),
+                    "last_error": s.last_error,
+                    "drops": s.dropped,
+                    "reconnects": s.reconnects,
+                    "queued": s.queued,
+                }
+                for s in streams
+            },
+        }
+        return code, payload
+
+    def summary_line(self) -> str:
+        """One line describing every stream (what the monitor logs)."""
+        streams = self.streams()
+        live = sum(1 for s in streams if s.state == StreamState.LIVE)
+        parts = [f"live {live}/{len(streams)}"]
+        for s in streams:
+            text = (f"{s.id} {s.state.value} {s.fps:.1f}fps q={s.queued} "
+                    f"drops={s.dropped} reconnects={s.reconnects}")
+            if s.state != StreamState.LIVE and s.last_error:
+                text += f" err={s.last_error!r}"
+            parts.append(text)
+        return " | ".join(parts)
+
+    def _monitor_loop(self) -> None:
+        interval = self.config.log_interval_s
+        while not self._stop.wait(interval):
+            log.info("live: %s", self.summary_line())
+            with self._lock:
+                self._retired = [s for s in self._retired if s.alive]

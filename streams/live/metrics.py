@@ -1,0 +1,154 @@
+"""Prometheus metrics of live streams, on an explicit (non-global) ``CollectorRegistry``.
+
+Per-stream counters and gauges are read from the sources' statistics at scrape time (a
+custom collector: no double bookkeeping, and a removed stream's series disappear). What
+only the runner knows is pushed: :meth:`LiveMetrics.record_emitted` counts a frame whose
+detections were emitted and observes its latency, packet arrival -> emitted.
+
+Series (label ``stream`` = stream id; URIs appear only redacted, in ``fovea_live_stream_info``)::
+
+    fovea_live_stream_info{stream,uri,transport,mode} 1
+    fovea_live_stream_state{stream,state}             1 for the current state, else 0
+    fovea_live_frames_in_total / _packets_total / _bytes_total
+    fovea_live_frames_out_total                       frames emitted by the runner
+    fovea_live_dropped_total                          items dropped by a full queue
+    fovea_live_reconnects_total / _stalls_total / _decode_errors_total
+    fovea_live_fps / _queue_depth / _last_packet_age_seconds
+    fovea_live_latency_seconds (histogram)            arrival -> detections emitted
+
+Usage::
+
+    registry = CollectorRegistry()
+    metrics = LiveMetrics(registry)
+    metrics.bind(manager.streams)              # done by StreamManager
+    metrics.record_emitted(frame_meta)         # by the runner, after its sinks wrote
+    generate_latest(registry)                  # what GET /metrics serves
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from streams.frames import FrameMeta
+from streams.live.types import StreamState, StreamStats
+
+NAMESPACE = "fovea_live"
+# live latency spans a few ms (CPU decode) to seconds (GOP buffers: >= one keyframe interval)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+_COUNTERS = (
+    ("frames_in", "frames", "Frames produced by the source (decoded or packed into GOPs)."),
+    ("packets", "packets", "Packets demuxed from the stream."),
+    ("bytes", "bytes", "Encoded bytes received."),
+    ("dropped", "dropped", "Items (frames or GOP buffers) dropped by the full-queue policy."),
+    ("reconnects", "reconnects", "Reconnection attempts."),
+    ("stalls", "stalls", "Sessions ended by the stall watchdog."),
+    ("decode_errors", "decode_errors", "Packets the decoder rejected."),
+)
+
+
+class _StreamsCollector:
+    """Yields the per-stream series from a snapshot callable at scrape time."""
+
+    def __init__(self) -> None:
+        self.snapshot: Callable[[], Sequence[StreamStats]] = lambda: ()
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic series: nothing to check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        stats = list(self.snapshot())
+        info = GaugeMetricFamily(
+            f"{NAMESPACE}_stream_info", "Stream identity (URI redacted).",
+            labels=["stream", "uri", "transport", "mode"],
+        )
+        state = GaugeMetricFamily(
+            f"{NAMESPACE}_stream_state", "1 for the stream's current state.",
+            labels=["stream", "state"],
+        )
+        counters = {
+            name: CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=["stream"])
+            for name, _, doc in _COUNTERS
+        }
+        fps = GaugeMetricFamily(f"{NAMESPACE}_fps", "Frames per second, last seconds.",
+                                labels=["stream"])
+        depth = GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Items waiting in the queue.",
+                                  labels=["stream"])
+        age = GaugeMetricFamily(f"{NAMESPACE}_last_packet_age_seconds",
+                                "Seconds since the last packet arrived.", labels=["stream"])
+        for s in stats:
+            info.add_metric([s.id, s.uri, s.transport, s.mode], 1.0)
+            for st in StreamState:
+                state.add_metric([s.id, st.value], 1.0 if s.state == st else 0.0)
+            for name, attr, _ in _COUNTERS:
+                counters[name].add_metric([s.id], float(getattr(s, attr)))
+            fps.add_metric([s.id], s.fps)
+            depth.add_metric([s.id], float(s.queued))
+            if s.last_packet_age_s is not None:
+                age.add_metric([s.id], s.last_packet_age_s)
+        yield info
+        yield state
+        yield from counters.values()
+        yield fps
+        yield depth
+        yield age
+
+
+class LiveMetrics:
+    """The live metrics of one :class:`~streams.live.manager.StreamManager`.
+
+    Args:
+        registry: where the series are registered (never the global default registry).
+        latency_buckets: histogram buckets of ``fovea_live_latency_seconds``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        latency_buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self.registry = registry
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+        self._frames_out = Counter(
+            "frames_out", "Frames whose detections were emitted to the sinks.",
+            ["stream"], namespace=NAMESPACE, registry=registry,
+        )
+        self._latency = Histogram(
+            "latency_seconds", "Packet arrival to detections emitted, per frame.",
+            ["stream"], namespace=NAMESPACE, buckets=tuple(latency_buckets), registry=registry,
+        )
+        self._collector = _StreamsCollector()
+        registry.register(self._collector)
+
+    def bind(self, snapshot: Callable[[], Sequence[StreamStats]]) -> None:
+        """Set the callable giving the streams' statistics at scrape time."""
+        self._collector.snapshot = snapshot
+
+    def record_emitted(self, meta: FrameMeta, now: float | None = None) -> float | None:
+        """Count one emitted frame; observe and return its latency (``None`` without
+        ``meta.arrival_time``). Call it after the sinks have written the frame."""
+        with self._lock:
+            self._known.add(meta.source_id)
+        self._frames_out.labels(meta.source_id).inc()
+        if meta.arrival_time is None:
+            return None
+        latency = max(0.0, (time.time() if now is None else now) - meta.arrival_time)
+        self._latency.labels(meta.source_id).observe(latency)
+        return latency
+
+    def forget(self, stream_id: str) -> None:
+        """Drop the pushed series of a removed stream."""
+        with self._lock:
+            if stream_id not in self._known:
+                return
+            self._known.discard(stream_id)
+        for metric in (self._frames_out, self._latency):
+            with contextlib.suppress(KeyError):
+                metric.remove(stream_id)

@@ -1,0 +1,59 @@
+"""Fixtures of the live tests: real RTSP servers and a real MQTT broker on loopback.
+
+``rtsp_servers`` is a factory: ``rtsp_servers(["cam0:pattern=red"], auth=[...])`` starts a
+GStreamer RTSP server subprocess on a free port (waits for its READY line) and returns a
+:class:`~tests.servers.helpers.RtspServerProcess` that the test may kill, restart (same
+port), pause or resume; all are stopped at teardown. ``mosquitto`` is a running broker
+(:class:`~tests.servers.helpers.MosquittoProcess`). Tests skip, with the reason and the
+apt command, when a server cannot run on this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from tests.live.helpers import RtspFactory
+from tests.servers.helpers import (
+    MosquittoProcess,
+    RtspServerProcess,
+    mosquitto_unavailable,
+    rtsp_unavailable,
+)
+
+
+@pytest.fixture
+def rtsp_servers() -> Iterator[RtspFactory]:
+    reason = rtsp_unavailable()
+    if reason:
+        pytest.skip(reason)
+    started: list[RtspServerProcess] = []
+
+    def make(mounts: Sequence[str], auth: Sequence[str] = ()) -> RtspServerProcess:
+        server = RtspServerProcess(mounts, auth)
+        try:
+            server.start()
+        except RuntimeError as e:
+            pytest.skip(f"the GStreamer RTSP server cannot start: {e}")
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[MosquittoProcess]:
+    reason = mosquitto_unavailable()
+    if reason:
+        pytest.skip(reason)
+    broker = MosquittoProcess()
+    try:
+        broker.start()
+    except RuntimeError as e:
+        broker.close()
+        pytest.skip(f"mosquitto cannot start: {e}")
+    yield broker
+    broker.close()

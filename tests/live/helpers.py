@@ -1,0 +1,117 @@
+"""Test helpers: a consumer thread that drains a StreamManager like a runner would, and
+small polling utilities."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streams.live.manager import StreamManager
+from streams.live.types import GopBuffer, LiveFrame, StreamState
+from tests.servers.helpers import RtspServerProcess
+
+RtspFactory = Callable[..., RtspServerProcess]  # the rtsp_servers fixture
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the consumer recorded of one frame (no pixels kept: memory stays flat)."""
+
+    received: float
+    frame_index: int
+    pts: int | None
+    arrival: float | None
+    session: int
+    shape: tuple[int, ...]
+    center: tuple[int, ...]
+    uri: str
+
+
+class Consumer(threading.Thread):
+    """Calls ``next_batch`` in a loop, records every frame, reports them emitted."""
+
+    def __init__(self, mgr: StreamManager, max_batch: int = 8, max_wait_s: float = 0.05) -> None:
+        super().__init__(name="test-consumer", daemon=True)
+        self.mgr = mgr
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.seen: dict[str, list[Seen]] = defaultdict(list)
+        self.gops: dict[str, list[GopBuffer]] = defaultdict(list)
+        self.batches = 0
+        self.max_batch_seen = 0
+        self._stop_evt = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self._stop_evt.is_set():
+            batch = self.mgr.next_batch(self.max_batch, self.max_wait_s)
+            now = time.time()
+            with self._lock:
+                self.batches += 1 if batch else 0
+                self.max_batch_seen = max(self.max_batch_seen, len(batch))
+                for item in batch:
+                    if isinstance(item, LiveFrame):
+                        img = item.image
+                        h, w = img.shape[:2]
+                        m = item.meta
+                        self.seen[m.source_id].append(Seen(
+                            now, m.frame_index, m.pts, m.arrival_time, item.session,
+                            tuple(img.shape), tuple(int(v) for v in img[h // 2, w // 2]), m.uri,
+                        ))
+                    else:
+                        self.gops[item.source_id].append(item)
+                        for m in item.metas:
+                            self.seen[m.source_id].append(Seen(
+                                now, m.frame_index, m.pts, m.arrival_time, item.session,
+                                (m.height, m.width), (), m.uri,
+                            ))
+                    self.mgr.record_emitted(item.metas)
+            if self.mgr.stopped and not batch:
+                break
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join(5)
+
+    def frames(self, source: str) -> list[Seen]:
+        with self._lock:
+            return list(self.seen.get(source, ()))
+
+    def count(self, source: str) -> int:
+        with self._lock:
+            return len(self.seen.get(source, ()))
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def wait_state(mgr: StreamManager, ids: list[str], state: StreamState, timeout: float) -> bool:
+    def ok() -> bool:
+        stats = {s.id: s.state for s in mgr.streams()}
+        return all(stats.get(i) == state for i in ids)
+
+    return wait_until(ok, timeout)
+
+
+def max_gap(times: list[float]) -> float:
+    """Largest interval between consecutive times (0 for fewer than 2)."""
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
