@@ -57,20 +57,29 @@ class DecodedBatch:
         rows: one entry per frame of the sample: its metadata, or ``None`` for padding.
         geometry: the letterbox geometry of every valid row (one file: one geometry).
         stream: raw CUDA stream the GPU outputs are ordered on (``None`` on the CPU).
-        source: the file the frames come from.
+        source: the file the frames come from (``None`` for live batches).
+        row_geometries: per-row geometry for batches mixing sources (live); overrides
+            ``geometry`` when set.
     """
 
     images: Any
     layout: Literal["NCHW", "NHWC"]
     rows: list[FrameMeta | None]
-    geometry: LetterboxGeometry
+    geometry: LetterboxGeometry | None
     stream: int | None
-    source: VideoFile
+    source: VideoFile | None
     keepalive: list[Any] = field(default_factory=list)
+    row_geometries: list[LetterboxGeometry | None] | None = None
 
     @property
     def num_valid(self) -> int:
         return sum(r is not None for r in self.rows)
+
+    def geometries(self) -> list[LetterboxGeometry | None]:
+        """The letterbox geometry of each row (``None`` for padding rows)."""
+        if self.row_geometries is not None:
+            return self.row_geometries
+        return [self.geometry if r is not None else None for r in self.rows]
 
 
 def choose_decoder(info: VideoInfo, device: Literal["cpu", "gpu"]) -> DecoderKind:

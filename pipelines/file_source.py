@@ -185,7 +185,8 @@ class FileBatchSource:
         except FoveaError:
             raise
         except Exception as e:  # inference failures are not the file's fault
-            raise EngineError(f"inference failed on {batch.source.path}: {type(e).__name__}: {e}") from e
+            where = batch.source.path if batch.source is not None else "a live batch"
+            raise EngineError(f"inference failed on {where}: {type(e).__name__}: {e}") from e
 
     def _decode_file(self, f: VideoFile, stream: int | None) -> None:
         plan = self.plan

@@ -57,12 +57,40 @@ def preprocess(frames: Any, geom: LetterboxGeometry, spec: PreprocessSpec) -> An
             out_of_bounds_policy="pad",
             fill_values=float(opts.pad_value),
         )
+    return _normalize(x, spec, sequence=True)
+
+
+def preprocess_per_sample(
+    frames: Any, resize_w: Any, resize_h: Any, start: Any, dst: tuple[int, int],
+    spec: PreprocessSpec, sequence: bool,
+) -> Any:
+    """Like :func:`preprocess`, with a geometry per sample given as DALI inputs.
+
+    For batches mixing sources of different sizes (live streams): ``resize_w`` and
+    ``resize_h`` are float scalars per sample (``LetterboxGeometry.resized_w/h``) and
+    ``start`` is ``int32 [-pad_y, -pad_x]`` per sample; ``dst`` is the model input ``(h, w)``.
+    ``frames`` are ``HWC`` images, or ``FHWC`` sequences when ``sequence`` is true.
+    """
+    from nvidia.dali import fn, types
+
+    x = fn.resize(frames, resize_x=resize_w, resize_y=resize_h,
+                  interp_type=types.INTERP_LINEAR, antialias=False)
+    x = fn.slice(x, start=start, shape=[dst[0], dst[1]], axis_names="HW",
+                 out_of_bounds_policy="pad", fill_values=float(spec.options.pad_value))
+    return _normalize(x, spec, sequence)
+
+
+def _normalize(x: Any, spec: PreprocessSpec, sequence: bool) -> Any:
+    from nvidia.dali import fn, types
+
+    opts = spec.options
     if opts.channel_order == "bgr":
         x = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.BGR)
+    layout = "CHW" if spec.layout == "NCHW" else "HWC"
     return fn.crop_mirror_normalize(
         x,
         mean=list(opts.mean),
         std=list(opts.std),
         dtype=types.FLOAT16 if spec.dtype == "float16" else types.FLOAT,
-        output_layout="FCHW" if spec.layout == "NCHW" else "FHWC",
+        output_layout=("F" + layout) if sequence else layout,
     )

@@ -55,8 +55,8 @@ class Stage:
         with _stream_ctx(batch.stream):
             outputs = self.operator(batch.images, batch.layout, batch.stream)
             ordered = select_outputs(outputs, self.layout)  # type: ignore[arg-type]
-            geoms = [batch.geometry if r is not None else None for r in batch.rows]
-            dets = postprocess(ordered, self.layout, geoms, self.params, self.info.class_names)  # type: ignore[arg-type]
+            dets = postprocess(ordered, self.layout, batch.geometries(), self.params,  # type: ignore[arg-type]
+                               self.info.class_names)
         return [FrameResult(meta, d) for meta, d in zip(batch.rows, dets, strict=True)
                 if meta is not None and d is not None]
 

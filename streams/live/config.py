@@ -117,6 +117,9 @@ class LiveConfig:
     log_interval_s: float = 30.0
     decode_threads: int = 1
     max_gop_frames: int = 300
+    workers: int = 2  # inference workers (each its own DALI pipeline and CUDA stream)
+    pace_files: bool = True  # file URIs are read at their frame rate (live-rate simulation)
+    loop_files: bool = True  # and looped at the end, like a camera
     ffmpeg_options: dict[str, str] = field(default_factory=dict)
     http: HttpConfig = field(default_factory=HttpConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -130,6 +133,8 @@ class LiveConfig:
             raise ConfigError(
                 f"{key}.decode_threads", f"expected 0..64 (0 = auto), got {self.decode_threads}"
             )
+        if not 1 <= self.workers <= 32:
+            raise ConfigError(f"{key}.workers", f"expected 1..32, got {self.workers}")
         if not 1 <= self.max_gop_frames <= 100_000:
             raise ConfigError(
                 f"{key}.max_gop_frames", f"expected 1..100000, got {self.max_gop_frames}"

@@ -42,7 +42,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -443,7 +443,7 @@ class RtspSource:
         got_key = False
         session_packets = 0
         try:
-            for packet in container.demux(stream):
+            for packet in self._packets(container, stream):
                 if self._stop.is_set():
                     return None
                 if packet.size == 0:  # the flush packet PyAV yields at end of stream
@@ -486,6 +486,44 @@ class RtspSource:
         if self._stop.is_set():
             return None
         return _Failure("stream ended (server closed the session)")
+
+    def _is_file(self) -> bool:
+        return self._creds.open_uri.lower().startswith("file:")
+
+    def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
+        """The stream's packets; a file source is paced at its frame rate and looped.
+
+        Pacing and looping turn recorded clips into live-rate streams through this same
+        ingest path (``live.pace_files`` / ``live.loop_files``); network streams are read
+        as they arrive.
+        """
+        if not (self._is_file() and self.config.pace_files):
+            yield from container.demux(stream)
+            return
+        tb = float(stream.time_base or Fraction(1, 90000))
+        start = time.monotonic()
+        offset = 0.0  # seconds added per loop so the pacing clock keeps running
+        while not self._stop.is_set():
+            first: float | None = None
+            last = 0.0
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                ts = packet.dts if packet.dts is not None else packet.pts
+                t = float(ts) * tb if ts is not None else last
+                if first is None:
+                    first = t
+                last = t
+                due = start + offset + (t - first)
+                delay = due - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                yield packet
+            if not self.config.loop_files or first is None:
+                return
+            rate = stream.average_rate or stream.guessed_rate
+            offset += (last - first) + (1.0 / float(rate) if rate else 1 / 30)
+            container.seek(0, stream=stream)
 
     # ---------------------------------------------------------------- outputs
     def _tick(self, now: float, n: int = 1) -> None:

@@ -69,7 +69,8 @@ class StreamSpec:
                 f"expected 1-64 characters of A-Z a-z 0-9 _ . - (got {self.id!r})",
             )
         if "://" not in self.uri:
-            raise ConfigError(f"{key}.uri", "expected a stream URI such as rtsp://host/path")
+            raise ConfigError(f"{key}.uri", "expected a stream URI such as rtsp://host/path "
+                              "(or file:///clip.mp4 for a recorded clip paced at its frame rate)")
 
     def __repr__(self) -> str:
         return (

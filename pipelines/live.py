@@ -1,0 +1,260 @@
+"""The live job: many streams in, per-frame detections out, continuously.
+
+Threads::
+
+    RtspSource ×streams ──► Batcher (bounded queues, drop-oldest) ──► worker ×live.workers
+        (PyAV demux;            (round-robin across streams,          (DALI: GOP decode on
+         frames or GOPs)         batch size or max wait)                NVDEC or CPU frames →
+                                                                        preprocess → engine →
+                                                                        postprocess, own stream)
+                                                    ──► results queue ──► main thread: sinks,
+                                                                          latency metrics
+
+Every queue is bounded: when inference falls behind, the batcher drops the oldest items
+of the stream that overflows (counted per stream, on /metrics and /health) instead of
+building latency; ``live.batch.policy: block`` processes every frame instead (recorded
+streams). SIGINT/SIGTERM stop the job gracefully: sources closed, queued batches finished,
+every sink flushed and closed.
+
+Usage::
+
+    summary = run_live(load_config("live.yaml"), duration_s=60)
+    summary.streams["cam1"].frames, summary.streams["cam1"].latency_p95
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.factory import resolve_device
+from pipelines.config import JobConfig
+from pipelines.live_decode import LiveBatchPipeline
+from pipelines.preprocess import PreprocessSpec
+from pipelines.runner import Stage, open_sinks, open_stage
+from streams.errors import ConfigError, DecodeError, FoveaError
+from streams.frames import FrameResult
+from streams.live.config import LiveConfig, parse_live_config
+from streams.live.manager import StreamManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamSummary:
+    """Per-stream figures of a live run."""
+
+    frames: int = 0
+    detections: int = 0
+    first_emit: float | None = None
+    last_emit: float | None = None
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    @property
+    def fps(self) -> float:
+        if self.first_emit is None or self.last_emit is None or self.last_emit <= self.first_emit:
+            return 0.0
+        return (self.frames - 1) / (self.last_emit - self.first_emit)
+
+    def latency_quantile(self, q: float) -> float | None:
+        return float(np.quantile(np.fromiter(self.latencies, float), q)) if self.latencies else None
+
+
+@dataclass
+class LiveSummary:
+    """What a live run did: per-stream frames, fps and latency, drops, batch errors."""
+
+    seconds: float = 0.0
+    mode: str = ""
+    device: str = ""
+    streams: dict[str, StreamSummary] = field(default_factory=dict)
+    batch_errors: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
+
+    def to_text(self) -> str:
+        lines = [f"live: {len(self.streams)} streams, {self.seconds:.1f} s, mode {self.mode} on {self.device}, "
+                 f"batch errors {self.batch_errors}"]
+        for sid in sorted(set(self.streams) | set(self.states)):
+            s = self.streams.get(sid, StreamSummary())
+            p95 = s.latency_quantile(0.95)
+            lines.append(f"  {sid}: {s.frames} frames  {s.fps:.1f} fps  p95 latency "
+                         f"{'n/a' if p95 is None else f'{p95:.3f} s'}  drops {self.dropped.get(sid, 0)}  "
+                         f"state {self.states.get(sid, '?')}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Done:
+    results: list[FrameResult]
+    emitted_at: float = 0.0
+
+
+def _stream_ctx(stream: int | None) -> contextlib.AbstractContextManager[Any]:
+    return torch.cuda.stream(torch.cuda.ExternalStream(stream)) if stream else contextlib.nullcontext()
+
+
+class LiveRunner:
+    """Owns the stream manager, workers and sinks of a live job. Use :func:`run_live`."""
+
+    def __init__(self, cfg: JobConfig, live: LiveConfig | None = None) -> None:
+        self.cfg = cfg
+        self.live = live or parse_live_config(cfg.extra.get("live"))
+        if not [s for s in cfg.sources if s.uri is not None]:
+            raise ConfigError("sources", "a live job needs stream sources (rtsp://... or file:///clip.mp4)")
+        self.stop_event = threading.Event()
+        self.summary = LiveSummary()
+        self.manager: StreamManager | None = None
+        self._results: queue.Queue[_Done] = queue.Queue(maxsize=64)
+        self._workers: list[threading.Thread] = []
+        self._error: BaseException | None = None
+
+    def _mode_and_device(self) -> tuple[str, str]:
+        device = resolve_device(self.cfg.engine.device)
+        decode = self.live.decode
+        if decode == "gpu" and not device.startswith("cuda"):
+            raise ConfigError("live.decode", "gpu decoding needs a CUDA device (engine.device)")
+        mode = "gop" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
+        return mode, device
+
+    def run(self, duration_s: float | None = None) -> LiveSummary:
+        mode, device = self._mode_and_device()
+        self.summary.mode, self.summary.device = mode, device
+        with contextlib.ExitStack() as stack:
+            stage = open_stage(self.cfg, device, stack)
+            sinks = open_sinks(self.cfg, stack)
+            mgr = stack.enter_context(StreamManager(self.live, mode=mode))  # type: ignore[arg-type]
+            self.manager = mgr
+            mgr.add_sources([s for s in self.cfg.sources if s.uri is not None])
+            batch = self.cfg.engine.batch_size
+            if stage.engine.max_batch_size is not None:
+                batch = min(batch, stage.engine.max_batch_size)
+            # GOP mode: one item is a whole GOP, so fewer items fill an engine batch
+            items_per_batch = max(1, batch // 8) if mode == "gop" else batch
+            spec = PreprocessSpec(dtype=stage.engine.input_dtype, layout=stage.engine.input_layout,  # type: ignore[arg-type]
+                                  options=self.cfg.preprocess)
+            device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
+            for i in range(self.live.workers if device_id is not None else 1):
+                t = threading.Thread(target=self._worker, name=f"live-worker-{i}", daemon=True,
+                                     args=(stage, mode, spec, items_per_batch, device_id))
+                self._workers.append(t)
+                t.start()
+            start = time.monotonic()
+            try:
+                with _signals(self.stop_event):
+                    while not self.stop_event.is_set():
+                        if duration_s is not None and time.monotonic() - start >= duration_s:
+                            break
+                        if self._error is not None:
+                            raise self._error
+                        try:
+                            done = self._results.get(timeout=0.1)
+                        except queue.Empty:
+                            continue
+                        self._emit(done, sinks, mgr)
+            finally:
+                self.stop_event.set()
+                mgr.stop()  # sources closed; workers finish the batch in hand
+                for t in self._workers:
+                    t.join(timeout=10)
+                while True:  # flush what the workers finished
+                    try:
+                        self._emit(self._results.get_nowait(), sinks, mgr)
+                    except queue.Empty:
+                        break
+                self.summary.seconds = time.monotonic() - start
+                for st in mgr.streams():
+                    self.summary.dropped[st.id] = st.dropped
+                    self.summary.states[st.id] = st.state.value
+        if self._error is not None:
+            raise self._error
+        return self.summary
+
+    def _emit(self, done: _Done, sinks: list[Any], mgr: StreamManager) -> None:
+        for sink in sinks:
+            sink.write(done.results)
+        now = time.time()
+        metas = [r.frame for r in done.results]
+        mgr.record_emitted(metas)
+        for r in done.results:
+            s = self.summary.streams.setdefault(r.frame.source_id, StreamSummary())
+            s.frames += 1
+            s.detections += len(r.detections)
+            s.first_emit = now if s.first_emit is None else s.first_emit
+            s.last_emit = now
+            if r.frame.arrival_time is not None:
+                s.latencies.append(now - r.frame.arrival_time)
+
+    def _worker(self, stage: Stage, mode: str, spec: PreprocessSpec, items_per_batch: int,
+                device_id: int | None) -> None:
+        assert self.manager is not None
+        cuda_stream = torch.cuda.Stream(device=device_id) if device_id is not None else None
+        handle = cuda_stream.cuda_stream if cuda_stream is not None else None
+        pipe = LiveBatchPipeline(mode, spec, stage.info.input_size, items_per_batch,  # type: ignore[arg-type]
+                                 device_id, handle, num_threads=2)
+        try:
+            while not self.stop_event.is_set():
+                items = self.manager.next_batch(items_per_batch)
+                if not items:
+                    continue
+                try:
+                    batch = pipe.run(items)
+                except DecodeError as e:
+                    self.summary.batch_errors += 1
+                    log.warning("%s (batch of %d skipped)", e, len(items))
+                    continue
+                with _stream_ctx(handle):
+                    results = stage.process(batch)
+                del batch
+                while not self.stop_event.is_set():
+                    try:
+                        self._results.put(_Done(results), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                else:  # stopping: hand the finished batch over anyway
+                    with contextlib.suppress(queue.Full):
+                        self._results.put_nowait(_Done(results))
+        except FoveaError as e:
+            self._error = e
+        except Exception as e:  # an engine/CUDA failure stops the job, with the reason
+            log.exception("live worker failed")
+            self._error = e
+        finally:
+            if self._error is not None:
+                self.stop_event.set()
+
+
+@contextlib.contextmanager
+def _signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (graceful) while inside; restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        log.warning("signal %d: stopping (sources closed, queued detections flushed)", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_live(cfg: JobConfig, duration_s: float | None = None) -> LiveSummary:
+    """Run a live job until SIGINT/SIGTERM or ``duration_s``; returns its summary."""
+    return LiveRunner(cfg).run(duration_s)

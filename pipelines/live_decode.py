@@ -1,0 +1,145 @@
+"""DALI graphs for live batches: frames or GOP buffers from many streams → model input.
+
+Two modes, matching :class:`streams.live.manager.StreamManager`'s output:
+
+``frames`` (CPU decode)
+    PyAV decoded each stream's frames to RGB on the CPU; a batch holds frames of several
+    streams (different sizes). ``fn.external_source`` feeds them with a letterbox
+    geometry per sample; preprocessing runs on the GPU when there is one.
+
+``gop`` (GPU decode)
+    Each item is one self-contained GOP (Annex-B, SPS/PPS in band) of one stream.
+    ``fn.decoders.video(device="mixed")`` decodes the samples of a batch in parallel on
+    NVDEC, as sequences padded to a common length ``S`` (``pad_mode="constant"``), so the
+    batch is one ``[B, S, C, H, W]`` tensor: one engine call for many cameras, read in
+    place. ``S`` is the batch's longest GOP rounded up to a multiple of 8; one pipeline is
+    kept per ``S`` seen. Rows past a GOP's frame count are padding rows.
+
+Latency: a GOP is decodable once its last packet arrived, so a frame waits for the rest of
+its GOP: at most one keyframe interval plus batching (``live.batch.max_wait_ms``) and
+processing. docs/live.md has the measurements.
+
+Usage::
+
+    pipe = LiveBatchPipeline("gop", spec, (640, 640), max_batch=16, device_id=0, stream=h)
+    batch = pipe.run(items)            # DecodedBatch with one geometry per row
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from operators.boxes import LetterboxGeometry, letterbox_geometry
+from pipelines.decode import DecodedBatch
+from pipelines.preprocess import PreprocessSpec, preprocess_per_sample
+from streams.errors import DecodeError
+from streams.frames import FrameMeta
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["frames", "gop"]
+
+
+def _round_up(n: int, k: int = 8) -> int:
+    return max(k, (n + k - 1) // k * k)
+
+
+class LiveBatchPipeline:
+    """One worker's DALI graph(s) for live batches; see the module docstring."""
+
+    def __init__(
+        self,
+        mode: Mode,
+        spec: PreprocessSpec,
+        input_size: tuple[int, int],
+        max_batch: int,
+        device_id: int | None,
+        stream: int | None = None,
+        num_threads: int = 2,
+    ) -> None:
+        if mode == "gop" and device_id is None:
+            raise ValueError("GOP decoding needs a GPU (device_id)")
+        self.mode = mode
+        self.spec = spec
+        self.input_size = input_size
+        self.max_batch = max_batch
+        self.device_id = device_id
+        self.stream = stream
+        self.num_threads = num_threads
+        self._pipes: dict[int, Any] = {}
+
+    def _build(self, seq_len: int) -> Any:
+        from nvidia.dali import fn, pipeline_def, types
+
+        mode, dst, on_gpu = self.mode, self.input_size, self.device_id is not None
+
+        @pipeline_def(batch_size=self.max_batch, num_threads=self.num_threads, device_id=self.device_id,
+                      prefetch_queue_depth=1, exec_dynamic=True)
+        def graph() -> Any:
+            rw = fn.external_source(name="rw", dtype=types.FLOAT)
+            rh = fn.external_source(name="rh", dtype=types.FLOAT)
+            start = fn.external_source(name="start", dtype=types.INT32)
+            if mode == "gop":
+                data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+                frames = fn.decoders.video(data, device="mixed", sequence_length=seq_len,
+                                           pad_mode="constant")
+            else:
+                frames = fn.external_source(name="data", dtype=types.UINT8, ndim=3, layout="HWC")
+                if on_gpu:
+                    frames = frames.gpu()
+            return preprocess_per_sample(frames, rw, rh, start, dst, self.spec, sequence=mode == "gop")
+
+        pipe = graph()
+        pipe.build()
+        log.info("live %s pipeline built (batch %d%s)", mode, self.max_batch,
+                 f", sequences of {seq_len}" if mode == "gop" else "")
+        return pipe
+
+    def _pipe(self, seq_len: int) -> Any:
+        pipe = self._pipes.get(seq_len)
+        if pipe is None:
+            pipe = self._pipes[seq_len] = self._build(seq_len)
+        return pipe
+
+    def run(self, items: Sequence[Any]) -> DecodedBatch:
+        """Decode (GOP mode) and preprocess ``items`` (``LiveFrame`` or ``GopBuffer``)."""
+        if not items:
+            raise ValueError("empty batch")
+        if len(items) > self.max_batch:
+            raise ValueError(f"batch of {len(items)} exceeds max_batch {self.max_batch}")
+        h, w = self.input_size
+        geoms: list[LetterboxGeometry] = []
+        data: list[np.ndarray] = []
+        for it in items:
+            meta: FrameMeta = it.metas[0]
+            g = letterbox_geometry(meta.width, meta.height, w, h, self.spec.options.resize)
+            geoms.append(g)
+            data.append(np.frombuffer(it.data, np.uint8) if self.mode == "gop" else it.image)
+        inputs = {
+            "data": data,
+            "rw": [np.float32(g.resized_w) for g in geoms],
+            "rh": [np.float32(g.resized_h) for g in geoms],
+            "start": [np.array([-g.pad_y, -g.pad_x], np.int32) for g in geoms],
+        }
+        seq_len = _round_up(max(len(it.metas) for it in items)) if self.mode == "gop" else 1
+        pipe = self._pipe(seq_len)
+        try:
+            (out,) = pipe.run(self.stream, **inputs) if self.stream is not None else pipe.run(**inputs)
+        except RuntimeError as e:
+            # a broken GOP invalidates the pipeline: rebuild next time, report the streams
+            self._pipes.pop(seq_len, None)
+            ids = sorted({it.source_id for it in items})
+            raise DecodeError(",".join(ids), f"live batch decode failed: {str(e).strip()[:300]}") from e
+        rows: list[FrameMeta | None] = []
+        row_geoms: list[LetterboxGeometry | None] = []
+        for it, g in zip(items, geoms, strict=True):
+            metas = list(it.metas)[:seq_len]
+            pad = seq_len - len(metas)
+            rows += metas + [None] * pad
+            row_geoms += [g] * len(metas) + [None] * pad
+        return DecodedBatch(out, self.spec.layout, rows, None, self.stream, None, [items],
+                            row_geometries=row_geoms)
