@@ -79,6 +79,7 @@ class TorchEngine:
         self._pools: dict[int, Any] = {}
         self._misses = 0
         self._lock = threading.Lock()  # graph caches are shared by the callers' threads
+        self._capture_lock = threading.Lock()
         self._outputs: tuple[TensorSpec, ...] = ()
         self._entered = False
 
@@ -211,7 +212,15 @@ class TorchEngine:
                 with self._lock:
                     self._graphs.clear()
                 return self._eager(x)
-            g = self._capture(x, s)
+            try:
+                with self._capture_lock:  # one capture at a time in this process
+                    g = self._capture(x, s)
+            except (RuntimeError, torch.AcceleratorError) as e:  # type: ignore[attr-defined]
+                log.warning("CUDA graphs disabled: capture failed (%s: %s); running eagerly from now on",
+                            type(e).__name__, str(e).splitlines()[0][:200])
+                self._use_graphs = False
+                torch.cuda.synchronize(self._device)
+                return self._eager(x)
             with self._lock:
                 cache[key] = g
                 if len(cache) > self._graph_cache_size:
@@ -235,8 +244,8 @@ class TorchEngine:
                 pool = torch.cuda.graph_pool_handle()
                 self._pools[s.cuda_stream] = pool
         graph = torch.cuda.CUDAGraph()
-        # thread_local: DALI threads keep calling CUDA (allocations, event queries) meanwhile
-        with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+        # relaxed: DALI's and the other sessions' threads keep calling CUDA meanwhile
+        with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="relaxed"):
             outs = self._forward(x)
         s.wait_stream(side)
         log.debug("captured a CUDA graph for input %#x %s", x.data_ptr(), tuple(x.shape))

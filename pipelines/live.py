@@ -119,6 +119,7 @@ class LiveRunner:
         self._results: queue.Queue[_Done] = queue.Queue(maxsize=64)
         self._workers: list[threading.Thread] = []
         self._error: BaseException | None = None
+        self._count_from = 0.0
 
     def _mode_and_device(self) -> tuple[str, str]:
         device = resolve_device(self.cfg.engine.device)
@@ -128,7 +129,8 @@ class LiveRunner:
         mode = "gop" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
         return mode, device
 
-    def run(self, duration_s: float | None = None) -> LiveSummary:
+    def run(self, duration_s: float | None = None, warmup_s: float = 0.0) -> LiveSummary:
+        """Run until stopped or ``duration_s``; figures count frames emitted after ``warmup_s``."""
         mode, device = self._mode_and_device()
         self.summary.mode, self.summary.device = mode, device
         with contextlib.ExitStack() as stack:
@@ -151,6 +153,7 @@ class LiveRunner:
                 self._workers.append(t)
                 t.start()
             start = time.monotonic()
+            self._count_from = time.time() + warmup_s
             try:
                 with _signals(self.stop_event):
                     while not self.stop_event.is_set():
@@ -187,6 +190,8 @@ class LiveRunner:
         now = time.time()
         metas = [r.frame for r in done.results]
         mgr.record_emitted(metas)
+        if now < self._count_from:
+            return
         for r in done.results:
             s = self.summary.streams.setdefault(r.frame.source_id, StreamSummary())
             s.frames += 1
@@ -255,6 +260,10 @@ def _signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run_live(cfg: JobConfig, duration_s: float | None = None) -> LiveSummary:
-    """Run a live job until SIGINT/SIGTERM or ``duration_s``; returns its summary."""
-    return LiveRunner(cfg).run(duration_s)
+def run_live(cfg: JobConfig, duration_s: float | None = None, warmup_s: float = 0.0) -> LiveSummary:
+    """Run a live job until SIGINT/SIGTERM or ``duration_s``; returns its summary.
+
+    Frames emitted during the first ``warmup_s`` seconds are written to the sinks but left
+    out of the summary's rates and latencies (engine build, CUDA graph capture, ...).
+    """
+    return LiveRunner(cfg).run(duration_s, warmup_s)

@@ -426,7 +426,7 @@ class RtspSource:
                     "use live.decode: cpu"
                 )
             if codec in _IN_BAND_PARAMS:
-                bsf = av.BitStreamFilterContext("dump_extra=freq=keyframe", stream)
+                bsf = av.BitStreamFilterContext(_annexb_filter(codec, ctx.extradata), stream)
             self._gop_data, self._gop_info, self._gop_skip = [], [], True
         else:
             ctx.thread_count = self.config.decode_threads
@@ -630,6 +630,18 @@ class RtspSource:
                     return
         except av.error.FFmpegError as e:
             log.debug("stream %s: size probe failed: %s", self.id, e)
+
+
+def _annexb_filter(codec: str, extradata: bytes | None) -> str:
+    """The bitstream filter that makes every keyframe self-contained Annex-B.
+
+    RTSP delivers Annex-B already (SPS/PPS maybe only in the SDP: ``dump_extra`` puts the
+    extradata before each keyframe). MP4/MKV files carry length-prefixed packets and an
+    ``avcC``/``hvcC`` record (first byte 1): ``*_mp4toannexb`` converts both.
+    """
+    if extradata and extradata[:1] == b"\x01" and codec in ("h264", "hevc"):
+        return f"{codec}_mp4toannexb"
+    return "dump_extra=freq=keyframe"
 
 
 class _FatalStreamError(Exception):
