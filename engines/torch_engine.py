@@ -21,10 +21,11 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +35,50 @@ from engines.base import Layout, TensorSpec
 from streams.errors import EngineError, ShapeError
 
 log = logging.getLogger(__name__)
+
+
+class _Gate:
+    """Many concurrent ``infer`` calls, or one CUDA graph capture with no other engine work.
+
+    Capturing while another thread runs the model (cuDNN, TorchScript's profiling
+    executor) can invalidate the capture, so a capture waits until no other call is
+    inside the engine and holds new ones back until it is done.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._capturing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._capturing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Called from inside :meth:`shared`: gives that slot up while it waits."""
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+            while self._capturing or self._active > 0:
+                self._cond.wait()
+            self._capturing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._capturing = False
+                self._active += 1
+                self._cond.notify_all()
 
 
 class _Graph:
@@ -77,9 +122,9 @@ class TorchEngine:
         self._graph_cache_size = graph_cache_size
         self._graphs: dict[int, OrderedDict[tuple[Any, ...], _Graph]] = {}
         self._pools: dict[int, Any] = {}
-        self._misses = 0
+        self._misses: dict[int, int] = {}  # captures per stream
         self._lock = threading.Lock()  # graph caches are shared by the callers' threads
-        self._capture_lock = threading.Lock()
+        self._gate = _Gate()
         self._outputs: tuple[TensorSpec, ...] = ()
         self._entered = False
 
@@ -163,7 +208,7 @@ class TorchEngine:
         else:
             s = torch.cuda.ExternalStream(stream, device=self._device) if stream \
                 else torch.cuda.current_stream(self._device)
-            with torch.cuda.stream(s):
+            with torch.cuda.stream(s), self._gate.shared():
                 outs = self._replay(x, s) if self._use_graphs else self._eager(x)
         assert self._output_names is not None
         return dict(zip(self._output_names, outs, strict=True))
@@ -202,18 +247,19 @@ class TorchEngine:
             cache = self._graphs.setdefault(s.cuda_stream, OrderedDict())
             g = cache.get(key)
         if g is None:
-            self._misses += 1
-            if self._misses > 4 * self._graph_cache_size:
+            misses = self._misses[s.cuda_stream] = self._misses.get(s.cuda_stream, 0) + 1
+            if misses > 4 * self._graph_cache_size:
                 log.warning(
-                    "CUDA graphs disabled: input buffers keep changing address (%d captures); "
-                    "running eagerly from now on", self._misses,
+                    "CUDA graphs disabled: input buffers keep changing address (%d captures on one "
+                    "stream); running eagerly from now on", misses,
                 )
                 self._use_graphs = False
                 with self._lock:
                     self._graphs.clear()
                 return self._eager(x)
             try:
-                with self._capture_lock:  # one capture at a time in this process
+                with self._gate.exclusive():  # no other engine work while capturing
+                    torch.cuda.synchronize(self._device)
                     g = self._capture(x, s)
             except (RuntimeError, torch.AcceleratorError) as e:  # type: ignore[attr-defined]
                 log.warning("CUDA graphs disabled: capture failed (%s: %s); running eagerly from now on",
@@ -235,7 +281,7 @@ class TorchEngine:
         side = torch.cuda.Stream(device=self._device)
         side.wait_stream(s)
         with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up on a side stream, as torch requires before capture
+            for _ in range(3):  # warm-up on a side stream (TorchScript optimizes after 2 runs)
                 self._forward(x)
         s.wait_stream(side)
         with self._lock:

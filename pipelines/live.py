@@ -142,8 +142,9 @@ class LiveRunner:
             batch = self.cfg.engine.batch_size
             if stage.engine.max_batch_size is not None:
                 batch = min(batch, stage.engine.max_batch_size)
-            # GOP mode: one item is a whole GOP, so fewer items fill an engine batch
-            items_per_batch = max(1, batch // 8) if mode == "gop" else batch
+            # GOP mode: one item is a whole GOP (about 30 frames at a 1 s GOP), so
+            # engine.batch_size // 32 GOPs fill an engine batch
+            items_per_batch = max(1, batch // 32) if mode == "gop" else batch
             spec = PreprocessSpec(dtype=stage.engine.input_dtype, layout=stage.engine.input_layout,  # type: ignore[arg-type]
                                   options=self.cfg.preprocess)
             device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
