@@ -37,38 +37,52 @@ from streams.errors import EngineError, ShapeError
 log = logging.getLogger(__name__)
 
 
-class _Gate:
-    """Many concurrent ``infer`` calls, or one CUDA graph capture with no other engine work.
+class Gate:
+    """Many concurrent users of the GPU, or one CUDA graph capture with none.
 
-    Capturing while another thread runs the model (cuDNN, TorchScript's profiling
-    executor) can invalidate the capture, so a capture waits until no other call is
-    inside the engine and holds new ones back until it is done.
+    Capturing while another thread runs CUDA work of the model or of postprocessing
+    (cuDNN, synchronising copies) can invalidate the capture or fail that thread's work.
+    Callers wrap all their GPU work in :meth:`shared` (re-entrant per thread); a capture
+    runs in :meth:`exclusive`, which waits until no other thread is inside and holds new
+    ones back until it is done. Captures happen only during warm-up (a new input buffer),
+    so the steady state never waits.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active = 0
         self._capturing = False
+        self._local = threading.local()
+
+    def _depth(self) -> int:
+        return int(getattr(self._local, "depth", 0))
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._capturing:
-                self._cond.wait()
-            self._active += 1
+        depth = self._depth()
+        if depth == 0:
+            with self._cond:
+                while self._capturing:
+                    self._cond.wait()
+                self._active += 1
+        self._local.depth = depth + 1
         try:
             yield
         finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
+            self._local.depth = depth
+            if depth == 0:
+                with self._cond:
+                    self._active -= 1
+                    self._cond.notify_all()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Called from inside :meth:`shared`: gives that slot up while it waits."""
+        """Sole use of the GPU; gives up the caller's own :meth:`shared` slot meanwhile."""
+        held = self._depth() > 0
         with self._cond:
-            self._active -= 1
-            self._cond.notify_all()
+            if held:
+                self._active -= 1
+                self._cond.notify_all()
             while self._capturing or self._active > 0:
                 self._cond.wait()
             self._capturing = True
@@ -77,7 +91,8 @@ class _Gate:
         finally:
             with self._cond:
                 self._capturing = False
-                self._active += 1
+                if held:
+                    self._active += 1
                 self._cond.notify_all()
 
 
@@ -124,7 +139,7 @@ class TorchEngine:
         self._pools: dict[int, Any] = {}
         self._misses: dict[int, int] = {}  # captures per stream
         self._lock = threading.Lock()  # graph caches are shared by the callers' threads
-        self._gate = _Gate()
+        self.gate = Gate()  # callers may hold gate.shared() around their own GPU work
         self._outputs: tuple[TensorSpec, ...] = ()
         self._entered = False
 
@@ -192,6 +207,12 @@ class TorchEngine:
         self._pools.clear()
         self._entered = False
 
+    def disable_cuda_graphs(self, reason: str) -> None:
+        """Run eagerly from now on; logs the reason once (no-op when graphs are already off)."""
+        if self._use_graphs:
+            log.warning("CUDA graphs off: %s", reason)
+            self._use_graphs = False
+
     # -- hot path -----------------------------------------------------------------------
     def infer(
         self, inputs: Mapping[str, torch.Tensor], stream: int | None = None
@@ -208,7 +229,7 @@ class TorchEngine:
         else:
             s = torch.cuda.ExternalStream(stream, device=self._device) if stream \
                 else torch.cuda.current_stream(self._device)
-            with torch.cuda.stream(s), self._gate.shared():
+            with torch.cuda.stream(s), self.gate.shared():
                 outs = self._replay(x, s) if self._use_graphs else self._eager(x)
         assert self._output_names is not None
         return dict(zip(self._output_names, outs, strict=True))
@@ -258,7 +279,7 @@ class TorchEngine:
                     self._graphs.clear()
                 return self._eager(x)
             try:
-                with self._gate.exclusive():  # no other engine work while capturing
+                with self.gate.exclusive():  # no other engine work while capturing
                     torch.cuda.synchronize(self._device)
                     g = self._capture(x, s)
             except (RuntimeError, torch.AcceleratorError) as e:  # type: ignore[attr-defined]

@@ -52,7 +52,8 @@ class Stage:
 
     def process(self, batch: DecodedBatch) -> list[FrameResult]:
         """Engine + postprocess of one decoded batch; results for its valid rows."""
-        with _stream_ctx(batch.stream):
+        gate = getattr(self.engine, "gate", None)  # torch engine: no capture while we run
+        with _stream_ctx(batch.stream), (gate.shared() if gate is not None else contextlib.nullcontext()):
             outputs = self.operator(batch.images, batch.layout, batch.stream)
             ordered = select_outputs(outputs, self.layout)  # type: ignore[arg-type]
             dets = postprocess(ordered, self.layout, batch.geometries(), self.params,  # type: ignore[arg-type]
@@ -67,10 +68,20 @@ def _stream_ctx(stream: int | None) -> contextlib.AbstractContextManager[Any]:
     return torch.cuda.stream(torch.cuda.ExternalStream(stream))
 
 
+GRAPHS_WITH_DALI = (
+    "a CUDA graph capture while DALI decodes in other threads invalidates DALI's work "
+    "(cudaErrorStreamCaptureIsolation, seen on an H200) or the capture; the engine runs "
+    "eagerly on DALI's buffers (engine: tensorrt needs no graphs)"
+)
+
+
 def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stage:
     """Open the engine (entered on ``stack``) and resolve the output layout."""
     engine, info = open_engine(cfg.model, cfg.engine, device, cfg.postprocess, cfg.preprocess)
     engine = stack.enter_context(engine)  # type: ignore[arg-type]
+    disable = getattr(engine, "disable_cuda_graphs", None)
+    if disable is not None and device.startswith("cuda"):
+        disable(GRAPHS_WITH_DALI)
     layout = info.layout
     if layout == "auto":
         shapes = [o.shape for o in engine.outputs]

@@ -26,13 +26,13 @@ def test_gop_batches_from_paced_streams(tmp_path: Path, bright_model: Path) -> N
         "live": {"decode": "gpu", "http": {"enabled": False}, "log_interval_s": 0},
         "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
     })
-    summary = run_live(cfg, duration_s=8)
+    summary = run_live(cfg, duration_s=11, warmup_s=4)  # warm-up: pipeline builds, graph capture
     assert summary.mode == "gop"
     assert summary.batch_errors == 0
     records = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     for i in range(3):
         mine = [r for r in records if r["source"] == f"s{i}"]
-        assert len(mine) >= 100, f"s{i}: {len(mine)} frames in 8 s at 25 fps"
+        assert len(mine) >= 100, f"s{i}: {len(mine)} frames in 7 s at 25 fps"
         idx = sorted(r["frame_index"] for r in mine)
         assert idx == list(range(idx[0], idx[0] + len(idx))), "frames dropped or duplicated"
         # the white square: detected on (almost) every frame, at the right place
