@@ -436,7 +436,7 @@ def user_clips(sources: Sequence[str]) -> dict[str, list[Path]]:
     from streams.probe import probe_video
 
     entries = [SourceEntry(list=s[1:]) if s.startswith("@") else SourceEntry(path=s) for s in sources]
-    files, problems = expand_sources(entries)  # type: ignore[arg-type]  # frozen dataclass vs Protocol
+    files, problems = expand_sources(entries)
     for e in problems:
         log.warning("skipping %s", e)
     out: dict[str, list[Path]] = {}

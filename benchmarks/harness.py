@@ -144,7 +144,9 @@ def environment(device: str) -> dict[str, Any]:
         env["commit"] = _git("rev-parse", "HEAD")
         env["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError) as e:
-        env["commit"] = None
+        # a copy of the tree without .git (e.g. on a lent GPU machine): FOVEA_COMMIT names it
+        env["commit"] = os.environ.get("FOVEA_COMMIT")
+        env["dirty"] = bool(os.environ.get("FOVEA_DIRTY"))
         log.debug("git: %s", e)
     env["nvml"] = "available" if nvml_init() else nvml_unavailable_reason()
     if device.startswith("cuda"):

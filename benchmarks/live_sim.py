@@ -144,7 +144,7 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
     })
     t0 = time.time()
     summary = run_live(cfg, duration_s=args.duration, warmup_s=args.warmup)
-    streams = []
+    streams: list[dict[str, Any]] = []
     for sid in sorted(summary.states):
         s = summary.streams.get(sid)
         window = max(1e-9, args.duration - args.warmup)

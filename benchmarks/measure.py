@@ -69,10 +69,10 @@ def _count_valid(fnum: Any) -> int:
 def _reader_pipeline(files: Sequence[Path], device_id: int, sequence_length: int) -> Any:
     from nvidia.dali import fn, pipeline_def
 
-    @pipeline_def(batch_size=1, num_threads=2, device_id=device_id, prefetch_queue_depth=2,  # type: ignore[call-overload]
+    @pipeline_def(batch_size=1, num_threads=2, device_id=device_id, prefetch_queue_depth=2,
                   exec_dynamic=True)
     def graph() -> Any:
-        frames, fnum = fn.experimental.readers.video(  # type: ignore[misc]
+        frames, fnum = fn.experimental.readers.video(
             device="gpu",
             filenames=[str(f) for f in files],
             sequence_length=sequence_length,

@@ -174,7 +174,7 @@ class TorchEngine:
     def __enter__(self) -> TorchEngine:
         m = self._model.eval().to(self._device)
         if self._device.type == "cuda":
-            m = m.to(memory_format=torch.channels_last)
+            m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
         if self._dtype == torch.float16:
             m = m.half()
         self._model = m
@@ -282,7 +282,7 @@ class TorchEngine:
                 with self.gate.exclusive():  # no other engine work while capturing
                     torch.cuda.synchronize(self._device)
                     g = self._capture(x, s)
-            except (RuntimeError, torch.AcceleratorError) as e:  # type: ignore[attr-defined]
+            except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as e:  # torch>=2.8
                 log.warning("CUDA graphs disabled: capture failed (%s: %s); running eagerly from now on",
                             type(e).__name__, str(e).splitlines()[0][:200])
                 self._use_graphs = False

@@ -274,7 +274,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
         out["decode"] = decode
     if overrides.get("out"):
         folder = Path(overrides["out"])
-        sinks = out.get("sinks") or [{"type": "jsonl", "path": "detections.jsonl"}, {"type": "csv", "path": "detections.csv"}]
+        sinks = out.get("sinks") or [
+            {"type": "jsonl", "path": "detections.jsonl"},
+            {"type": "csv", "path": "detections.csv"},
+        ]
         new_sinks = []
         for s in sinks:
             s = dict(s)

@@ -2,13 +2,13 @@
 
 Three decoders share the preprocessing graph of :mod:`pipelines.preprocess`:
 
-==================  =====================================================  ==============
-decoder             decodes with                                           used for
-==================  =====================================================  ==============
-``dali-gpu``        ``fn.experimental.readers.video(device="gpu")``, NVDEC  GPU, any codec NVDEC takes
-``dali-cpu``        ``fn.experimental.readers.video(device="cpu")``         CPU, VP8/VP9/MJPEG
-``pyav``            PyAV (FFmpeg) → ``fn.external_source``                  CPU H.264/HEVC/...; GPU for codecs NVDEC lacks
-==================  =====================================================  ==============
+============  =====================================================  ==============
+decoder       decodes with                                           used for
+============  =====================================================  ==============
+``dali-gpu``  ``fn.experimental.readers.video(device="gpu")``, NVDEC  GPU, any codec NVDEC takes
+``dali-cpu``  ``fn.experimental.readers.video(device="cpu")``         CPU, VP8/VP9/MJPEG
+``pyav``      PyAV (FFmpeg) → ``fn.external_source``                  CPU H.264/HEVC/...; GPU for codecs NVDEC lacks
+============  =====================================================  ==============
 
 Each decoder owns one DALI pipeline for one file (one sequence at a time: one NVDEC
 session). The experimental reader decodes sequentially (no re-seek per sequence) and is

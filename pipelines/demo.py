@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEMO_SEED = 424_242  # held out: the detector trains on seeds below 10 000
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the bundled detector on a generated clip",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", "-o", default="fovea-demo", help="output folder (default ./fovea-demo)")

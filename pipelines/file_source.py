@@ -175,7 +175,8 @@ class FileBatchSource:
         except BaseException as e:  # engine failures etc. stop the job, in the consumer
             self._put(_WorkerCrash(e))
         finally:
-            self._put(_END) or self._out.put(_END)
+            if not self._put(_END):
+                self._out.put(_END)
             del keep_stream
 
     def _run_process(self, batch: DecodedBatch) -> list[FrameResult]:

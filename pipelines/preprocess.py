@@ -14,7 +14,7 @@ Usage (inside a ``pipeline_def``)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from operators.boxes import LetterboxGeometry
@@ -27,7 +27,7 @@ class PreprocessSpec:
 
     dtype: Literal["float16", "float32"] = "float32"
     layout: Literal["NCHW", "NHWC"] = "NCHW"
-    options: PreprocessConfig = PreprocessConfig()
+    options: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
 def preprocess(frames: Any, geom: LetterboxGeometry, spec: PreprocessSpec) -> Any:

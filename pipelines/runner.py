@@ -78,7 +78,7 @@ GRAPHS_WITH_DALI = (
 def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stage:
     """Open the engine (entered on ``stack``) and resolve the output layout."""
     engine, info = open_engine(cfg.model, cfg.engine, device, cfg.postprocess, cfg.preprocess)
-    engine = stack.enter_context(engine)  # type: ignore[arg-type]
+    engine = stack.enter_context(engine)
     disable = getattr(engine, "disable_cuda_graphs", None)
     if disable is not None and device.startswith("cuda"):
         disable(GRAPHS_WITH_DALI)
@@ -132,7 +132,7 @@ def decode_plan(cfg: JobConfig, stage: Stage, device: str) -> DecodePlan:
 
 def open_sinks(cfg: JobConfig, stack: contextlib.ExitStack) -> list[Sink]:
     """Create and enter every configured sink."""
-    return [stack.enter_context(SINKS.create(s)) for s in cfg.sinks]  # type: ignore[arg-type]
+    return [stack.enter_context(SINKS.create(s)) for s in cfg.sinks]
 
 
 def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:

@@ -29,10 +29,19 @@ VIDEO_EXTENSIONS = frozenset(
 
 
 class _Entry(Protocol):
-    path: str | None
-    list: str | None
-    uri: str | None
-    id: str | None
+    """A ``sources:`` entry (read-only, so frozen dataclasses such as ``SourceEntry`` match)."""
+
+    @property
+    def path(self) -> str | None: ...
+
+    @property
+    def list(self) -> str | None: ...
+
+    @property
+    def uri(self) -> str | None: ...
+
+    @property
+    def id(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,8 @@ def _expand_path(text: str, origin: str) -> tuple[list[Path], list[SourceError]]
             if Path(name).suffix.lower() in VIDEO_EXTENSIONS
         )
         if not found:
-            return [], [SourceError(origin, f"the directory has no video files ({', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")]
+            exts = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
+            return [], [SourceError(origin, f"the directory has no video files ({exts}, ...)")]
         return found, []
     if not p.exists():
         return [], [SourceError(origin, "no such file or directory")]

@@ -26,7 +26,7 @@ class BrightSpotDetector(nn.Module):
         self.box = box
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
+        b, _, _h, _w = x.shape
         g = torch.nn.functional.avg_pool2d(x.float().mean(1, keepdim=True), self.stride)
         gh, gw = g.shape[2], g.shape[3]
         ys = (torch.arange(gh, device=x.device, dtype=torch.float32) + 0.5) * self.stride

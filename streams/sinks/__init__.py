@@ -12,6 +12,7 @@ ones lazily on first use, so importing this package has no side effects beyond t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -51,16 +52,14 @@ class _SinkRegistry(Registry[Sink]):
                 video,  # noqa: F401  (registers video)
             )
 
-            try:
+            with contextlib.suppress(ImportError):  # the mqtt module itself imports paho lazily
                 from streams.sinks import mqtt  # noqa: F401  (registers mqtt)
-            except ImportError:  # the mqtt module itself imports paho lazily
-                pass
 
     def names(self) -> list[str]:
         self._load()
         return super().names()
 
-    def parse(self, raw: object, key: str) -> PluginConfig:  # type: ignore[override]
+    def parse(self, raw: object, key: str) -> PluginConfig:
         self._load()
         return super().parse(raw, key)  # type: ignore[arg-type]
 

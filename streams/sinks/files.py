@@ -12,6 +12,7 @@ JSONL record::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,13 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from streams.errors import SinkError
 from streams.frames import FrameResult
 from streams.sinks import SINKS
 
 log = logging.getLogger(__name__)
+
+_FileSinkT = TypeVar("_FileSinkT", bound="_FileSink")
 
 
 def frame_record(result: FrameResult) -> dict[str, Any]:
@@ -54,11 +57,11 @@ class _FileSink:
         self.append = append
         self._fh: IO[str] | None = None
 
-    def __enter__(self) -> _FileSink:
+    def __enter__(self: _FileSinkT) -> _FileSinkT:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             existed = self.path.exists() and self.path.stat().st_size > 0
-            self._fh = open(self.path, "a" if self.append else "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._fh = open(self.path, "a" if self.append else "w", encoding="utf-8", newline="")
         except OSError as e:
             raise SinkError(f"cannot open {self.path} for writing: {e.strerror or e}") from e
         self._start(resumed=self.append and existed)
@@ -84,10 +87,8 @@ class _FileSink:
     ) -> None:
         if self._fh is not None:
             self._fh.flush()
-            try:
+            with contextlib.suppress(OSError):
                 os.fsync(self._fh.fileno())
-            except OSError:
-                pass
             self._fh.close()
             self._fh = None
             log.info("wrote %s", self.path)

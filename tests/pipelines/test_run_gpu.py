@@ -81,7 +81,9 @@ def test_gpu_matches_cpu(gpu_clips: Path, bright_model: Path, tmp_path: Path) ->
         assert ra["pts"] == rb["pts"]
         # the bright-spot model gives many tied cells: compare the union of the boxes
         ua, ub = _union(ra["detections"]), _union(rb["detections"])
-        if (ua is None) != (ub is None) or (ua is not None and ub is not None and max(abs(p - q) for p, q in zip(ua, ub)) > 4.0):
+        if (ua is None) != (ub is None) or (
+            ua is not None and ub is not None and max(abs(p - q) for p, q in zip(ua, ub, strict=False)) > 4.0
+        ):
             mismatched.append((key, ua, ub))
     # FFmpeg vs NVDEC decoding and FP32 vs FP16: allow rare one-cell shifts
     assert len(mismatched) <= len(a) * 0.05, f"{len(mismatched)} of {len(a)} differ: {mismatched[:5]}"
