@@ -139,3 +139,34 @@ def test_engine_failure_stops_the_job_with_a_clear_error(clip_dir: Path, tmp_pat
     code = main(["run", "--source", str(clip_dir / "landscape.mp4"), "--model", str(path),
                  "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
     assert code == 4  # engine error, not "file failed"
+
+
+def test_ctrl_c_leaves_valid_outputs(tmp_path: Path, bright_model: Path) -> None:
+    """SIGINT mid-job: exit code 130, and every line written so far is a whole record."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.media import write_clip
+
+    clip = write_clip(tmp_path / "long.mp4", "libx264", frames=600, width=640, height=480)
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--source", str(clip), "--model", str(bright_model),
+         "--out", str(out), "--device", "cpu", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jsonl = out / "detections.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (jsonl.exists() and jsonl.stat().st_size > 0):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-1500:]
+    assert "interrupted" in err
+    records = _records(jsonl)  # every line parses
+    assert 0 < len(records) < 600
+    assert [r["frame_index"] for r in records] == list(range(len(records)))
+    with open(out / "detections.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "source" and all(len(r) == len(rows[0]) for r in rows)
