@@ -35,7 +35,7 @@ def dali_to_torch(images: Any, layout: str, stream: int | None = None) -> torch.
     """
     tensor = images.as_tensor() if hasattr(images, "as_tensor") else images
     ptr = tensor.data_ptr()
-    with _on_stream(stream):
+    with on_stream(stream):
         t = torch.from_dlpack(tensor)
     if t.data_ptr() != ptr:  # never silently copy the frame batch
         raise EngineError("DLPack produced a copy of DALI's buffer; refusing to continue")
@@ -49,7 +49,8 @@ def dali_to_torch(images: Any, layout: str, stream: int | None = None) -> torch.
 
 
 @contextlib.contextmanager
-def _on_stream(stream: int | None) -> Iterator[None]:
+def on_stream(stream: int | None) -> Iterator[None]:
+    """Make the raw CUDA stream ``stream`` torch's current stream (no-op for ``None``/CPU)."""
     if stream is None or not torch.cuda.is_available():
         yield
         return

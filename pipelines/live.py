@@ -101,10 +101,6 @@ class _Done:
     emitted_at: float = 0.0
 
 
-def _stream_ctx(stream: int | None) -> contextlib.AbstractContextManager[Any]:
-    return torch.cuda.stream(torch.cuda.ExternalStream(stream)) if stream else contextlib.nullcontext()
-
-
 class LiveRunner:
     """Owns the stream manager, workers and sinks of a live job. Use :func:`run_live`."""
 
@@ -220,8 +216,7 @@ class LiveRunner:
                     self.summary.batch_errors += 1
                     log.warning("%s (batch of %d skipped)", e, len(items))
                     continue
-                with _stream_ctx(handle):
-                    results = stage.process(batch)
+                results = stage.process(batch)  # on the batch's (this worker's) stream
                 del batch
                 while not self.stop_event.is_set():
                     try:

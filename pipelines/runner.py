@@ -18,14 +18,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from engines.base import Engine
 from engines.factory import ModelInfo, open_engine, resolve_device
 from operators.decode import detect_layout, select_outputs
-from operators.inplace import InPlaceInference
+from operators.inplace import InPlaceInference, on_stream
 from operators.postprocess import PostprocessParams, postprocess
 from pipelines.config import JobConfig
 from pipelines.decode import DecodedBatch
@@ -53,19 +52,13 @@ class Stage:
     def process(self, batch: DecodedBatch) -> list[FrameResult]:
         """Engine + postprocess of one decoded batch; results for its valid rows."""
         gate = getattr(self.engine, "gate", None)  # torch engine: no capture while we run
-        with _stream_ctx(batch.stream), (gate.shared() if gate is not None else contextlib.nullcontext()):
+        with on_stream(batch.stream), (gate.shared() if gate is not None else contextlib.nullcontext()):
             outputs = self.operator(batch.images, batch.layout, batch.stream)
             ordered = select_outputs(outputs, self.layout)  # type: ignore[arg-type]
             dets = postprocess(ordered, self.layout, batch.geometries(), self.params,  # type: ignore[arg-type]
                                self.info.class_names)
         return [FrameResult(meta, d) for meta, d in zip(batch.rows, dets, strict=True)
                 if meta is not None and d is not None]
-
-
-def _stream_ctx(stream: int | None) -> contextlib.AbstractContextManager[Any]:
-    if stream is None:
-        return contextlib.nullcontext()
-    return torch.cuda.stream(torch.cuda.ExternalStream(stream))
 
 
 GRAPHS_WITH_DALI = (
