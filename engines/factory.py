@@ -164,8 +164,15 @@ def open_engine(
                               "ONNX use onnxruntime or tensorrt")
         if kind == "tensorrt":
             return _open_tensorrt(p, engine, device, info, extras), info
-        from engines.onnxruntime_engine import OnnxRuntimeEngine
+        from engines.onnxruntime_engine import OnnxRuntimeEngine, cuda_provider_available
 
+        if engine.kind == "auto" and device.startswith("cuda") and not cuda_provider_available():
+            log.warning(
+                "%s: no GPU engine can run this ONNX model here (tensorrt is not installed and "
+                "ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu, or tensorrt); "
+                "running it with ONNX Runtime on the CPU, and decoding on the CPU too", p.name,
+            )
+            device = "cpu"
         return OnnxRuntimeEngine(p, device=device), info
     if suffix in (".pt", ".pth", ".torchscript", ".pt2"):
         if kind not in ("auto", "torch"):

@@ -38,6 +38,15 @@ _ORT_TYPES = {
 }
 
 
+def cuda_provider_available() -> bool:
+    """Whether the installed ONNX Runtime has the CUDA execution provider (onnxruntime-gpu)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def _dims(shape: list[Any]) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
 

@@ -117,20 +117,19 @@ class LiveRunner:
         self._error: BaseException | None = None
         self._count_from = 0.0
 
-    def _mode_and_device(self) -> tuple[str, str]:
-        device = resolve_device(self.cfg.engine.device)
+    def _mode(self, device: str) -> str:
         decode = self.live.decode
         if decode == "gpu" and not device.startswith("cuda"):
             raise ConfigError("live.decode", "gpu decoding needs a CUDA device (engine.device)")
-        mode = "gop" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
-        return mode, device
+        return "gop" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
 
     def run(self, duration_s: float | None = None, warmup_s: float = 0.0) -> LiveSummary:
         """Run until stopped or ``duration_s``; figures count frames emitted after ``warmup_s``."""
-        mode, device = self._mode_and_device()
-        self.summary.mode, self.summary.device = mode, device
         with contextlib.ExitStack() as stack:
-            stage = open_stage(self.cfg, device, stack)
+            stage = open_stage(self.cfg, resolve_device(self.cfg.engine.device), stack)
+            device = stage.engine.device  # the engine may have fallen back to the CPU (logged)
+            mode = self._mode(device)
+            self.summary.mode, self.summary.device = mode, device
             sinks = open_sinks(self.cfg, stack)
             mgr = stack.enter_context(StreamManager(self.live, mode=mode))  # type: ignore[arg-type]
             self.manager = mgr

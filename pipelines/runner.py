@@ -142,6 +142,7 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
     device = resolve_device(cfg.engine.device)
     with contextlib.ExitStack() as stack:
         stage = open_stage(cfg, device, stack)
+        device = stage.engine.device  # the engine may have fallen back to the CPU (logged)
         plan = decode_plan(cfg, stage, device)
         sinks = open_sinks(cfg, stack)
         summary.engine = type(stage.engine).__name__

@@ -118,3 +118,26 @@ def test_tensorrt_engine_without_tensorrt_names_what_to_install(bright_onnx: Pat
         engine, _ = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(kind="tensorrt"), "cuda:0")
         with engine:
             pass
+
+
+def test_onnx_on_a_gpu_without_gpu_engines_falls_back_to_the_cpu_loudly(bright_onnx: Path, caplog) -> None:
+    """A GPU machine without tensorrt and without onnxruntime-gpu (the lent H200 is one):
+    engine auto runs the ONNX model on the CPU and says why, instead of failing."""
+    import logging
+
+    from engines.factory import open_engine
+    from engines.onnxruntime_engine import cuda_provider_available
+    from pipelines.config import EngineConfig, ModelConfig
+
+    if cuda_provider_available():
+        pytest.skip("onnxruntime-gpu is installed here")
+    with caplog.at_level(logging.WARNING):
+        engine, _ = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(), "cuda:0")
+    assert engine.device == "cpu"
+    assert any("no GPU engine can run this ONNX model" in r.message for r in caplog.records)
+    # asked for explicitly, onnxruntime on CUDA is an error naming what to install
+    from streams.errors import MissingDependencyError
+
+    explicit, _ = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(kind="onnxruntime"), "cuda:0")
+    with pytest.raises(MissingDependencyError, match="onnxruntime-gpu"), explicit:
+        pass
