@@ -129,3 +129,25 @@ def test_engine_reads_dalis_buffer_in_place(gpu_clips: Path, layout: str, dtype:
             assert torch.allclose(got, ref, atol=2e-2), "graph replay must match eager"
             n += batch.num_valid
         assert n == info.num_frames
+
+
+def test_onnx_without_gpu_engines_runs_on_the_cpu(gpu_clips: Path, tmp_path: Path) -> None:
+    """This H200 has neither tensorrt nor onnxruntime-gpu: an ONNX model with device cuda
+    falls back to ONNX Runtime on the CPU (decode too) and still processes every frame."""
+    from engines.onnxruntime_engine import cuda_provider_available
+
+    if cuda_provider_available():
+        pytest.skip("onnxruntime-gpu is installed here")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    path = tmp_path / "bright.onnx"
+    torch.onnx.export(BrightSpotDetector(), (torch.zeros(1, 3, 320, 320),), str(path), input_names=["images"],
+                      output_names=["output0"], dynamic_axes={"images": {0: "b"}, "output0": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    summary = _run(gpu_clips / "landscape.mp4", path, tmp_path / "o", "cuda")
+    assert summary.device == "cpu" and summary.ok
+    assert summary.frames == len(pyav_frames(gpu_clips / "landscape.mp4"))
