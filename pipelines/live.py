@@ -117,8 +117,8 @@ class LiveRunner:
         self._error: BaseException | None = None
         self._count_from = 0.0
 
-    def _mode(self, device: str) -> str:
-        decode = self.live.decode
+    def _mode(self, device: str, fell_back: bool) -> str:
+        decode = "cpu" if fell_back else self.live.decode
         if decode == "gpu" and not device.startswith("cuda"):
             raise ConfigError("live.decode", "gpu decoding needs a CUDA device (engine.device)")
         return "gop" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
@@ -126,9 +126,10 @@ class LiveRunner:
     def run(self, duration_s: float | None = None, warmup_s: float = 0.0) -> LiveSummary:
         """Run until stopped or ``duration_s``; figures count frames emitted after ``warmup_s``."""
         with contextlib.ExitStack() as stack:
-            stage = open_stage(self.cfg, resolve_device(self.cfg.engine.device), stack)
+            requested = resolve_device(self.cfg.engine.device)
+            stage = open_stage(self.cfg, requested, stack)
             device = stage.engine.device  # the engine may have fallen back to the CPU (logged)
-            mode = self._mode(device)
+            mode = self._mode(device, fell_back=requested.startswith("cuda") and device == "cpu")
             self.summary.mode, self.summary.device = mode, device
             sinks = open_sinks(self.cfg, stack)
             mgr = stack.enter_context(StreamManager(self.live, mode=mode))  # type: ignore[arg-type]

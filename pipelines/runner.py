@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -142,7 +142,9 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
     device = resolve_device(cfg.engine.device)
     with contextlib.ExitStack() as stack:
         stage = open_stage(cfg, device, stack)
-        device = stage.engine.device  # the engine may have fallen back to the CPU (logged)
+        if device.startswith("cuda") and stage.engine.device == "cpu":  # engine fell back (logged)
+            device = "cpu"
+            cfg = replace(cfg, decode=replace(cfg.decode, backend="cpu"))
         plan = decode_plan(cfg, stage, device)
         sinks = open_sinks(cfg, stack)
         summary.engine = type(stage.engine).__name__
