@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from torch import nn
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
+
+log = logging.getLogger(__name__)
 
 
 def export_onnx(
@@ -101,11 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--opset", type=int, default=17)
     ap.add_argument("--static-batch", action="store_true")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model, info = load_default_detector()
     size = info.input_size if args.input_size is None else (args.input_size[0], args.input_size[-1])
     out = export_onnx(model, args.out, size, dynamic_batch=not args.static_batch, opset=args.opset,
                       class_names=info.class_names)
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
     return 0
 
 

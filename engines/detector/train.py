@@ -34,6 +34,7 @@ import argparse
 import datetime as _dt
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -54,6 +55,8 @@ from streams.synthetic import CLASS_NAMES, SceneSpec, boxes_to_arrays, load_grou
 
 HELD_OUT_SEED = 10_000  # training seeds stay below this
 PAD_VALUE = 114
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
@@ -535,17 +538,16 @@ def train(seed: int = 0, steps: int = 180, input_size: tuple[int, int] = (320, 3
             running[k] = running.get(k, 0.0) * 0.9 + v * 0.1 if k in running else v
         if step % log_every == 0 or step == steps - 1:
             el = time.time() - t0
-            print(
+            log.info(
                 f"step {step:5d}/{steps}  loss {running['loss']:.3f}  box {running['box']:.3f}"
                 f"  cls {running['cls']:.3f}"
                 f"  pos/img {running['pos'] / imgs.shape[0]:.1f}  lr {lr_at(step):.2e}  {el:6.0f}s"
                 f"  eta {el / (step + 1) * (steps - step - 1):5.0f}s",
-                flush=True,
             )
         if eval_dir is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
             ev = evaluate(ema.ema, input_size, eval_clip_specs(eval_frames), eval_dir.name, device)
             curve.append((step + 1, ev["map50"]))
-            print(f"  [eval] step {step + 1}: held-out mAP@0.5 {ev['map50']:.4f} {ev['ap50_per_class']}", flush=True)
+            log.info("  [eval] step %d: held-out mAP@0.5 %.4f %s", step + 1, ev["map50"], ev["ap50_per_class"])
     if eval_dir is not None:
         eval_dir.cleanup()
     final = ema.ema.float().cpu().eval()
@@ -584,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate the EMA model every N steps")
     ap.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16)")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     size = (args.input_size[0], args.input_size[-1])
     if size[0] % 32 or size[1] % 32:
         ap.error("--input-size must be multiples of 32")
@@ -609,8 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t = time.time()
         ev = evaluate(model.to(args.device), size, eval_clip_specs(args.eval_frames), device=args.device)
         model.cpu()
-        print(f"held-out mAP@0.5 = {ev['map50']:.4f}  per class {ev['ap50_per_class']}  per clip {ev['per_clip']}"
-              f"  ({ev['frames']} frames, {ev['objects']} objects, {time.time() - t:.0f}s)", flush=True)
+        log.info(f"held-out mAP@0.5 = {ev['map50']:.4f}  per class {ev['ap50_per_class']}  per clip {ev['per_clip']}"
+                 f"  ({ev['frames']} frames, {ev['objects']} objects, {time.time() - t:.0f}s)")
         meta["heldout"] = {"map50": ev["map50"], "ap50_per_class": ev["ap50_per_class"], "per_clip": ev["per_clip"],
                            "frames": ev["frames"], "objects": ev["objects"],
                            "clips": "seeds 10000-10007: 640x360, 480x360, 360x640, 1280x720, 640x480, 720x1280,"
@@ -618,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     " frames; clips 2 and 5 crowded (3-8 objects)"}
         meta["heldout_map50"] = ev["map50"]
         info.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"saved {out} ({os.path.getsize(out) / 1e6:.2f} MB) and {info}")
+    log.info("saved %s (%.2f MB) and %s", out, os.path.getsize(out) / 1e6, info)
     return 0
 
 
