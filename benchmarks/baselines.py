@@ -58,17 +58,15 @@ def sample_frames(path: str | Path, count: int, input_size: tuple[int, int]) -> 
     """``count`` frames spread over ``path``, preprocessed as the pipeline does (float32 ``[n, 3, H, W]``
     in [0, 1]), and the source size ``(width, height)``: the INT8 calibration frames' helpers.
     """
-    import numpy as np
 
-    from engines.tensorrt.calibrator import letterbox as letterbox_frame
     from engines.tensorrt.calibrator import read_video_frames
     from pipelines.config import PreprocessConfig
+    from pipelines.preprocess import HostPreprocessor
 
     frames = list(read_video_frames([path], count))
     if not frames:
         raise ValueError(f"{path}: no frames decoded")
-    pre = PreprocessConfig()
-    x = np.stack([letterbox_frame(f, input_size, pre) for f in frames])
+    x = HostPreprocessor(input_size, PreprocessConfig())(frames)
     return torch.from_numpy(x), (int(frames[0].shape[1]), int(frames[0].shape[0]))
 
 

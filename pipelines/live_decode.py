@@ -35,7 +35,7 @@ import numpy as np
 
 from operators.boxes import LetterboxGeometry, letterbox_geometry
 from pipelines.decode import DecodedBatch
-from pipelines.preprocess import PreprocessSpec, preprocess_per_sample
+from pipelines.preprocess import PreprocessSpec, per_sample_inputs, preprocess_per_sample
 from streams.errors import DecodeError
 from streams.frames import FrameMeta
 
@@ -119,12 +119,7 @@ class LiveBatchPipeline:
             g = letterbox_geometry(meta.width, meta.height, w, h, self.spec.options.resize)
             geoms.append(g)
             data.append(np.frombuffer(it.data, np.uint8) if self.mode == "gop" else it.image)
-        inputs = {
-            "data": data,
-            "rw": [np.float32(g.resized_w) for g in geoms],
-            "rh": [np.float32(g.resized_h) for g in geoms],
-            "start": [np.array([-g.pad_y, -g.pad_x], np.int32) for g in geoms],
-        }
+        inputs = {"data": data, **per_sample_inputs(geoms)}
         seq_len = _round_up(max(len(it.metas) for it in items)) if self.mode == "gop" else 1
         pipe = self._pipe(seq_len)
         try:

@@ -14,10 +14,13 @@ Usage (inside a ``pipeline_def``)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from operators.boxes import LetterboxGeometry
+import numpy as np
+
+from operators.boxes import LetterboxGeometry, letterbox_geometry
 from pipelines.config import PreprocessConfig
 
 
@@ -78,6 +81,63 @@ def preprocess_per_sample(
     x = fn.slice(x, start=start, shape=[dst[0], dst[1]], axis_names="HW",
                  out_of_bounds_policy="pad", fill_values=float(spec.options.pad_value))
     return _normalize(x, spec, sequence)
+
+
+def per_sample_inputs(geoms: Sequence[LetterboxGeometry]) -> dict[str, list[Any]]:
+    """The ``rw``/``rh``/``start`` inputs of :func:`preprocess_per_sample` for ``geoms``."""
+    return {
+        "rw": [np.float32(g.resized_w) for g in geoms],
+        "rh": [np.float32(g.resized_h) for g in geoms],
+        "start": [np.array([-g.pad_y, -g.pad_x], np.int32) for g in geoms],
+    }
+
+
+class HostPreprocessor:
+    """The preprocessing graph on DALI's CPU operators, for RGB frames already on the host.
+
+    For frames that do not come out of a decode pipeline (INT8 calibration samples,
+    benchmark samples): they go through the very same DALI ops as the pipeline's frames,
+    with a letterbox geometry per frame, so they match what the engine sees in a job.
+
+    Usage::
+
+        pre = HostPreprocessor((640, 640), PreprocessConfig())
+        x = pre([frame_a, frame_b])        # float32 [2, 3, 640, 640]
+    """
+
+    def __init__(self, size: tuple[int, int], options: PreprocessConfig, max_batch: int = 8) -> None:
+        self.size = size
+        self.spec = PreprocessSpec(dtype="float32", layout="NCHW", options=options)
+        self.max_batch = max_batch
+        self._pipe: Any = None
+
+    def _build(self) -> Any:
+        from nvidia.dali import fn, pipeline_def, types
+
+        @pipeline_def(batch_size=self.max_batch, num_threads=1, device_id=None, prefetch_queue_depth=1)
+        def graph() -> Any:
+            frames = fn.external_source(name="data", dtype=types.UINT8, ndim=3, layout="HWC")
+            rw = fn.external_source(name="rw", dtype=types.FLOAT)
+            rh = fn.external_source(name="rh", dtype=types.FLOAT)
+            start = fn.external_source(name="start", dtype=types.INT32)
+            return preprocess_per_sample(frames, rw, rh, start, self.size, self.spec, sequence=False)
+
+        pipe = graph()
+        pipe.build()
+        return pipe
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """``uint8 [H, W, 3]`` RGB frames (any sizes) → ``float32 [N, 3, h, w]``."""
+        if self._pipe is None:
+            self._pipe = self._build()
+        h, w = self.size
+        out: list[np.ndarray] = []
+        for i in range(0, len(frames), self.max_batch):
+            chunk = [np.ascontiguousarray(f) for f in frames[i:i + self.max_batch]]
+            geoms = [letterbox_geometry(f.shape[1], f.shape[0], w, h, self.spec.options.resize) for f in chunk]
+            (res,) = self._pipe.run(data=chunk, **per_sample_inputs(geoms))
+            out.append(np.array(res.as_tensor()))
+        return np.concatenate(out) if out else np.zeros((0, 3, h, w), np.float32)
 
 
 def _normalize(x: Any, spec: PreprocessSpec, sequence: bool) -> Any:

@@ -10,8 +10,8 @@ scale table) is read from and written atomically to a file, so later builds skip
 calibration pass.
 
 Calibration batches from videos: :func:`video_calibration_source` decodes frames with
-PyAV on the CPU and letterboxes them like the pipeline's preprocessing
-(``preprocess:`` section: resize mode, pad value, mean/std, channel order).
+PyAV on the CPU and runs them through the pipeline's own DALI preprocessing graph on the
+CPU (``preprocess:`` section: resize mode, pad value, mean/std, channel order).
 
 Usage::
 
@@ -155,28 +155,12 @@ def make_entropy_calibrator(
 def letterbox(frame: np.ndarray, size: tuple[int, int], pre: PreprocessConfig) -> np.ndarray:
     """One ``uint8 [H, W, 3]`` RGB frame → ``float32 [3, h, w]`` as the pipeline preprocesses it.
 
-    The geometry is :func:`operators.boxes.letterbox_geometry`'s, as in the DALI graph
-    (:mod:`pipelines.preprocess`): ``letterbox`` keeps the aspect ratio and centres the
-    frame on a ``pad_value`` canvas, ``stretch`` fills it; bilinear resize without
-    antialiasing; then ``(x - mean) / std`` per channel, in ``channel_order``.
+    Runs the pipeline's own DALI preprocessing graph (:class:`pipelines.preprocess.HostPreprocessor`);
+    for many frames build one ``HostPreprocessor`` and call it with all of them.
     """
-    import torch
-    import torch.nn.functional as F
+    from pipelines.preprocess import HostPreprocessor
 
-    from operators.boxes import letterbox_geometry
-
-    th, tw = size
-    geom = letterbox_geometry(frame.shape[1], frame.shape[0], tw, th, pre.resize)
-    nh, nw = geom.resized_h, geom.resized_w
-    img = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
-    img = F.interpolate(img, size=(nh, nw), mode="bilinear", align_corners=False)
-    out = torch.full((1, 3, th, tw), float(pre.pad_value))
-    out[:, :, geom.pad_y : geom.pad_y + nh, geom.pad_x : geom.pad_x + nw] = img
-    if pre.channel_order == "bgr":
-        out = out.flip(1)
-    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std).view(1, 3, 1, 1)
-    return ((out - mean) / std)[0].numpy().astype(np.float32)
+    return HostPreprocessor(size, pre, max_batch=1)([frame])[0]
 
 
 def read_video_frames(paths: Sequence[str | Path], max_frames: int) -> Iterator[np.ndarray]:
@@ -226,14 +210,17 @@ def video_calibration_source(
     def batches(chw: tuple[int, int, int]) -> Iterator[np.ndarray]:
         if chw[0] != 3:
             raise ShapeError(f"video calibration needs a 3-channel input, the model takes {chw[0]}")
+        from pipelines.preprocess import HostPreprocessor
+
+        host = HostPreprocessor((chw[1], chw[2]), pre, max_batch=batch_size)
         pending: list[np.ndarray] = []
         for frame in read_video_frames(paths, max_frames):
-            pending.append(letterbox(frame, (chw[1], chw[2]), pre))
+            pending.append(frame)
             if len(pending) == batch_size:
-                yield np.stack(pending)
+                yield host(pending)
                 pending = []
         if pending:
-            yield np.stack(pending)
+            yield host(pending)
 
     return batches
 
