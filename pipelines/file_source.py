@@ -40,7 +40,7 @@ from pipelines.preprocess import PreprocessSpec
 from streams.errors import DecodeError, EngineError, FoveaError, SourceError
 from streams.files import VideoFile
 from streams.frames import FrameResult
-from streams.probe import VideoInfo, probe_video
+from streams.probe import probe_video
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class FileEvent:
     expected_frames: int = 0
     decoder: str = ""
     error: SourceError | None = None
-    info: VideoInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ class FileBatchSource:
         h, w = plan.input_size
         geom = letterbox_geometry(info.width, info.height, w, h, plan.spec.options.resize)
         kind = choose_decoder(info, plan.decode_device)
-        if not self._put(FileEvent(f, "started", expected_frames=info.num_frames, decoder=kind, info=info)):
+        if not self._put(FileEvent(f, "started", expected_frames=info.num_frames, decoder=kind)):
             return
         decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, kind,
                               device_id=plan.device_id, stream=stream, num_threads=plan.threads)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -189,10 +188,3 @@ def _on_event(ev: FileEvent, summary: JobSummary, progress: Progress) -> None:
         summary.failures.append(FileFailure(name, ev.error.reason, ev.frames))
         progress.file_finished()
 
-
-def results_by_source(results: Sequence[FrameResult]) -> dict[str, list[FrameResult]]:
-    """Group results by source id, keeping order (a helper for tests and tools)."""
-    out: dict[str, list[FrameResult]] = {}
-    for r in results:
-        out.setdefault(r.frame.source_id, []).append(r)
-    return out
