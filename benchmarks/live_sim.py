@@ -15,9 +15,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -107,6 +109,88 @@ def measure_gop_decode(clips: list[Path], batch: int, seconds: float = 8.0, thre
     return {"batch_gops": batch, "fps": fps, "calls": calls, "gop_frames": seq}
 
 
+def measure_stream_decode(clips: list[Path], streams: int, op: str, seconds: float = 6.0,
+                          sequence_length: int = 0) -> dict[str, Any]:
+    """NVDEC throughput with one DALI pipeline per stream, all decoding at once (decode only).
+
+    Each of ``streams`` threads owns a pipeline (its own NVDEC decoder) and CUDA stream and
+    feeds it GOP buffers back to back: ``op="inputs"`` uses ``fn.experimental.inputs.video``
+    (one GOP per ``feed_input``, ``sequence_length`` frames per run), ``op="decoders"`` uses
+    ``fn.decoders.video`` on a batch of one GOP. Reports aggregate fps and per-GOP latency.
+    """
+    import numpy as np
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+
+    gops = [g for c in clips for g in gop_buffers(c, 8)]
+    gop_len = max(n for _, n in gops)
+    seq = sequence_length or gop_len
+    start = threading.Barrier(streams + 1)
+    stop = threading.Event()
+    frames = [0] * streams
+    lat: list[float] = []
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        st = torch.cuda.Stream()
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=0, prefetch_queue_depth=1)
+        def graph() -> Any:
+            if op == "inputs":
+                return fn.experimental.inputs.video(name="in", sequence_length=seq, device="mixed",
+                                                    last_sequence_policy="pad", blocking=True)
+            data = fn.external_source(name="in", dtype=types.UINT8, ndim=1)
+            return fn.decoders.video(data, device="mixed", sequence_length=gop_len, pad_mode="constant")
+
+        try:
+            pipe = graph()
+            pipe.build()
+            i = k
+            start.wait(timeout=300)
+            while not stop.is_set():
+                buf, n = gops[i % len(gops)]
+                i += 1
+                t = time.perf_counter()
+                arr = np.frombuffer(buf, np.uint8)
+                if op == "inputs":
+                    pipe.feed_input("in", [arr])
+                    for _ in range(-(-n // seq)):
+                        pipe.run(st.cuda_stream)
+                else:
+                    pipe.run(st.cuda_stream, **{"in": [arr]})
+                st.synchronize()
+                lat.append(time.perf_counter() - t)
+                frames[k] += n
+        except threading.BrokenBarrierError:
+            pass
+        except Exception as e:  # a probe: report and go on
+            errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
+            start.abort()
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(streams)]
+    for t in threads:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start.wait(timeout=300)
+    time.sleep(1.0)  # warm-up: decoders created
+    base, t1 = sum(frames), time.perf_counter()
+    time.sleep(seconds)
+    total, t2 = sum(frames), time.perf_counter()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    fps = (total - base) / (t2 - t1)
+    lat.sort()
+    res = {"op": op, "streams": streams, "sequence_length": seq, "fps": round(fps, 1),
+           "gop_latency_p50_s": round(lat[len(lat) // 2], 4) if lat else None,
+           "gop_latency_p95_s": round(lat[int(len(lat) * 0.95)], 4) if lat else None,
+           "errors": errors[:3]}
+    log.info("stream decode %s x%d (seq %d): %.0f fps, GOP latency p50 %s s p95 %s s, errors %d", op, streams,
+             seq, fps, res["gop_latency_p50_s"], res["gop_latency_p95_s"], len(errors))
+    torch.cuda.empty_cache()
+    return res
+
+
 def make_clips(folder: Path, n: int, seconds: int = 10) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"cam_{i:02d}.mp4" for i in range(n)]
@@ -184,11 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--max-wait-ms", type=float, default=100.0)
     p.add_argument("--decode-batches", default="8,32", help="GOP batch sizes for the decode-only measurement")
+    p.add_argument("--stream-decode", default="", help="stream counts for the per-stream decoder probe "
+                   "(one pipeline per stream; e.g. 8,32,100); with --only-probe nothing else runs")
+    p.add_argument("--stream-decode-ops", default="inputs,decoders")
+    p.add_argument("--only-probe", action="store_true")
     p.add_argument("--out", default="benchmarks/out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     clips = make_clips(Path(args.clips), args.num_clips)
+    probes = [measure_stream_decode(clips, int(n), op) for op in args.stream_decode_ops.split(",") if op
+              for n in args.stream_decode.split(",") if n]
+    if probes:
+        (Path(args.out) / "stream_decode.json").write_text(json.dumps(probes, indent=2))
+    if args.only_probe:
+        return 0
     decode = [measure_gop_decode(clips, b) for b in (int(x) for x in args.decode_batches.split(",") if x)]
     points = [run_point(int(n), clips, args) for n in args.streams.split(",") if n]
     best = max((pt["streams"] for pt in points if pt["all_sustained"]), default=0)

@@ -90,9 +90,17 @@ class EngineConfig:
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     batch_size: int = 16
     cuda_graphs: bool = True
+    streams: int = 2  # inference threads, one CUDA stream each: one waits on results while one runs
+    # Python's GIL switch interval during a GPU job (restored after): the inference threads
+    # need the GIL for a moment between GPU calls and should not wait the default 5 ms for it
+    gil_switch_interval_ms: float = 0.5
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
 
     def validate(self, key: str) -> None:
+        if not 0.01 <= self.gil_switch_interval_ms <= 100:
+            raise ConfigError(f"{key}.gil_switch_interval_ms", f"expected 0.01..100, got {self.gil_switch_interval_ms}")
+        if not 1 <= self.streams <= 16:
+            raise ConfigError(f"{key}.streams", f"expected 1..16, got {self.streams}")
         if self.device != "auto" and self.device != "cpu" and not _is_cuda_device(self.device):
             raise ConfigError(f"{key}.device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 1 <= self.batch_size <= 1024:

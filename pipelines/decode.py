@@ -27,8 +27,10 @@ Usage::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -36,6 +38,7 @@ import numpy as np
 
 from operators.boxes import LetterboxGeometry
 from pipelines.preprocess import PreprocessSpec, preprocess
+from pipelines.segments import Segment
 from streams.errors import DecodeError, SourceError
 from streams.files import VideoFile
 from streams.frames import FrameMeta
@@ -266,6 +269,201 @@ class FileDecoder:
         rows: list[FrameMeta | None] = [self._meta(start + i, p) for i, p in enumerate(chunk_pts)]
         self.frames_decoded += len(rows)
         return DecodedBatch(outs[0], self.spec.layout, rows, self.geometry, self.stream, self.file)
+
+
+@dataclass(frozen=True)
+class SegmentBatch:
+    """A decoded batch of ``segments[index]`` (see :class:`SegmentDecoder`)."""
+
+    index: int
+    batch: DecodedBatch
+
+
+@dataclass(frozen=True)
+class SegmentDone:
+    """``segments[index]`` is fully decoded: ``frames`` valid frames came out."""
+
+    index: int
+    frames: int
+
+
+class SegmentDecodeError(DecodeError):
+    """Decoding ``segments[index]`` failed after ``frames`` of its frames; the pipeline is gone."""
+
+    def __init__(self, source: str, reason: str, index: int, frames: int) -> None:
+        super().__init__(source, reason)
+        self.index = index
+        self.frames = frames
+
+
+class SegmentDecoder:
+    """One DALI reader pipeline over several file segments sharing one letterbox geometry.
+
+    The reader reads a ``file_list`` of ``path label start end`` frame ranges
+    (``file_list_format="frames"``, end excluded) as one long-lived decode session:
+    no pipeline build per file, stable output buffers, sequences never straddle two
+    segments (each segment's tail is padded, ``pad_mode="constant"``), and the label
+    output names the segment of every sequence.
+
+    Usage::
+
+        with SegmentDecoder(segments, spec, batch=64, kind="dali-gpu", device_id=0) as dec:
+            for ev in dec:                  # SegmentBatch | SegmentDone, in segment order
+                ...
+    """
+
+    def __init__(
+        self,
+        segments: Sequence[Segment],
+        spec: PreprocessSpec,
+        batch: int,
+        kind: DecoderKind,
+        device_id: int | None = None,
+        stream: int | None = None,
+        num_threads: int = 2,
+    ) -> None:
+        if kind not in ("dali-gpu", "dali-cpu"):
+            raise ValueError(f"segments are read by DALI's reader, not {kind!r}")
+        if kind == "dali-gpu" and device_id is None:
+            raise ValueError("the dali-gpu decoder needs a device_id")
+        if not segments:
+            raise ValueError("no segments")
+        geom = segments[0].geometry
+        if any(s.geometry != geom for s in segments):
+            raise ValueError("segments of one decoder share one letterbox geometry")
+        self.segments = list(segments)
+        self.spec = spec
+        self.batch = batch
+        self.kind = kind
+        self.device_id = device_id
+        self.stream = stream
+        self.num_threads = num_threads
+        self._pipe: Any = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> SegmentDecoder:
+        self._tmp = tempfile.TemporaryDirectory(prefix="fovea-segments-")
+        try:
+            self._pipe = self._build(Path(self._tmp.name))
+        except RuntimeError as e:
+            self.__exit__(None, None, None)
+            names = sorted({str(s.file.path) for s in self.segments})
+            raise SourceError(",".join(names), f"DALI cannot open it: {_first_line(e)}") from e
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pipe = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _build(self, tmp: Path) -> Any:
+        from nvidia.dali import fn, pipeline_def
+
+        lines = []
+        for i, seg in enumerate(self.segments):
+            path = seg.file.path.resolve()
+            if any(ch.isspace() for ch in str(path)):  # DALI's file list splits on whitespace
+                link = tmp / f"segment{i}{path.suffix}"
+                link.symlink_to(path)
+                path = link
+            lines.append(f"{path} {i} {seg.start} {seg.end}\n")
+        file_list = tmp / "segments.txt"
+        file_list.write_text("".join(lines), encoding="utf-8")
+        on_gpu = self.kind == "dali-gpu"
+        geom = self.segments[0].geometry
+
+        @pipeline_def(batch_size=1, num_threads=self.num_threads, device_id=self.device_id,
+                      prefetch_queue_depth=2, exec_dynamic=True)
+        def graph() -> Any:
+            frames, label, fnum = fn.experimental.readers.video(
+                device="gpu" if on_gpu else "cpu",
+                file_list=str(file_list),
+                file_list_format="frames",
+                file_list_include_end=False,
+                sequence_length=self.batch,
+                pad_mode="constant",
+                enable_frame_num="sequence",
+                name="reader",
+            )
+            if not on_gpu and self.device_id is not None:
+                frames = frames.gpu()  # CPU decode, GPU preprocessing
+            return preprocess(frames, geom, self.spec), label, fnum
+
+        pipe = graph()
+        pipe.build()
+        return pipe
+
+    def sequences(self, seg: Segment) -> int:
+        """How many reader sequences ``seg`` yields (its last one padded)."""
+        return -(-seg.frames // self.batch)
+
+    def __iter__(self) -> Iterator[SegmentBatch | SegmentDone]:
+        if self._pipe is None:
+            raise RuntimeError("use SegmentDecoder inside 'with'")
+        pipe = self._pipe
+        total = sum(self.sequences(s) for s in self.segments)
+        epoch = int(pipe.epoch_size("reader"))
+        if epoch != total:
+            log.warning("reader reports %d sequences for %d segments, %d expected", epoch,
+                        len(self.segments), total)
+        current, done = 0, 0
+        left = self.sequences(self.segments[0])
+        for _ in range(total):
+            seg = self.segments[current]
+            try:
+                images, label, fnum = pipe.run(self.stream) if self.stream is not None else pipe.run()
+            except RuntimeError as e:
+                self._pipe = None
+                raise SegmentDecodeError(
+                    str(seg.file.path),
+                    f"decoding failed in frames {seg.start}-{seg.end - 1} after {done} of them: {_first_line(e)}",
+                    current, done,
+                ) from e
+            idx = int(np.asarray(_host(label)[0]).reshape(-1)[0])
+            if idx != current:
+                raise DecodeError(str(seg.file.path),
+                                  f"reader returned segment {idx} while segment {current} was expected")
+            numbers = np.asarray(_host(fnum)[0]).reshape(-1)
+            rows = _rows(numbers.tolist(), seg.file, seg.info)
+            n = sum(r is not None for r in rows)
+            done += n
+            yield SegmentBatch(current, DecodedBatch(images, self.spec.layout, rows, seg.geometry,
+                                                     self.stream, seg.file, [label, fnum]))
+            left -= 1
+            if left == 0:
+                if done != seg.frames:
+                    log.warning("%s: DALI decoded %d of frames %d-%d (%d expected)", seg.file.path, done,
+                                seg.start, seg.end - 1, seg.frames)
+                yield SegmentDone(current, done)
+                current, done = current + 1, 0
+                if current < len(self.segments):
+                    left = self.sequences(self.segments[current])
+
+
+def _host(out: Any) -> Any:
+    return out.as_cpu() if hasattr(out, "as_cpu") else out
+
+
+def _rows(numbers: list[int], file: VideoFile, info: VideoInfo) -> list[FrameMeta | None]:
+    """Frame metadata for the reader's frame numbers (``-1``: a padding row)."""
+    pts = info.pts
+    rows: list[FrameMeta | None] = []
+    for n in numbers:
+        if n < 0:
+            rows.append(None)
+            continue
+        p: int | None = pts[n] if n < len(pts) else None
+        if p is None:
+            log.warning("%s: DALI decoded frame %d beyond the %d frames PyAV demuxed", file.path, n, len(pts))
+        rows.append(FrameMeta(source_id=file.source_id, uri=str(file.path), frame_index=n, pts=p,
+                              time_base=info.time_base, width=info.width, height=info.height))
+    return rows
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,27 +1,32 @@
-"""The archived-files source: concurrent decode sessions feeding one consumer.
+"""The archived-files source: balanced decode sessions feeding a few inference threads.
 
-``sessions`` worker threads take files from a shared queue; each probes its file
-(PyAV), builds a :class:`pipelines.decode.FileDecoder` for it and pushes the decoded
-batches into one bounded queue, so decoding runs ahead of inference by a bounded
-amount. On the GPU each worker has its own CUDA stream: DALI orders the outputs on it
-and the consumer runs the engine on it, so no host synchronisation is needed between
-decode and inference.
+1. Every file is probed (PyAV, in parallel) before decoding starts: unreadable files
+   become ``FileEvent(kind="failed")`` at once, the others ``started`` with their frame
+   count.
+2. Files DALI's reader decodes (NVDEC on the GPU, VP8/VP9/MJPEG on the CPU) are cut at
+   keyframes into segments dealt out evenly to ``plan.sessions`` decode sessions
+   (:mod:`pipelines.segments`). Each session reads its segments through one long-lived
+   reader pipeline (:class:`pipelines.decode.SegmentDecoder`): no pipeline build per
+   file, and the sessions finish together instead of idling behind the longest file.
+   Files only PyAV decodes are taken whole, one at a time, by sessions that are free.
+3. Decoded batches go into one bounded queue, so decoding runs ahead of inference by a
+   bounded amount. With a ``process`` callback (engine + postprocess), ``plan.workers``
+   inference threads take batches from it, each on its own CUDA stream made to wait for
+   the decode stream (no host synchronisation), and hand back :class:`ProcessedBatch`
+   results; DALI's buffers are released once the detections are on the host. Two
+   workers keep the GPU busy while one waits for its detections.
 
-With a ``process`` callback (engine + postprocess), each worker also runs inference on
-its own batches, on its own stream, and hands back :class:`ProcessedBatch` results: the
-sessions then overlap engine work as well as decoding, a file's batches stay in order,
-and DALI's buffers are released as soon as the detections are on the host.
-
-A file that fails (probe or decode) becomes a ``FileEvent(kind="failed")`` with the
-reason; its worker builds a fresh pipeline for the next file (DALI pipelines are
-invalid after a decode error), so the job goes on.
+A segment that fails to decode fails its file (one ``failed`` event with the reason);
+the session rebuilds its pipeline for its remaining segments (DALI pipelines are invalid
+after a decode error), so the job goes on. Records of one file can arrive out of frame
+order (its segments are decoded concurrently); each carries its frame index and pts.
 
 Usage::
 
-    with FileBatchSource(files, plan) as source:
+    with FileBatchSource(files, plan, process=stage.process) as source:
         while (item := source.read()) is not None:
             if isinstance(item, FileEvent): ...
-            else: ...  # DecodedBatch
+            else: ...  # ProcessedBatch (DecodedBatch without a process callback)
 """
 
 from __future__ import annotations
@@ -30,17 +35,27 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from operators.boxes import letterbox_geometry
-from pipelines.decode import DecodedBatch, FileDecoder, choose_decoder
+from pipelines.decode import (
+    DecodedBatch,
+    DecoderKind,
+    FileDecoder,
+    SegmentBatch,
+    SegmentDecodeError,
+    SegmentDecoder,
+    choose_decoder,
+)
 from pipelines.preprocess import PreprocessSpec
+from pipelines.segments import Segment, plan_segments
 from streams.errors import DecodeError, EngineError, FoveaError, SourceError
 from streams.files import VideoFile
 from streams.frames import FrameResult
-from streams.probe import probe_video
+from streams.probe import VideoInfo, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +71,8 @@ class DecodePlan:
     device_id: int | None  # CUDA device for decoding/preprocessing; None = CPU
     sessions: int = 1
     threads: int = 2
+    workers: int = 1  # inference threads (with a process callback)
+    min_segment: int = 512  # shortest segment a file is cut into (frames; cuts at keyframes)
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,7 @@ class FileEvent:
 class ProcessedBatch:
     """The results of one batch processed by a worker's ``process`` callback."""
 
-    file: VideoFile
+    file: VideoFile | None
     results: list[FrameResult]
 
 
@@ -90,28 +107,76 @@ class _WorkerCrash:
     error: BaseException
 
 
+@dataclass
+class _FileState:
+    info: VideoInfo
+    kind: DecoderKind
+    segments: int = 0
+    frames: int = 0
+    failed: bool = False
+
+
 class FileBatchSource:
-    """Decodes ``files`` with ``plan.sessions`` concurrent pipelines; see module docstring."""
+    """Decodes ``files`` with ``plan.sessions`` concurrent sessions; see module docstring."""
 
     def __init__(self, files: Sequence[VideoFile], plan: DecodePlan, queue_size: int | None = None,
                  process: Processor | None = None) -> None:
         self.files = list(files)
         self.plan = plan
         self.process = process
-        self._jobs: queue.Queue[VideoFile] = queue.Queue()
-        self._out: queue.Queue[object] = queue.Queue(maxsize=queue_size or max(2, 2 * plan.sessions))
+        self._queue_size = queue_size or max(2, 2 * plan.sessions)
+        self._out: queue.Queue[object] = queue.Queue(maxsize=self._queue_size)
+        self._decoded: queue.Queue[object] = queue.Queue(maxsize=self._queue_size)
+        self._early: list[FileEvent] = []
+        self._whole: queue.Queue[VideoFile] = queue.Queue()
+        self._state: dict[str, _FileState] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = 0
+        self._sessions_left = 0
 
+    # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> FileBatchSource:
-        for f in self.files:
-            self._jobs.put(f)
-        n = max(1, min(self.plan.sessions, len(self.files)))
-        self._running = n
+        plan = self.plan
+        h, w = plan.input_size
+        probed: list[tuple[VideoFile, VideoInfo | SourceError]] = []
+        if self.files:
+            with ThreadPoolExecutor(max_workers=max(1, min(8, plan.sessions, len(self.files))),
+                                    thread_name_prefix="fovea-probe") as pool:
+                probed = list(zip(self.files, pool.map(_probe, self.files), strict=True))
+        readable: list[tuple[VideoFile, VideoInfo, Any]] = []
+        for f, res in probed:
+            if isinstance(res, SourceError):
+                self._early.append(FileEvent(f, "failed", error=res))
+                continue
+            kind = choose_decoder(res, plan.decode_device)
+            self._state[f.source_id] = _FileState(res, kind)
+            self._early.append(FileEvent(f, "started", expected_frames=res.num_frames, decoder=kind))
+            geom = letterbox_geometry(res.width, res.height, w, h, plan.spec.options.resize)
+            if kind == "pyav":
+                self._whole.put(f)
+            else:
+                readable.append((f, res, geom))
+        plans = plan_segments(readable, plan.sessions, min_chunk=plan.min_segment) if readable else []
+        for segs in plans:
+            for s in segs:
+                self._state[s.file.source_id].segments += 1
+        n = max(len(plans), min(plan.sessions, self._whole.qsize()))
+        n = max(n, 1)
+        self._sessions_left = n
         for i in range(n):
-            t = threading.Thread(target=self._worker, name=f"fovea-decode-{i}", daemon=True)
+            t = threading.Thread(target=self._session, args=(plans[i] if i < len(plans) else [],),
+                                 name=f"fovea-decode-{i}", daemon=True)
             self._threads.append(t)
+        if self.process is not None:
+            for i in range(max(1, plan.workers)):
+                self._threads.append(threading.Thread(target=self._infer_worker, name=f"fovea-infer-{i}",
+                                                      daemon=True))
+            self._running = max(1, plan.workers)
+        else:
+            self._running = n
+        for t in self._threads:
             t.start()
         return self
 
@@ -123,17 +188,20 @@ class FileBatchSource:
     ) -> None:
         self._stop.set()
         while any(t.is_alive() for t in self._threads):
-            try:  # unblock producers waiting on a full queue
-                while True:
-                    self._out.get_nowait()
-            except queue.Empty:
-                pass
+            for q in (self._out, self._decoded):  # unblock producers waiting on a full queue
+                try:
+                    while True:
+                        q.get_nowait()
+                except queue.Empty:
+                    pass
             for t in self._threads:
                 t.join(timeout=0.05)
         self._threads.clear()
 
     def read(self) -> DecodedBatch | ProcessedBatch | FileEvent | None:
         """The next batch (or processed batch) or file event; ``None`` once all files are done."""
+        if self._early:
+            return self._early.pop(0)
         while self._running > 0:
             item = self._out.get()
             if item is _END:
@@ -146,37 +214,174 @@ class FileBatchSource:
             return item
         return None
 
-    # -- workers ------------------------------------------------------------------------
-    def _put(self, item: object) -> bool:
+    # -- plumbing -----------------------------------------------------------------------
+    def _put(self, item: object, q: queue.Queue[object] | None = None) -> bool:
+        q = self._out if q is None else q
         while not self._stop.is_set():
             try:
-                self._out.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def _worker(self) -> None:
+    def _put_batch(self, batch: DecodedBatch) -> bool:
+        return self._put(batch, self._decoded if self.process is not None else self._out)
+
+    def _session_stream(self) -> tuple[int | None, Any]:
+        if self.plan.device_id is None:
+            return None, None
+        import torch
+
+        keep = torch.cuda.Stream(device=self.plan.device_id)
+        return keep.cuda_stream, keep
+
+    # -- decode sessions ----------------------------------------------------------------
+    def _session(self, segments: list[Segment]) -> None:
+        stream, keep = self._session_stream()
+        try:
+            self._decode_segments(segments, stream)
+            while not self._stop.is_set():
+                try:
+                    f = self._whole.get_nowait()
+                except queue.Empty:
+                    break
+                self._decode_whole(f, stream)
+        except BaseException as e:  # a bug or a stop-the-job error: carried to the consumer
+            self._put(_WorkerCrash(e))
+        finally:
+            with self._lock:
+                self._sessions_left -= 1
+                last = self._sessions_left == 0
+            if self.process is None:
+                if not self._put(_END):
+                    self._out.put(_END)
+            elif last:
+                for _ in range(max(1, self.plan.workers)):
+                    if not self._put(_END, self._decoded):
+                        self._decoded.put(_END)
+            del keep
+
+    def _decode_segments(self, segments: list[Segment], stream: int | None) -> None:
+        todo = list(segments)
+        while todo and not self._stop.is_set():
+            group = _same_geometry_prefix(todo)
+            todo = todo[len(group):]
+            rest = self._run_group(group, stream)
+            todo = rest + todo
+
+    def _run_group(self, group: list[Segment], stream: int | None) -> list[Segment]:
+        """Decode ``group`` with one pipeline; returns segments still to do after a failure."""
+        plan = self.plan
+        kind = self._state[group[0].file.source_id].kind
+        dec = SegmentDecoder(group, plan.spec, plan.batch, kind, device_id=plan.device_id, stream=stream,
+                             num_threads=plan.threads)
+        try:
+            with dec:
+                for ev in dec:
+                    if isinstance(ev, SegmentBatch):
+                        if not self._put_batch(ev.batch):
+                            return []
+                    else:
+                        self._segment_done(group[ev.index], ev.frames)
+        except SegmentDecodeError as e:
+            seg = group[e.index]
+            self._file_failed(seg.file, e, e.frames)
+            return group[e.index + 1:]
+        except SourceError as e:  # the pipeline could not be built: find the culprit alone
+            if len(group) > 1:
+                log.warning("a reader over %d segments failed to open (%s); opening them one by one",
+                            len(group), e.reason)
+                for s in group:
+                    self._run_group([s], stream)
+                return []
+            self._file_failed(group[0].file, SourceError(str(group[0].file.path), e.reason), 0)
+        return []
+
+    def _segment_done(self, seg: Segment, frames: int) -> None:
+        with self._lock:
+            st = self._state[seg.file.source_id]
+            st.frames += frames
+            st.segments -= 1
+            finished = st.segments == 0 and not st.failed
+            total = st.frames
+        if finished:
+            self._put(FileEvent(seg.file, "done", frames=total, expected_frames=st.info.num_frames,
+                                decoder=st.kind))
+
+    def _file_failed(self, f: VideoFile, error: SourceError, frames: int) -> None:
+        with self._lock:
+            st = self._state[f.source_id]
+            first = not st.failed
+            st.failed = True
+            st.frames += frames
+            total = st.frames
+        if first:
+            self._put(FileEvent(f, "failed", frames=total, expected_frames=st.info.num_frames,
+                                decoder=st.kind, error=error))
+
+    def _decode_whole(self, f: VideoFile, stream: int | None) -> None:
+        """One file through PyAV (codecs DALI's reader does not decode here)."""
+        plan = self.plan
+        st = self._state[f.source_id]
+        info = st.info
+        h, w = plan.input_size
+        geom = letterbox_geometry(info.width, info.height, w, h, plan.spec.options.resize)
+        decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, st.kind,
+                              device_id=plan.device_id, stream=stream, num_threads=plan.threads)
+        try:
+            with decoder:
+                for batch in decoder:
+                    if not self._put_batch(batch):
+                        return
+        except SourceError as e:
+            self._file_failed(f, e, decoder.frames_decoded)
+            return
+        except FoveaError:
+            raise  # not the file's fault
+        except Exception as e:  # a DALI/FFmpeg failure we did not foresee: isolate the file
+            log.exception("%s: unexpected decode failure", f.path)
+            self._file_failed(f, DecodeError(str(f.path), f"{type(e).__name__}: {str(e).strip()[:300]}"),
+                              decoder.frames_decoded)
+            return
+        self._put(FileEvent(f, "done", frames=decoder.frames_decoded, expected_frames=info.num_frames,
+                            decoder=st.kind))
+
+    # -- inference workers --------------------------------------------------------------
+    def _infer_worker(self) -> None:
+        keep: Any = None
         stream: int | None = None
-        keep_stream = None
         if self.plan.device_id is not None:
             import torch
 
-            keep_stream = torch.cuda.Stream(device=self.plan.device_id)
-            stream = keep_stream.cuda_stream
+            keep = torch.cuda.Stream(device=self.plan.device_id)
+            stream = keep.cuda_stream
         try:
             while not self._stop.is_set():
                 try:
-                    f = self._jobs.get_nowait()
+                    item = self._decoded.get(timeout=0.1)
                 except queue.Empty:
+                    continue
+                if item is _END:
                     break
-                self._decode_file(f, stream)
-        except BaseException as e:  # engine failures etc. stop the job, in the consumer
+                assert isinstance(item, DecodedBatch)
+                batch = item
+                if keep is not None and batch.stream is not None:
+                    import torch
+
+                    # the engine's stream waits for everything decoded so far on the session's stream
+                    keep.wait_stream(torch.cuda.ExternalStream(batch.stream, device=keep.device))
+                    batch = replace(batch, stream=stream)
+                results = self._run_process(batch)
+                del batch, item  # DALI's buffers go back: the detections are on the host
+                if not self._put(ProcessedBatch(None, results)):
+                    break
+        except BaseException as e:
             self._put(_WorkerCrash(e))
         finally:
             if not self._put(_END):
                 self._out.put(_END)
-            del keep_stream
+            del keep
 
     def _run_process(self, batch: DecodedBatch) -> list[FrameResult]:
         assert self.process is not None
@@ -188,40 +393,17 @@ class FileBatchSource:
             where = batch.source.path if batch.source is not None else "a live batch"
             raise EngineError(f"inference failed on {where}: {type(e).__name__}: {e}") from e
 
-    def _decode_file(self, f: VideoFile, stream: int | None) -> None:
-        plan = self.plan
-        try:
-            info = probe_video(f.path)
-        except SourceError as e:
-            self._put(FileEvent(f, "failed", error=e))
-            return
-        h, w = plan.input_size
-        geom = letterbox_geometry(info.width, info.height, w, h, plan.spec.options.resize)
-        kind = choose_decoder(info, plan.decode_device)
-        if not self._put(FileEvent(f, "started", expected_frames=info.num_frames, decoder=kind)):
-            return
-        decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, kind,
-                              device_id=plan.device_id, stream=stream, num_threads=plan.threads)
-        try:
-            with decoder:
-                for batch in decoder:
-                    item: object = batch
-                    if self.process is not None:
-                        item = ProcessedBatch(f, self._run_process(batch))
-                        del batch  # DALI's buffers go back as soon as detections are on the host
-                    if not self._put(item):
-                        return
-        except SourceError as e:
-            self._put(FileEvent(f, "failed", frames=decoder.frames_decoded,
-                                expected_frames=info.num_frames, decoder=kind, error=e))
-            return
-        except FoveaError:
-            raise  # not the file's fault: an engine or sink problem stops the job
-        except Exception as e:  # a DALI/FFmpeg failure we did not foresee: isolate the file
-            log.exception("%s: unexpected decode failure", f.path)
-            err = DecodeError(str(f.path), f"{type(e).__name__}: {str(e).strip()[:300]}")
-            self._put(FileEvent(f, "failed", frames=decoder.frames_decoded,
-                                expected_frames=info.num_frames, decoder=kind, error=err))
-            return
-        self._put(FileEvent(f, "done", frames=decoder.frames_decoded,
-                            expected_frames=info.num_frames, decoder=kind))
+
+def _probe(f: VideoFile) -> VideoInfo | SourceError:
+    try:
+        return probe_video(f.path)
+    except SourceError as e:
+        return e
+
+
+def _same_geometry_prefix(items: list[Segment]) -> list[Segment]:
+    """The leading segments sharing the first one's geometry (one pipeline reads them)."""
+    n = 1
+    while n < len(items) and items[n].geometry == items[0].geometry:
+        n += 1
+    return items[:n]

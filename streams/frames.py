@@ -12,7 +12,6 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 from streams.detections import Detections
 
@@ -54,7 +53,7 @@ class FrameMeta:
         """The pts in seconds, or ``None`` when the frame has no pts."""
         if self.pts is None:
             return None
-        return float(self.pts * Fraction(*self.time_base))
+        return self.pts * self.time_base[0] / self.time_base[1]  # exact int product, rounded once
 
 
 @dataclass(frozen=True, slots=True)

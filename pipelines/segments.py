@@ -1,0 +1,105 @@
+"""Splitting a job's files into keyframe-aligned segments, balanced over decode sessions.
+
+A decode session is one long-lived DALI reader pipeline (one NVDEC session). Giving each
+session whole files leaves most sessions idle at the end of a job whose files differ in
+length, and building a pipeline per file costs more than decoding a short file. Instead
+the files are cut at keyframes into segments of about ``chunk`` frames, the segments are
+dealt out longest first to the least-loaded session (LPT scheduling), and each session
+reads its segments through one reader (a ``file_list`` with ``start end`` frame ranges).
+Cutting at keyframes means no frame is decoded twice.
+
+Usage::
+
+    plans = plan_segments([(file, info, geom), ...], sessions=14)
+    for session, segs in enumerate(plans):
+        sum(s.frames for s in segs)          # about the same for every session
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from operators.boxes import LetterboxGeometry
+from streams.files import VideoFile
+from streams.probe import VideoInfo
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames ``[start, end)`` of one file (``start`` is a keyframe, or 0)."""
+
+    file: VideoFile
+    info: VideoInfo
+    geometry: LetterboxGeometry
+    start: int
+    end: int
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+
+def cut_points(info: VideoInfo, chunk: int) -> list[int]:
+    """Keyframe indices where ``info``'s file is cut into pieces of about ``chunk`` frames.
+
+    Returns the piece starts, ``[0, k1, k2, ...]``; a piece is never shorter than
+    ``chunk // 2`` except when the file itself is.
+    """
+    n = info.num_frames
+    starts = [0]
+    for k in info.keyframes:
+        if k - starts[-1] >= chunk and n - k >= chunk // 2:
+            starts.append(k)
+    return starts
+
+
+def plan_segments(
+    files: Sequence[tuple[VideoFile, VideoInfo, LetterboxGeometry]],
+    sessions: int,
+    chunk: int | None = None,
+    min_chunk: int = 512,
+) -> list[list[Segment]]:
+    """Deal keyframe-aligned segments of ``files`` out to ``sessions`` sessions.
+
+    Args:
+        files: the probed files with their letterbox geometry, in job order.
+        sessions: number of decode sessions; fewer lists come back when there are fewer
+            segments than sessions.
+        chunk: target segment length in frames; default: a quarter of a session's share,
+            at least ``min_chunk``.
+
+    Returns:
+        One list of segments per session, loads within about one segment of each other.
+        Within a list, segments are ordered by geometry (a pipeline per geometry), then
+        job order, then start frame.
+    """
+    if sessions < 1:
+        raise ValueError(f"sessions must be >= 1, got {sessions}")
+    total = sum(info.num_frames for _, info, _ in files)
+    if chunk is None:
+        chunk = max(min_chunk, total // (4 * sessions) if sessions else total)
+    order: dict[str, int] = {}
+    segs: list[Segment] = []
+    for i, (f, info, geom) in enumerate(files):
+        order[f.source_id] = i
+        starts = cut_points(info, chunk)
+        ends = [*starts[1:], info.num_frames]
+        segs += [Segment(f, info, geom, a, b) for a, b in zip(starts, ends, strict=True) if b > a]
+    n = min(sessions, len(segs))
+    if n == 0:
+        return []
+    heap = [(0, k) for k in range(n)]
+    plans: list[list[Segment]] = [[] for _ in range(n)]
+    for seg in sorted(segs, key=lambda s: -s.frames):
+        load, k = heapq.heappop(heap)
+        plans[k].append(seg)
+        heapq.heappush(heap, (load + seg.frames, k))
+    for p in plans:
+        p.sort(key=lambda s: (_geom_key(s.geometry), order[s.file.source_id], s.start))
+    return plans
+
+
+def _geom_key(g: LetterboxGeometry) -> tuple[int, ...]:
+    return (g.src_w, g.src_h, g.resized_w, g.resized_h, g.dst_w, g.dst_h, g.pad_x, g.pad_y)
