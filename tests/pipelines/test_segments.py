@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,10 +44,10 @@ def test_plan_covers_every_frame_once_and_balances_sessions() -> None:
         for s in segs:
             assert s.start in (0, *s.info.keyframes)
             covered.setdefault(s.file.source_id, []).append((s.start, s.end))
-    for (f, info, _), n in zip(files, lengths, strict=True):
+    for (f, _info, _), n in zip(files, lengths, strict=True):
         spans = sorted(covered[f.source_id])
         assert spans[0][0] == 0 and spans[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     loads = [sum(s.frames for s in segs) for segs in plans]
     biggest = max(s.frames for segs in plans for s in segs)
     assert max(loads) - min(loads) <= biggest, loads
