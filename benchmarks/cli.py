@@ -87,6 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode sessions to sweep, e.g. 1,7,10,14 (default; quick 1)")
     p.add_argument("--e2e-sessions", type=int, metavar="N",
                    help="decode sessions of the end-to-end run (default: the sweep's best)")
+    p.add_argument("--streams", type=int, default=2, metavar="N",
+                   help="inference threads (one CUDA stream each) of the end-to-end run (default 2)")
     p.add_argument("--batch", type=int, metavar="B", help="engine batch = frames per decoded sequence (default 32)")
     p.add_argument("--model", default="yolov8n",
                    help="yolov8n (built here, random weights; default), default (the bundled detector) or a "
@@ -134,7 +136,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         out=args.out, codecs=CODECS if args.codec == "both" else (args.codec,), files=args.files,
         seconds=args.seconds, sessions=args.sessions, batch=args.batch, model=args.model,
         input_size=args.input_size, clips_dir=args.clips, quick=args.quick, skip=args.skip, device=args.device,
-        sources=tuple(args.source or ()), e2e_sessions=args.e2e_sessions, expect_fps=args.expect_fps,
+        sources=tuple(args.source or ()), e2e_sessions=args.e2e_sessions, streams=args.streams,
+        expect_fps=args.expect_fps,
         precision=args.precision, jobs=args.jobs,
     )
 

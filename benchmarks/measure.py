@@ -475,6 +475,11 @@ class _LineCounter:
         while not self._stop.wait(self.interval):
             self._poll()
 
+    def time_at(self, lines: int, t0: float) -> float | None:
+        """Seconds after ``t0`` (a ``perf_counter`` time) when the file first held ``lines`` lines."""
+        hit = next((s for s in self.samples if s[1] >= lines), None)
+        return None if hit is None else round(hit[0] - t0, 2)
+
     def rate_between(self, lo: float, hi: float) -> float | None:
         """Lines per second between the first samples at >= ``lo`` and >= ``hi`` lines."""
         a = next((s for s in self.samples if s[1] >= lo), None)
@@ -528,6 +533,10 @@ def measure_e2e(
         "detections_per_frame": round(summary.detections / summary.frames, 2) if summary.frames else 0.0,
         "wall_seconds": round(wall, 3), "cuda_graphs_disabled": graphs_off, "warnings": watch.messages[:20],
         "steady_fps": counter.rate_between(0.1 * expected_frames, 0.9 * expected_frames),
+        "streams": engine.streams,
+        # seconds after the job started at which the JSONL held 1 / 10 / 50 / 90 / 100 % of the frames
+        "timeline_s": {f"{int(q * 100)}%": counter.time_at(max(1, int(q * expected_frames)), t0)
+                       for q in (0.0, 0.1, 0.5, 0.9, 1.0)},
     }
     return Measurement("e2e", codec, fps=summary.fps, frames=summary.frames, seconds=summary.seconds,
                        util=sampler.stats(), extra=extra)

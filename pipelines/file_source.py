@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -131,13 +132,17 @@ class FileBatchSource:
         self._whole: queue.Queue[VideoFile] = queue.Queue()
         self._state: dict[str, _FileState] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = 0
         self._sessions_left = 0
+        self._t0 = 0.0
+        self._timings: list[tuple[float, float, int]] = []  # per session: first batch, end (s), frames
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> FileBatchSource:
+        self._t0 = time.monotonic()
         plan = self.plan
         h, w = plan.input_size
         probed: list[tuple[VideoFile, VideoInfo | SourceError]] = []
@@ -226,6 +231,9 @@ class FileBatchSource:
         return False
 
     def _put_batch(self, batch: DecodedBatch) -> bool:
+        if self._local.first is None:
+            self._local.first = time.monotonic() - self._t0
+        self._local.frames += batch.num_valid
         return self._put(batch, self._decoded if self.process is not None else self._out)
 
     def _session_stream(self) -> tuple[int | None, Any]:
@@ -239,6 +247,8 @@ class FileBatchSource:
     # -- decode sessions ----------------------------------------------------------------
     def _session(self, segments: list[Segment]) -> None:
         stream, keep = self._session_stream()
+        self._local.first = None
+        self._local.frames = 0
         try:
             self._decode_segments(segments, stream)
             while not self._stop.is_set():
@@ -250,9 +260,17 @@ class FileBatchSource:
         except BaseException as e:  # a bug or a stop-the-job error: carried to the consumer
             self._put(_WorkerCrash(e))
         finally:
+            end = time.monotonic() - self._t0
+            first = self._local.first
             with self._lock:
+                self._timings.append((end if first is None else first, end, self._local.frames))
                 self._sessions_left -= 1
                 last = self._sessions_left == 0
+            if last:
+                t = self._timings
+                log.info("%d decode sessions: first batches after %.2f-%.2f s, finished after %.2f-%.2f s, "
+                         "%d-%d frames each", len(t), min(x[0] for x in t), max(x[0] for x in t),
+                         min(x[1] for x in t), max(x[1] for x in t), min(x[2] for x in t), max(x[2] for x in t))
             if self.process is None:
                 if not self._put(_END):
                     self._out.put(_END)

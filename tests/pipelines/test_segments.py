@@ -44,7 +44,7 @@ def test_plan_covers_every_frame_once_and_balances_sessions() -> None:
         for s in segs:
             assert s.start in (0, *s.info.keyframes)
             covered.setdefault(s.file.source_id, []).append((s.start, s.end))
-    for (f, _info, _), n in zip(files, lengths, strict=True):
+    for (f, _, _), n in zip(files, lengths, strict=True):
         spans = sorted(covered[f.source_id])
         assert spans[0][0] == 0 and spans[-1][1] == n
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
