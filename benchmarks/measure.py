@@ -199,6 +199,7 @@ def measure_source(
     )
     videos = [VideoFile(Path(f), f"{i:03d}_{Path(f).stem}") for i, f in enumerate(files)]
     frames, failures, capped = 0, [], False
+    marks: list[tuple[float, int]] = []
     with UtilSampler(device) as sampler:
         t0 = time.perf_counter()
         with FileBatchSource(videos, plan) as source:
@@ -209,6 +210,7 @@ def measure_source(
                     continue
                 assert isinstance(item, DecodedBatch)  # no process callback: decoded batches
                 frames += item.num_valid
+                marks.append((time.perf_counter(), frames))
                 if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
                     capped = True
                     break
@@ -218,7 +220,17 @@ def measure_source(
                        util=sampler.stats(),
                        extra={"sessions": sessions, "batch": batch, "input_size": list(input_size),
                               "dtype": dtype, "layout": layout, "stopped_at_max_seconds": capped,
-                              "failures": failures})
+                              "failures": failures, "steady_fps": _steady(marks, frames),
+                              "first_batch_s": round(marks[0][0] - t0, 2) if marks else None})
+
+
+def _steady(marks: Sequence[tuple[float, int]], total: int) -> float | None:
+    """Frames per second between 10 % and 90 % of ``total`` in ``(time, frames so far)`` marks."""
+    a = next((m for m in marks if m[1] >= 0.1 * total), None)
+    b = next((m for m in marks if m[1] >= 0.9 * total), None)
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    return round((b[1] - a[1]) / (b[0] - a[0]), 1)
 
 
 # ---------------------------------------------------------------------------------------
