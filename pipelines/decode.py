@@ -73,6 +73,7 @@ class DecodedBatch:
     source: VideoFile | None
     keepalive: list[Any] = field(default_factory=list)
     row_geometries: list[LetterboxGeometry | None] | None = None
+    ready: Any = None  # a CUDA event on ``stream`` after the batch's work (set by the file source)
 
     @property
     def num_valid(self) -> int:
@@ -389,6 +390,7 @@ class SegmentDecoder:
                 sequence_length=self.batch,
                 pad_mode="constant",
                 enable_frame_num="sequence",
+                lazy_init=True,  # index the files in the first run, off the GIL, not in build()
                 name="reader",
             )
             if not on_gpu and self.device_id is not None:
@@ -408,10 +410,6 @@ class SegmentDecoder:
             raise RuntimeError("use SegmentDecoder inside 'with'")
         pipe = self._pipe
         total = sum(self.sequences(s) for s in self.segments)
-        epoch = int(pipe.epoch_size("reader"))
-        if epoch != total:
-            log.warning("reader reports %d sequences for %d segments, %d expected", epoch,
-                        len(self.segments), total)
         current, done = 0, 0
         left = self.sequences(self.segments[0])
         for _ in range(total):
@@ -425,6 +423,11 @@ class SegmentDecoder:
                     f"decoding failed in frames {seg.start}-{seg.end - 1} after {done} of them: {_first_line(e)}",
                     current, done,
                 ) from e
+            if current == 0 and done == 0:  # the reader is initialised (lazily) by now
+                epoch = int(pipe.epoch_size("reader"))
+                if epoch != total:
+                    log.warning("reader reports %d sequences for %d segments, %d expected", epoch,
+                                len(self.segments), total)
             idx = int(np.asarray(_host(label)[0]).reshape(-1)[0])
             if idx != current:
                 raise DecodeError(str(seg.file.path),

@@ -146,10 +146,12 @@ class FileBatchSource:
         plan = self.plan
         h, w = plan.input_size
         probed: list[tuple[VideoFile, VideoInfo | SourceError]] = []
+        t_probe = time.monotonic()
         if self.files:
             with ThreadPoolExecutor(max_workers=max(1, min(8, plan.sessions, len(self.files))),
                                     thread_name_prefix="fovea-probe") as pool:
                 probed = list(zip(self.files, pool.map(_probe, self.files), strict=True))
+        log.info("probed %d files in %.2f s", len(self.files), time.monotonic() - t_probe)
         readable: list[tuple[VideoFile, VideoInfo, Any]] = []
         for f, res in probed:
             if isinstance(res, SourceError):
@@ -231,6 +233,12 @@ class FileBatchSource:
         return False
 
     def _put_batch(self, batch: DecodedBatch) -> bool:
+        if batch.stream is not None and self.process is not None:
+            import torch
+
+            # the inference stream waits for this batch only, not for later runs of the session
+            batch.ready = torch.cuda.Event()
+            batch.ready.record(torch.cuda.ExternalStream(batch.stream, device=self.plan.device_id))
         if self._local.first is None:
             self._local.first = time.monotonic() - self._t0
         self._local.frames += batch.num_valid
@@ -385,10 +393,12 @@ class FileBatchSource:
                 assert isinstance(item, DecodedBatch)
                 batch = item
                 if keep is not None and batch.stream is not None:
-                    import torch
+                    if batch.ready is not None:
+                        keep.wait_event(batch.ready)
+                    else:
+                        import torch
 
-                    # the engine's stream waits for everything decoded so far on the session's stream
-                    keep.wait_stream(torch.cuda.ExternalStream(batch.stream, device=keep.device))
+                        keep.wait_stream(torch.cuda.ExternalStream(batch.stream, device=keep.device))
                     batch = replace(batch, stream=stream)
                 results = self._run_process(batch)
                 del batch, item  # DALI's buffers go back: the detections are on the host
