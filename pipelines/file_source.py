@@ -36,7 +36,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Literal
@@ -56,7 +55,7 @@ from pipelines.segments import Segment, plan_segments
 from streams.errors import DecodeError, EngineError, FoveaError, SourceError
 from streams.files import VideoFile
 from streams.frames import FrameResult
-from streams.probe import VideoInfo, probe_video
+from streams.probe import VideoInfo, probe_many
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +147,8 @@ class FileBatchSource:
         probed: list[tuple[VideoFile, VideoInfo | SourceError]] = []
         t_probe = time.monotonic()
         if self.files:
-            with ThreadPoolExecutor(max_workers=max(1, min(8, plan.sessions, len(self.files))),
-                                    thread_name_prefix="fovea-probe") as pool:
-                probed = list(zip(self.files, pool.map(_probe, self.files), strict=True))
+            infos = probe_many([f.path for f in self.files], processes=max(1, min(8, plan.sessions)))
+            probed = list(zip(self.files, infos, strict=True))
         log.info("probed %d files in %.2f s", len(self.files), time.monotonic() - t_probe)
         readable: list[tuple[VideoFile, VideoInfo, Any]] = []
         for f, res in probed:
@@ -420,13 +418,6 @@ class FileBatchSource:
         except Exception as e:  # inference failures are not the file's fault
             where = batch.source.path if batch.source is not None else "a live batch"
             raise EngineError(f"inference failed on {where}: {type(e).__name__}: {e}") from e
-
-
-def _probe(f: VideoFile) -> VideoInfo | SourceError:
-    try:
-        return probe_video(f.path)
-    except SourceError as e:
-        return e
 
 
 def _same_geometry_prefix(items: list[Segment]) -> list[Segment]:
