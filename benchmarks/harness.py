@@ -142,6 +142,8 @@ def environment(device: str) -> dict[str, Any]:
         except ImportError:
             env[key] = None
     try:
+        if os.environ.get("FOVEA_COMMIT"):  # a copy of the tree whose .git is stale or absent
+            raise OSError("FOVEA_COMMIT is set")
         env["commit"] = _git("rev-parse", "HEAD")
         env["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError) as e:
