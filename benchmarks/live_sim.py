@@ -191,6 +191,74 @@ def measure_stream_decode(clips: list[Path], streams: int, op: str, seconds: flo
     return res
 
 
+def annexb_packets(path: Path) -> tuple[str, list[tuple[bytes, int]]]:
+    """(codec, [(Annex-B access unit, pts)]) of a clip, as the live ingest hands them to NVDEC."""
+    import av
+
+    out: list[tuple[bytes, int]] = []
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        codec = s.codec_context.name
+        bsf = av.BitStreamFilterContext(f"{codec}_mp4toannexb", s)
+        for pkt in c.demux(s):
+            if pkt.size == 0:
+                continue
+            data = b"".join(bytes(p) for p in bsf.filter(pkt))
+            if data:
+                out.append((data, int(pkt.pts if pkt.pts is not None else 0)))
+    return codec, out
+
+
+def measure_nvdec(clips: list[Path], streams: int, seconds: float = 6.0, target: tuple[int, int] = (640, 360)
+                  ) -> dict[str, Any]:
+    """Aggregate NVDEC throughput with one persistent :class:`pipelines.nvdec.NvdecSession` per
+    stream, every stream's thread feeding packets back to back (decode only, scaled to ``target``)."""
+    import torch
+
+    from pipelines.nvdec import NvdecSession
+
+    packets = [annexb_packets(c) for c in clips]
+    start = threading.Barrier(streams + 1)
+    stop = threading.Event()
+    frames = [0] * streams
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        codec, pk = packets[k % len(packets)]
+        try:
+            with NvdecSession(codec, target, device_id=0) as dec:
+                start.wait(timeout=300)
+                i = 0
+                while not stop.is_set():
+                    data, pts = pk[i % len(pk)]
+                    i += 1
+                    frames[k] += len(dec.decode(data, pts))
+        except threading.BrokenBarrierError:
+            pass
+        except Exception as e:  # a probe: report and go on
+            errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
+            start.abort()
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(streams)]
+    for t in threads:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start.wait(timeout=300)
+    time.sleep(1.0)
+    base, t1 = sum(frames), time.perf_counter()
+    time.sleep(seconds)
+    total, t2 = sum(frames), time.perf_counter()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    fps = (total - base) / (t2 - t1)
+    res = {"op": "nvdec", "streams": streams, "fps": round(fps, 1), "per_stream_fps": round(fps / streams, 1),
+           "target": list(target), "errors": errors[:3]}
+    log.info("NVDEC sessions x%d: %.0f fps (%.1f per stream), errors %d", streams, fps, fps / streams, len(errors))
+    torch.cuda.empty_cache()
+    return res
+
+
 def make_clips(folder: Path, n: int, seconds: int = 10) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"cam_{i:02d}.mp4" for i in range(n)]
@@ -270,15 +338,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-batches", default="8,32", help="GOP batch sizes for the decode-only measurement")
     p.add_argument("--stream-decode", default="", help="stream counts for the per-stream decoder probe "
                    "(one pipeline per stream; e.g. 8,32,100); with --only-probe nothing else runs")
-    p.add_argument("--stream-decode-ops", default="inputs,decoders")
+    p.add_argument("--stream-decode-ops", default="nvdec,inputs,decoders",
+                   help="per-stream decoders to probe: nvdec (pipelines.nvdec), inputs / decoders (DALI)")
     p.add_argument("--only-probe", action="store_true")
     p.add_argument("--out", default="benchmarks/out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     clips = make_clips(Path(args.clips), args.num_clips)
-    probes = [measure_stream_decode(clips, int(n), op) for op in args.stream_decode_ops.split(",") if op
-              for n in args.stream_decode.split(",") if n]
+    probes = [measure_nvdec(clips, int(n)) if op == "nvdec" else measure_stream_decode(clips, int(n), op)
+              for op in args.stream_decode_ops.split(",") if op for n in args.stream_decode.split(",") if n]
     if probes:
         (Path(args.out) / "stream_decode.json").write_text(json.dumps(probes, indent=2))
     if args.only_probe:

@@ -1,0 +1,366 @@
+"""A persistent NVDEC decode session per live stream, through the driver's NVDECODE API.
+
+DALI's video decoders take self-contained buffers and build a decoder per buffer: on the
+H200 one GOP per buffer caps near 350 decoded 1080p frames per second for the whole GPU,
+whatever the number of pipelines (``benchmarks/RESULTS.md``). A camera needs a decoder that
+keeps its state from packet to packet, as DeepStream's ``nvv4l2decoder`` does. This module
+drives NVDEC directly with ``ctypes`` (``libnvcuvid.so.1`` and ``libcuda.so.1`` ship with the
+NVIDIA driver; nothing to build or install):
+
+* the parser (``cuvidCreateVideoParser``) takes Annex-B packets as they arrive and calls
+  back to create the decoder, decode pictures and hand out pictures in display order;
+* the decoder scales in hardware to the letterbox size (``ulTargetWidth/Height``), so a
+  1080p frame leaves NVDEC as a 640x360 NV12 surface: no full-size RGB frame is ever made;
+* each displayed surface is copied into a torch tensor ``uint8[h * 3 // 2, w]`` (NV12) on
+  the session's CUDA stream, then unmapped. :func:`operators.color.nv12_letterbox` turns a
+  batch of them into model input.
+
+Latency is one frame (``ulMaxDisplayDelay=0``), not one GOP.
+
+Usage::
+
+    dec = NvdecSession("h264", target=(640, 360), device_id=0)
+    for frame in dec.decode(annexb_packet, pts=pkt.pts):     # DecodedSurface
+        frame.nv12.shape            # (540, 640) uint8 on cuda:0
+    dec.close()
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from streams.errors import DecodeError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+CODECS = {"mpeg1video": 0, "mpeg2video": 1, "mpeg4": 2, "vc1": 3, "h264": 4, "mjpeg": 5, "hevc": 8,
+          "vp8": 9, "vp9": 10, "av1": 11}
+_PKT_ENDOFSTREAM = 0x01
+_PKT_TIMESTAMP = 0x02
+
+
+class _VideoFormat(C.Structure):  # CUVIDEOFORMAT
+    _fields_ = [
+        ("codec", C.c_int), ("frame_rate_num", C.c_uint), ("frame_rate_den", C.c_uint),
+        ("progressive_sequence", C.c_ubyte), ("bit_depth_luma_minus8", C.c_ubyte),
+        ("bit_depth_chroma_minus8", C.c_ubyte), ("min_num_decode_surfaces", C.c_ubyte),
+        ("coded_width", C.c_uint), ("coded_height", C.c_uint),
+        ("left", C.c_int), ("top", C.c_int), ("right", C.c_int), ("bottom", C.c_int),
+        ("chroma_format", C.c_int), ("bitrate", C.c_uint), ("dar_x", C.c_int), ("dar_y", C.c_int),
+        ("video_signal_bits", C.c_ubyte), ("color_primaries", C.c_ubyte),
+        ("transfer_characteristics", C.c_ubyte), ("matrix_coefficients", C.c_ubyte),
+        ("seqhdr_data_length", C.c_uint),
+    ]
+
+
+class _DispInfo(C.Structure):  # CUVIDPARSERDISPINFO
+    _fields_ = [("picture_index", C.c_int), ("progressive_frame", C.c_int), ("top_field_first", C.c_int),
+                ("repeat_first_field", C.c_int), ("timestamp", C.c_longlong)]
+
+
+class _Packet(C.Structure):  # CUVIDSOURCEDATAPACKET
+    _fields_ = [("flags", C.c_ulong), ("payload_size", C.c_ulong), ("payload", C.c_void_p),
+                ("timestamp", C.c_longlong)]
+
+
+_SEQ_CB = C.CFUNCTYPE(C.c_int, C.c_void_p, C.POINTER(_VideoFormat))
+_DEC_CB = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_void_p)
+_DISP_CB = C.CFUNCTYPE(C.c_int, C.c_void_p, C.POINTER(_DispInfo))
+
+
+class _ParserParams(C.Structure):  # CUVIDPARSERPARAMS
+    _fields_ = [
+        ("CodecType", C.c_int), ("ulMaxNumDecodeSurfaces", C.c_uint), ("ulClockRate", C.c_uint),
+        ("ulErrorThreshold", C.c_uint), ("ulMaxDisplayDelay", C.c_uint), ("bAnnexb_reserved", C.c_uint),
+        ("uReserved1", C.c_uint * 4), ("pUserData", C.c_void_p),
+        ("pfnSequenceCallback", _SEQ_CB), ("pfnDecodePicture", _DEC_CB), ("pfnDisplayPicture", _DISP_CB),
+        ("pfnGetOperatingPoint", C.c_void_p), ("pvReserved2", C.c_void_p * 6), ("pExtVideoInfo", C.c_void_p),
+    ]
+
+
+class _Rect(C.Structure):
+    _fields_ = [("left", C.c_short), ("top", C.c_short), ("right", C.c_short), ("bottom", C.c_short)]
+
+
+class _CreateInfo(C.Structure):  # CUVIDDECODECREATEINFO
+    _fields_ = [
+        ("ulWidth", C.c_ulong), ("ulHeight", C.c_ulong), ("ulNumDecodeSurfaces", C.c_ulong),
+        ("CodecType", C.c_int), ("ChromaFormat", C.c_int), ("ulCreationFlags", C.c_ulong),
+        ("bitDepthMinus8", C.c_ulong), ("ulIntraDecodeOnly", C.c_ulong), ("ulMaxWidth", C.c_ulong),
+        ("ulMaxHeight", C.c_ulong), ("Reserved1", C.c_ulong), ("display_area", _Rect),
+        ("OutputFormat", C.c_int), ("DeinterlaceMode", C.c_int), ("ulTargetWidth", C.c_ulong),
+        ("ulTargetHeight", C.c_ulong), ("ulNumOutputSurfaces", C.c_ulong), ("vidLock", C.c_void_p),
+        ("target_rect", _Rect), ("enableHistogram", C.c_ulong), ("Reserved2", C.c_ulong * 4),
+    ]
+
+
+class _ProcParams(C.Structure):  # CUVIDPROCPARAMS
+    _fields_ = [
+        ("progressive_frame", C.c_int), ("second_field", C.c_int), ("top_field_first", C.c_int),
+        ("unpaired_field", C.c_int), ("reserved_flags", C.c_uint), ("reserved_zero", C.c_uint),
+        ("raw_input_dptr", C.c_ulonglong), ("raw_input_pitch", C.c_uint), ("raw_input_format", C.c_uint),
+        ("raw_output_dptr", C.c_ulonglong), ("raw_output_pitch", C.c_uint), ("Reserved1", C.c_uint),
+        ("output_stream", C.c_void_p), ("Reserved", C.c_uint * 46), ("histogram_dptr", C.c_void_p),
+        ("Reserved2", C.c_void_p * 1),
+    ]
+
+
+class _Driver:
+    """``libcuda`` and ``libnvcuvid`` with typed entry points (loaded once per process, on first use)."""
+
+    _lock = threading.Lock()
+    _inst: _Driver | None = None
+
+    def __init__(self) -> None:
+        try:
+            self.cuda = C.CDLL("libcuda.so.1")
+            self.cuvid = C.CDLL("libnvcuvid.so.1")
+        except OSError as e:
+            raise MissingDependencyError(
+                "libnvcuvid", "NVDEC decoding of live streams",
+                "an NVIDIA driver with NVDEC (libnvcuvid.so.1, part of the driver package)") from e
+        v, cu = self.cuvid, self.cuda
+        vp, pp = C.c_void_p, C.POINTER
+        v.cuvidCreateVideoParser.argtypes = [pp(vp), pp(_ParserParams)]
+        v.cuvidParseVideoData.argtypes = [vp, pp(_Packet)]
+        v.cuvidDestroyVideoParser.argtypes = [vp]
+        v.cuvidCreateDecoder.argtypes = [pp(vp), pp(_CreateInfo)]
+        v.cuvidDestroyDecoder.argtypes = [vp]
+        v.cuvidDecodePicture.argtypes = [vp, vp]
+        v.cuvidMapVideoFrame64.argtypes = [vp, C.c_int, pp(C.c_ulonglong), pp(C.c_uint), pp(_ProcParams)]
+        v.cuvidUnmapVideoFrame64.argtypes = [vp, C.c_ulonglong]
+        cu.cuInit.argtypes = [C.c_uint]
+        cu.cuDeviceGet.argtypes = [pp(C.c_int), C.c_int]
+        cu.cuDevicePrimaryCtxRetain.argtypes = [pp(vp), C.c_int]
+        cu.cuCtxPushCurrent_v2.argtypes = [vp]
+        cu.cuCtxPopCurrent_v2.argtypes = [pp(vp)]
+        cu.cuGetErrorName.argtypes = [C.c_int, pp(C.c_char_p)]
+        self.check(cu.cuInit(0), "cuInit")
+        self._contexts: dict[int, int] = {}
+
+    @classmethod
+    def get(cls) -> _Driver:
+        with cls._lock:
+            if cls._inst is None:
+                cls._inst = cls()
+            return cls._inst
+
+    def check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            name = C.c_char_p()
+            self.cuda.cuGetErrorName(rc, C.byref(name))
+            raise DecodeError("nvdec", f"{what} failed: {(name.value or b'?').decode()} ({rc})")
+
+    def primary_context(self, device_id: int) -> int:
+        """The device's primary context (the one torch and DALI use)."""
+        with self._lock:
+            ctx = self._contexts.get(device_id)
+            if ctx is None:
+                dev = C.c_int()
+                self.check(self.cuda.cuDeviceGet(C.byref(dev), device_id), "cuDeviceGet")
+                handle = C.c_void_p()
+                self.check(self.cuda.cuDevicePrimaryCtxRetain(C.byref(handle), dev), "cuDevicePrimaryCtxRetain")
+                ctx = self._contexts[device_id] = int(handle.value or 0)
+            return ctx
+
+
+class _Surface:
+    """A mapped NVDEC output surface as a CUDA array (``__cuda_array_interface__``) torch can view."""
+
+    def __init__(self, ptr: int, height: int, width: int, pitch: int) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": (height * 3 // 2, width), "typestr": "|u1", "data": (ptr, False),
+            "strides": (pitch, 1), "version": 3,
+        }
+
+
+@dataclass(frozen=True)
+class DecodedSurface:
+    """One decoded frame: NV12 ``uint8[h * 3 // 2, w]`` on the GPU (``h, w`` = the target size)."""
+
+    nv12: Any
+    pts: int | None
+    width: int  # source (coded display) size
+    height: int
+    matrix: int  # H.273 matrix_coefficients (1 = BT.709; others decoded as BT.601)
+
+
+class NvdecSession:
+    """One stream's NVDEC parser and decoder; see the module docstring.
+
+    Not thread-safe: one thread (the stream's reader) calls :meth:`decode`.
+    """
+
+    def __init__(self, codec: str, target: tuple[int, int], device_id: int = 0, surfaces: int = 0) -> None:
+        if codec not in CODECS:
+            raise DecodeError("nvdec", f"codec {codec!r} is not decoded by NVDEC here; "
+                              f"supported: {', '.join(sorted(CODECS))}")
+        import torch
+
+        self.codec = codec
+        tw, th = target
+        self.target = (tw - tw % 2, th - th % 2)  # NVDEC scales to even sizes
+        self.device_id = device_id
+        self._torch = torch
+        self._drv = _Driver.get()
+        self._ctx = self._drv.primary_context(device_id)
+        self._stream = torch.cuda.Stream(device=device_id)
+        self._decoder = C.c_void_p()
+        self._fmt: _VideoFormat | None = None
+        self._out: list[DecodedSurface] = []
+        self._error: BaseException | None = None
+        self.frames = 0
+        # keep the callbacks alive as long as the parser
+        self._cbs = (_SEQ_CB(self._on_sequence), _DEC_CB(self._on_decode), _DISP_CB(self._on_display))
+        params = _ParserParams()
+        params.CodecType = CODECS[codec]
+        params.ulMaxNumDecodeSurfaces = surfaces or 20
+        params.ulClockRate = 0
+        params.ulErrorThreshold = 100
+        params.ulMaxDisplayDelay = 0  # low latency: display as soon as decoded (in display order)
+        params.pfnSequenceCallback, params.pfnDecodePicture, params.pfnDisplayPicture = self._cbs
+        self._parser = C.c_void_p()
+        with self._current():
+            self._drv.check(self._drv.cuvid.cuvidCreateVideoParser(C.byref(self._parser), C.byref(params)),
+                            "cuvidCreateVideoParser")
+
+    # -- context ------------------------------------------------------------------------
+    class _Ctx:
+        def __init__(self, s: NvdecSession) -> None:
+            self.s = s
+
+        def __enter__(self) -> None:
+            self.s._drv.check(self.s._drv.cuda.cuCtxPushCurrent_v2(C.c_void_p(self.s._ctx)), "cuCtxPushCurrent")
+
+        def __exit__(self, *exc: object) -> None:
+            old = C.c_void_p()
+            self.s._drv.cuda.cuCtxPopCurrent_v2(C.byref(old))
+
+    def _current(self) -> NvdecSession._Ctx:
+        return NvdecSession._Ctx(self)
+
+    # -- public -------------------------------------------------------------------------
+    def decode(self, data: bytes, pts: int | None = None) -> list[DecodedSurface]:
+        """Feed one Annex-B packet (access unit); returns the frames it completed, in display order."""
+        buf = C.create_string_buffer(data, len(data))
+        pkt = _Packet()
+        pkt.flags = _PKT_TIMESTAMP if pts is not None else 0
+        pkt.payload_size = len(data)
+        pkt.payload = C.cast(buf, C.c_void_p)
+        pkt.timestamp = pts if pts is not None else 0
+        return self._parse(pkt)
+
+    def flush(self) -> list[DecodedSurface]:
+        """End of stream: the frames still held by the parser."""
+        pkt = _Packet()
+        pkt.flags = _PKT_ENDOFSTREAM
+        return self._parse(pkt)
+
+    def close(self) -> None:
+        with self._current():
+            if self._parser:
+                self._drv.cuvid.cuvidDestroyVideoParser(self._parser)
+                self._parser = C.c_void_p()
+            if self._decoder:
+                self._drv.cuvid.cuvidDestroyDecoder(self._decoder)
+                self._decoder = C.c_void_p()
+
+    def __enter__(self) -> NvdecSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _parse(self, pkt: _Packet) -> list[DecodedSurface]:
+        self._out = []
+        with self._current():
+            rc = self._drv.cuvid.cuvidParseVideoData(self._parser, C.byref(pkt))
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        self._drv.check(rc, "cuvidParseVideoData")
+        out, self._out = self._out, []
+        self.frames += len(out)
+        return out
+
+    # -- parser callbacks (called inside cuvidParseVideoData, on this thread) -------------
+    def _on_sequence(self, _user: Any, fmt_p: Any) -> int:
+        try:
+            fmt = fmt_p.contents
+            if self._decoder:
+                if self._fmt is not None and (fmt.coded_width, fmt.coded_height) == (
+                        self._fmt.coded_width, self._fmt.coded_height):
+                    return int(self._fmt.min_num_decode_surfaces) or 1
+                self._drv.cuvid.cuvidDestroyDecoder(self._decoder)  # size changed: a new decoder
+                self._decoder = C.c_void_p()
+            info = _CreateInfo()
+            n = max(int(fmt.min_num_decode_surfaces), 1) + 4
+            info.ulWidth, info.ulHeight = fmt.coded_width, fmt.coded_height
+            info.ulMaxWidth, info.ulMaxHeight = fmt.coded_width, fmt.coded_height
+            info.ulNumDecodeSurfaces = n
+            info.CodecType = fmt.codec
+            info.ChromaFormat = fmt.chroma_format
+            info.bitDepthMinus8 = fmt.bit_depth_luma_minus8
+            info.display_area = _Rect(fmt.left, fmt.top, fmt.right, fmt.bottom)
+            info.OutputFormat = 0  # NV12
+            info.DeinterlaceMode = 0 if fmt.progressive_sequence else 2  # weave / adaptive
+            info.ulTargetWidth, info.ulTargetHeight = self.target
+            info.ulNumOutputSurfaces = 2
+            if fmt.bit_depth_luma_minus8:
+                raise DecodeError("nvdec", f"{fmt.bit_depth_luma_minus8 + 8}-bit video is not supported here")
+            self._drv.check(self._drv.cuvid.cuvidCreateDecoder(C.byref(self._decoder), C.byref(info)),
+                            "cuvidCreateDecoder")
+            self._fmt = _VideoFormat.from_buffer_copy(fmt)
+            log.debug("NVDEC decoder %dx%d -> %dx%d, %d surfaces", fmt.coded_width, fmt.coded_height,
+                      *self.target, n)
+            return n
+        except BaseException as e:  # never raise through the C caller
+            self._error = e
+            return 0
+
+    def _on_decode(self, _user: Any, pic: Any) -> int:
+        try:
+            self._drv.check(self._drv.cuvid.cuvidDecodePicture(self._decoder, pic), "cuvidDecodePicture")
+            return 1
+        except BaseException as e:
+            self._error = e
+            return 0
+
+    def _on_display(self, _user: Any, disp_p: Any) -> int:
+        if not disp_p:
+            return 1  # end of stream marker
+        try:
+            disp = disp_p.contents
+            proc = _ProcParams()
+            proc.progressive_frame = disp.progressive_frame
+            proc.top_field_first = disp.top_field_first
+            proc.unpaired_field = 1 if disp.repeat_first_field < 0 else 0
+            proc.output_stream = C.c_void_p(self._stream.cuda_stream)
+            ptr, pitch = C.c_ulonglong(), C.c_uint()
+            self._drv.check(self._drv.cuvid.cuvidMapVideoFrame64(self._decoder, disp.picture_index, C.byref(ptr),
+                                                                  C.byref(pitch), C.byref(proc)),
+                            "cuvidMapVideoFrame64")
+            try:
+                torch = self._torch
+                w, h = self.target
+                with torch.cuda.stream(self._stream):
+                    view = torch.as_tensor(_Surface(int(ptr.value), h, w, int(pitch.value)),
+                                           device=f"cuda:{self.device_id}")
+                    frame = torch.empty((h * 3 // 2, w), dtype=torch.uint8, device=view.device)
+                    frame.copy_(view)
+                self._stream.synchronize()  # the surface is unmapped next
+            finally:
+                self._drv.cuvid.cuvidUnmapVideoFrame64(self._decoder, ptr)
+            fmt = self._fmt
+            assert fmt is not None
+            self._out.append(DecodedSurface(
+                frame, int(disp.timestamp), fmt.right - fmt.left, fmt.bottom - fmt.top,
+                int(fmt.matrix_coefficients)))
+            return 1
+        except BaseException as e:
+            self._error = e
+            return 0
