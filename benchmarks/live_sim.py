@@ -290,8 +290,10 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
         "sources": [{"uri": f"file://{clips[i % len(clips)].resolve()}", "id": f"s{i:03d}"} for i in range(n)],
         "model": model_section(args.model, args.input_size),
         "engine": {"device": "cuda", "batch_size": args.batch, "precision": "fp16"},
-        "live": {"decode": "gpu", "workers": args.workers, "log_interval_s": 10,
-                 "http": {"enabled": False}, "batch": {"max_wait_ms": args.max_wait_ms, "queue_size": 2}},
+        "live": {"decode": args.decode, "workers": args.workers, "log_interval_s": 10,
+                 "http": {"enabled": False},
+                 "batch": {"max_wait_ms": args.max_wait_ms,
+                           "queue_size": args.queue_size or (2 if args.decode == "gop" else 16)}},
         "sinks": [{"type": "jsonl", "path": str(out / f"live_{n}.jsonl")}],
     })
     t0 = time.time()
@@ -334,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, default=640)
     p.add_argument("--batch", type=int, default=128, help="engine frames per call (GOPs per call = batch // 32)")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--decode", choices=["gpu", "gop"], default="gpu",
+                   help="gpu: an NVDEC session per stream (default); gop: GOP buffers through DALI")
+    p.add_argument("--queue-size", type=int, default=0,
+                   help="per-stream queue (items; default 16 frames, or 2 GOPs with --decode gop)")
     p.add_argument("--max-wait-ms", type=float, default=100.0)
     p.add_argument("--decode-batches", default="8,32", help="GOP batch sizes for the decode-only measurement")
     p.add_argument("--stream-decode", default="", help="stream counts for the per-stream decoder probe "

@@ -111,6 +111,23 @@ def letterbox_geometry(
     )
 
 
+def even_letterbox_geometry(
+    src_w: int, src_h: int, dst_w: int, dst_h: int, mode: ResizeMode = "letterbox"
+) -> LetterboxGeometry:
+    """:func:`letterbox_geometry` with the resized size rounded down to even numbers.
+
+    NVDEC scales to even sizes only (:mod:`pipelines.nvdec`); the live GPU path places and
+    maps back frames with this geometry so both sides agree to the pixel.
+    """
+    g = letterbox_geometry(src_w, src_h, dst_w, dst_h, mode)
+    rw, rh = max(2, g.resized_w - g.resized_w % 2), max(2, g.resized_h - g.resized_h % 2)
+    if (rw, rh) == (g.resized_w, g.resized_h):
+        return g
+    return LetterboxGeometry(src_w=src_w, src_h=src_h, dst_w=dst_w, dst_h=dst_h, resized_w=rw, resized_h=rh,
+                             pad_x=(dst_w - rw) // 2, pad_y=(dst_h - rh) // 2, scale_x=rw / src_w,
+                             scale_y=rh / src_h)
+
+
 def _check_boxes(name: str, boxes: torch.Tensor) -> None:
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ShapeError(f"{name}: expected shape (N, 4), got {tuple(boxes.shape)}")

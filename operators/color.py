@@ -65,6 +65,7 @@ def nv12_letterbox(
     channels_last: bool = True,
     standards: Sequence[int] | None = None,
     out: torch.Tensor | None = None,
+    bgr: bool = False,
 ) -> torch.Tensor:
     """A batch of NV12 frames, each at its letterbox size, -> ``Tensor[B, 3, H, W]`` model input.
 
@@ -77,6 +78,7 @@ def nv12_letterbox(
         dtype: output dtype; ``channels_last``: NHWC memory layout (the torch engine's).
         standards: 601 or 709 per frame (default 601).
         out: optional output buffer of the right shape (reused between batches).
+        bgr: channels in B, G, R order (models trained on OpenCV images).
 
     Returns:
         ``Tensor[B, 3, H, W]`` on the frames' device; row ``i`` is frame ``i``.
@@ -93,7 +95,7 @@ def nv12_letterbox(
                           memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     elif tuple(out.shape) != (n, 3, hh, ww):
         raise ShapeError(f"nv12_letterbox(out): expected shape {(n, 3, hh, ww)}, got {tuple(out.shape)}")
-    m = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    m = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)  # in output channel order
     s = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, 3, 1, 1)
     out.copy_(((torch.full((1, 3, 1, 1), float(pad_value), device=device) - m) / s).expand(n, 3, hh, ww))
     stds = list(standards) if standards is not None else [601] * n
@@ -110,7 +112,8 @@ def nv12_letterbox(
         uv = uv.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
         u, v = uv[..., 0], uv[..., 1]
         vr, ug, vg, ub = _coefficients(std_code)
-        rgb = torch.stack([y + vr * v, y + ug * u + vg * v, y + ub * u], dim=1).round_().clamp_(0, 255)
+        planes = [y + vr * v, y + ug * u + vg * v, y + ub * u]
+        rgb = torch.stack(planes[::-1] if bgr else planes, dim=1).round_().clamp_(0, 255)
         rgb = (rgb - m) / s
         rows = torch.tensor(idx, device=device)
         if len(idx) == n and idx == list(range(n)):

@@ -119,9 +119,11 @@ class LiveRunner:
 
     def _mode(self, device: str, fell_back: bool) -> str:
         decode = "cpu" if fell_back else self.live.decode
-        if decode == "gpu" and not device.startswith("cuda"):
-            raise ConfigError("live.decode", "gpu decoding needs a CUDA device (engine.device)")
-        return "gop" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
+        if decode in ("gpu", "gop") and not device.startswith("cuda"):
+            raise ConfigError("live.decode", f"{decode} decoding needs a CUDA device (engine.device)")
+        if decode == "gop":
+            return "gop"
+        return "packets" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
 
     def run(self, duration_s: float | None = None, warmup_s: float = 0.0) -> LiveSummary:
         """Run until stopped or ``duration_s``; figures count frames emitted after ``warmup_s``."""
@@ -132,7 +134,14 @@ class LiveRunner:
             mode = self._mode(device, fell_back=requested.startswith("cuda") and device == "cpu")
             self.summary.mode, self.summary.device = mode, device
             sinks = open_sinks(self.cfg, stack)
-            mgr = stack.enter_context(StreamManager(self.live, mode=mode))  # type: ignore[arg-type]
+            factory = None
+            if mode == "packets":
+                from pipelines.nvdec import nvdec_decoder_factory
+
+                factory = nvdec_decoder_factory(int(device.split(":")[1]), stage.info.input_size,
+                                                self.cfg.preprocess.resize)
+            mgr = stack.enter_context(StreamManager(self.live, mode=mode,  # type: ignore[arg-type]
+                                                    decoder_factory=factory))
             self.manager = mgr
             mgr.add_sources([s for s in self.cfg.sources if s.uri is not None])
             batch = self.cfg.engine.batch_size

@@ -7,7 +7,12 @@ Two modes, matching :class:`streams.live.manager.StreamManager`'s output:
     streams (different sizes). ``fn.external_source`` feeds them with a letterbox
     geometry per sample; preprocessing runs on the GPU when there is one.
 
-``gop`` (GPU decode)
+``packets`` (GPU decode, the default on a GPU)
+    Each item is a frame an NVDEC session of its stream decoded (:mod:`pipelines.nvdec`),
+    already scaled to its letterbox size in NV12; :func:`operators.color.nv12_letterbox`
+    makes the batch's model input in torch (colour conversion, padding, normalisation).
+
+``gop`` (GPU decode with DALI, for comparison)
     Each item is one self-contained GOP (Annex-B, SPS/PPS in band) of one stream.
     ``fn.decoders.video(device="mixed")`` decodes the samples of a batch in parallel on
     NVDEC, as sequences padded to a common length ``S`` (``pad_mode="constant"``), so the
@@ -41,7 +46,28 @@ from streams.frames import FrameMeta
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["frames", "gop"]
+Mode = Literal["frames", "gop", "packets"]
+
+
+def _surfaces_to_input(items: Sequence[Any], spec: PreprocessSpec, size: tuple[int, int],
+                       stream: int | None) -> tuple[Any, list[LetterboxGeometry]]:
+    """NVDEC surfaces (already at their letterbox size) of ``items`` -> model input, in torch."""
+    import torch
+
+    from operators.boxes import even_letterbox_geometry
+    from operators.color import nv12_letterbox, standard_of
+    from operators.inplace import on_stream
+
+    h, w = size
+    opts = spec.options
+    geoms = [even_letterbox_geometry(it.meta.width, it.meta.height, w, h, opts.resize) for it in items]
+    with on_stream(stream):
+        x = nv12_letterbox([it.image.nv12 for it in items], geoms, size, opts.mean, opts.std, opts.pad_value,
+                           torch.float16 if spec.dtype == "float16" else torch.float32,
+                           channels_last=spec.layout == "NHWC",
+                           standards=[standard_of(it.image.matrix) for it in items],
+                           bgr=opts.channel_order == "bgr")
+    return (x.permute(0, 2, 3, 1) if spec.layout == "NHWC" else x), geoms
 
 
 def _round_up(n: int, k: int = 8) -> int:
@@ -61,8 +87,8 @@ class LiveBatchPipeline:
         stream: int | None = None,
         num_threads: int = 2,
     ) -> None:
-        if mode == "gop" and device_id is None:
-            raise ValueError("GOP decoding needs a GPU (device_id)")
+        if mode in ("gop", "packets") and device_id is None:
+            raise ValueError(f"{mode} decoding needs a GPU (device_id)")
         self.mode = mode
         self.spec = spec
         self.input_size = input_size
@@ -111,6 +137,8 @@ class LiveBatchPipeline:
             raise ValueError("empty batch")
         if len(items) > self.max_batch:
             raise ValueError(f"batch of {len(items)} exceeds max_batch {self.max_batch}")
+        if self.mode == "packets":
+            return self._run_surfaces(items)
         h, w = self.input_size
         geoms: list[LetterboxGeometry] = []
         data: list[np.ndarray] = []
@@ -138,3 +166,9 @@ class LiveBatchPipeline:
             row_geoms += [g] * len(metas) + [None] * pad
         return DecodedBatch(out, self.spec.layout, rows, None, self.stream, None, [items],
                             row_geometries=row_geoms)
+
+    def _run_surfaces(self, items: Sequence[Any]) -> DecodedBatch:
+        images, geoms = _surfaces_to_input(items, self.spec, self.input_size, self.stream)
+        rows: list[FrameMeta | None] = [it.meta for it in items]
+        return DecodedBatch(images, self.spec.layout, rows, None, self.stream, None, [items],
+                            row_geometries=list(geoms))

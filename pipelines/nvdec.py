@@ -11,9 +11,10 @@ NVIDIA driver; nothing to build or install):
   back to create the decoder, decode pictures and hand out pictures in display order;
 * the decoder scales in hardware to the letterbox size (``ulTargetWidth/Height``), so a
   1080p frame leaves NVDEC as a 640x360 NV12 surface: no full-size RGB frame is ever made;
-* each displayed surface is copied into a torch tensor ``uint8[h * 3 // 2, w]`` (NV12) on
-  the session's CUDA stream, then unmapped. :func:`operators.color.nv12_letterbox` turns a
-  batch of them into model input.
+* each displayed surface is copied (``cuMemcpy2DAsync``) into a torch tensor
+  ``uint8[h * 3 // 2, w]`` (NV12) on the session's CUDA stream, then unmapped; its pts is
+  the smallest pts fed and not yet displayed (display order is pts order).
+  :func:`operators.color.nv12_letterbox` turns a batch of them into model input.
 
 Latency is one frame (``ulMaxDisplayDelay=0``), not one GOP.
 
@@ -28,10 +29,12 @@ Usage::
 from __future__ import annotations
 
 import ctypes as C
+import heapq
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from streams.errors import DecodeError, MissingDependencyError
 
@@ -109,6 +112,19 @@ class _ProcParams(C.Structure):  # CUVIDPROCPARAMS
     ]
 
 
+class _Memcpy2D(C.Structure):  # CUDA_MEMCPY2D
+    _fields_ = [
+        ("srcXInBytes", C.c_size_t), ("srcY", C.c_size_t), ("srcMemoryType", C.c_int), ("srcHost", C.c_void_p),
+        ("srcDevice", C.c_ulonglong), ("srcArray", C.c_void_p), ("srcPitch", C.c_size_t),
+        ("dstXInBytes", C.c_size_t), ("dstY", C.c_size_t), ("dstMemoryType", C.c_int), ("dstHost", C.c_void_p),
+        ("dstDevice", C.c_ulonglong), ("dstArray", C.c_void_p), ("dstPitch", C.c_size_t),
+        ("WidthInBytes", C.c_size_t), ("Height", C.c_size_t),
+    ]
+
+
+_MEMORYTYPE_DEVICE = 2
+
+
 class _Driver:
     """``libcuda`` and ``libnvcuvid`` with typed entry points (loaded once per process, on first use)."""
 
@@ -139,6 +155,8 @@ class _Driver:
         cu.cuCtxPushCurrent_v2.argtypes = [vp]
         cu.cuCtxPopCurrent_v2.argtypes = [pp(vp)]
         cu.cuGetErrorName.argtypes = [C.c_int, pp(C.c_char_p)]
+        cu.cuMemcpy2DAsync_v2.argtypes = [pp(_Memcpy2D), vp]
+        cu.cuStreamSynchronize.argtypes = [vp]
         self.check(cu.cuInit(0), "cuInit")
         self._contexts: dict[int, int] = {}
 
@@ -168,16 +186,6 @@ class _Driver:
             return ctx
 
 
-class _Surface:
-    """A mapped NVDEC output surface as a CUDA array (``__cuda_array_interface__``) torch can view."""
-
-    def __init__(self, ptr: int, height: int, width: int, pitch: int) -> None:
-        self.__cuda_array_interface__ = {
-            "shape": (height * 3 // 2, width), "typestr": "|u1", "data": (ptr, False),
-            "strides": (pitch, 1), "version": 3,
-        }
-
-
 @dataclass(frozen=True)
 class DecodedSurface:
     """One decoded frame: NV12 ``uint8[h * 3 // 2, w]`` on the GPU (``h, w`` = the target size)."""
@@ -195,20 +203,24 @@ class NvdecSession:
     Not thread-safe: one thread (the stream's reader) calls :meth:`decode`.
     """
 
-    def __init__(self, codec: str, target: tuple[int, int], device_id: int = 0, surfaces: int = 0) -> None:
+    def __init__(self, codec: str, target: tuple[int, int] | Callable[[int, int], tuple[int, int]],
+                 device_id: int = 0, surfaces: int = 0) -> None:
         if codec not in CODECS:
             raise DecodeError("nvdec", f"codec {codec!r} is not decoded by NVDEC here; "
                               f"supported: {', '.join(sorted(CODECS))}")
         import torch
 
         self.codec = codec
-        tw, th = target
-        self.target = (tw - tw % 2, th - th % 2)  # NVDEC scales to even sizes
+        self._target = target  # (w, h), or a function of the source (w, h)
+        self.target = (0, 0)
+        self._pending: list[int] = []  # pts of packets fed and not displayed yet (a min-heap)
+        self._copy = _Memcpy2D()
         self.device_id = device_id
         self._torch = torch
         self._drv = _Driver.get()
         self._ctx = self._drv.primary_context(device_id)
         self._stream = torch.cuda.Stream(device=device_id)
+        self._device = torch.device("cuda", device_id)
         self._decoder = C.c_void_p()
         self._fmt: _VideoFormat | None = None
         self._out: list[DecodedSurface] = []
@@ -246,6 +258,8 @@ class NvdecSession:
     # -- public -------------------------------------------------------------------------
     def decode(self, data: bytes, pts: int | None = None) -> list[DecodedSurface]:
         """Feed one Annex-B packet (access unit); returns the frames it completed, in display order."""
+        if pts is not None:
+            heapq.heappush(self._pending, pts)
         buf = C.create_string_buffer(data, len(data))
         pkt = _Packet()
         pkt.flags = _PKT_TIMESTAMP if pts is not None else 0
@@ -308,6 +322,9 @@ class NvdecSession:
             info.display_area = _Rect(fmt.left, fmt.top, fmt.right, fmt.bottom)
             info.OutputFormat = 0  # NV12
             info.DeinterlaceMode = 0 if fmt.progressive_sequence else 2  # weave / adaptive
+            src = (fmt.right - fmt.left, fmt.bottom - fmt.top)
+            tw, th = self._target(*src) if callable(self._target) else self._target
+            self.target = (tw - tw % 2, th - th % 2)  # NVDEC scales to even sizes
             info.ulTargetWidth, info.ulTargetHeight = self.target
             info.ulNumOutputSurfaces = 2
             if fmt.bit_depth_luma_minus8:
@@ -345,22 +362,42 @@ class NvdecSession:
                                                                   C.byref(pitch), C.byref(proc)),
                             "cuvidMapVideoFrame64")
             try:
-                torch = self._torch
                 w, h = self.target
-                with torch.cuda.stream(self._stream):
-                    view = torch.as_tensor(_Surface(int(ptr.value), h, w, int(pitch.value)),
-                                           device=f"cuda:{self.device_id}")
-                    frame = torch.empty((h * 3 // 2, w), dtype=torch.uint8, device=view.device)
-                    frame.copy_(view)
-                self._stream.synchronize()  # the surface is unmapped next
+                frame = self._torch.empty((h * 3 // 2, w), dtype=self._torch.uint8, device=self._device)
+                cp = self._copy
+                cp.srcMemoryType, cp.srcDevice, cp.srcPitch = _MEMORYTYPE_DEVICE, ptr.value, pitch.value
+                cp.dstMemoryType, cp.dstDevice, cp.dstPitch = _MEMORYTYPE_DEVICE, frame.data_ptr(), w
+                cp.WidthInBytes, cp.Height = w, h * 3 // 2  # luma rows, then the interleaved chroma rows
+                stream = C.c_void_p(self._stream.cuda_stream)
+                self._drv.check(self._drv.cuda.cuMemcpy2DAsync_v2(C.byref(cp), stream), "cuMemcpy2DAsync")
+                self._drv.check(self._drv.cuda.cuStreamSynchronize(stream), "cuStreamSynchronize")
             finally:
                 self._drv.cuvid.cuvidUnmapVideoFrame64(self._decoder, ptr)
             fmt = self._fmt
             assert fmt is not None
+            pts = heapq.heappop(self._pending) if self._pending else None  # display order = pts order
             self._out.append(DecodedSurface(
-                frame, int(disp.timestamp), fmt.right - fmt.left, fmt.bottom - fmt.top,
+                frame, pts, fmt.right - fmt.left, fmt.bottom - fmt.top,
                 int(fmt.matrix_coefficients)))
             return 1
         except BaseException as e:
             self._error = e
             return 0
+
+
+def nvdec_decoder_factory(device_id: int, input_size: tuple[int, int],
+                          resize: Literal["letterbox", "stretch"] = "letterbox") -> Callable[[str], NvdecSession]:
+    """A :data:`streams.live.types.DecoderFactory`: per stream session, an NVDEC session that
+    scales frames to their (even) letterbox size for a model input of ``input_size`` (h, w)."""
+    from operators.boxes import even_letterbox_geometry
+
+    h, w = input_size
+
+    def target(src_w: int, src_h: int) -> tuple[int, int]:
+        g = even_letterbox_geometry(src_w, src_h, w, h, resize)
+        return g.resized_w, g.resized_h
+
+    def make(codec: str) -> NvdecSession:
+        return NvdecSession(codec, target, device_id=device_id)
+
+    return make

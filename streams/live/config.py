@@ -6,7 +6,8 @@ Validated with :func:`streams.schema.from_dict`, so unknown keys and bad values 
 YAML (every key optional; the defaults are shown)::
 
     live:
-      decode: auto              # auto | cpu (decoded RGB frames) | gpu (GOP buffers for DALI)
+      decode: auto              # auto | cpu (PyAV, RGB frames) | gpu (an NVDEC session per stream)
+                                # | gop (GOP buffers decoded by DALI: kept for comparison, slow)
       log_interval_s: 30        # periodic one-line summary of all streams; 0 = off
       decode_threads: 1         # FFmpeg threads per stream (CPU decode)
       max_gop_frames: 300       # GOP buffers longer than this are cut (gpu decode)
@@ -31,8 +32,8 @@ from typing import Any, Literal
 from streams.errors import ConfigError
 from streams.schema import from_dict
 
-DecodeMode = Literal["auto", "cpu", "gpu"]
-OutputMode = Literal["frames", "gop"]
+DecodeMode = Literal["auto", "cpu", "gpu", "gop"]
+OutputMode = Literal["frames", "gop", "packets"]
 QueuePolicy = Literal["drop_oldest", "block"]
 
 
@@ -147,19 +148,20 @@ def parse_live_config(raw: Any, key: str = "live") -> LiveConfig:
 
 
 def resolve_output_mode(decode: DecodeMode) -> OutputMode:
-    """``cpu`` -> ``"frames"``, ``gpu`` -> ``"gop"``; ``auto`` picks ``"gop"`` when DALI
-    is installed and torch sees a CUDA device, ``"frames"`` otherwise."""
+    """``cpu`` -> ``"frames"``, ``gpu`` -> ``"packets"`` (an NVDEC session per stream),
+    ``gop`` -> ``"gop"``; ``auto`` picks ``"packets"`` when torch sees a CUDA device,
+    ``"frames"`` otherwise."""
     if decode == "cpu":
         return "frames"
     if decode == "gpu":
+        return "packets"
+    if decode == "gop":
         return "gop"
-    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("torch") is None:
+    if importlib.util.find_spec("torch") is None:
         return "frames"
     try:
-        if importlib.util.find_spec("nvidia.dali") is None:
-            return "frames"
         import torch
 
-        return "gop" if torch.cuda.is_available() else "frames"
+        return "packets" if torch.cuda.is_available() else "frames"
     except Exception:  # a broken CUDA/torch install means: decode on the CPU
         return "frames"

@@ -39,7 +39,7 @@ from streams.live.config import LiveConfig, OutputMode, resolve_output_mode
 from streams.live.http import LiveHttpServer
 from streams.live.metrics import LiveMetrics
 from streams.live.rtsp import RtspSource
-from streams.live.types import LiveItem, StreamSpec, StreamState, StreamStats
+from streams.live.types import DecoderFactory, LiveItem, StreamSpec, StreamState, StreamStats
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ class StreamManager:
 
     Args:
         config: the ``live:`` section (defaults if ``None``).
-        mode: ``"frames"`` (CPU-decoded RGB frames) or ``"gop"`` (GOP buffers for GPU
-            decode); ``None`` resolves ``config.decode`` (see :func:`resolve_output_mode`).
+        mode: ``"frames"`` (CPU-decoded RGB frames), ``"packets"`` (a GPU decoder per stream,
+            made by ``decoder_factory``) or ``"gop"`` (GOP buffers for DALI); ``None`` resolves
+            ``config.decode`` (see :func:`resolve_output_mode`).
         registry: the Prometheus registry to use (a fresh one if ``None``).
         rng: random source of the reconnect jitter (tests pass a seeded one).
     """
@@ -62,9 +63,13 @@ class StreamManager:
         mode: OutputMode | None = None,
         registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
+        decoder_factory: DecoderFactory | None = None,
     ) -> None:
         self.config = config or LiveConfig()
         self.mode: OutputMode = mode or resolve_output_mode(self.config.decode)
+        if self.mode == "packets" and decoder_factory is None:
+            raise ValueError("mode 'packets' (GPU decode per stream) needs a decoder_factory")
+        self._decoder_factory = decoder_factory
         b = self.config.batch
         self.batcher: Batcher[LiveItem] = Batcher(b.queue_size, b.policy)
         self.metrics = LiveMetrics(registry if registry is not None else CollectorRegistry())
@@ -157,7 +162,8 @@ class StreamManager:
             if spec.id in self._sources:
                 raise SourceError(spec.id, "a stream with this id already exists")
             queue = self.batcher.add_stream(spec.id)
-            source = RtspSource(spec, queue.put, mode=self.mode, config=self.config, rng=self._rng)
+            source = RtspSource(spec, queue.put, mode=self.mode, config=self.config, rng=self._rng,
+                                decoder_factory=self._decoder_factory)
             self._sources[spec.id] = source
             source.start()
         log.info("live: added stream %s (%s, %s, %s)", spec.id, source.display_uri,

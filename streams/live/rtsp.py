@@ -53,7 +53,16 @@ import av.error
 from streams.errors import SourceError
 from streams.frames import FrameMeta
 from streams.live.config import LiveConfig, OutputMode
-from streams.live.types import GopBuffer, LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
+from streams.live.types import (
+    DecoderFactory,
+    GopBuffer,
+    LiveFrame,
+    LiveItem,
+    PacketDecoder,
+    StreamSpec,
+    StreamState,
+    StreamStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +206,11 @@ class RtspSource:
         spec: id, URI, transport and credentials.
         emit: called with every :data:`~streams.live.types.LiveItem`; returning ``False``
             stops the source (its queue was closed).
-        mode: ``"frames"`` (CPU decode to RGB) or ``"gop"`` (encoded GOP buffers).
+        mode: ``"frames"`` (CPU decode to RGB), ``"gop"`` (encoded GOP buffers) or
+            ``"packets"`` (each Annex-B packet through a per-session decoder made by
+            ``decoder_factory``, e.g. an NVDEC session: frames come out as it decodes them).
         config: the ``live:`` config (watchdog, backoff, decode threads, FFmpeg options).
+        decoder_factory: makes the packet decoder of each session (``mode="packets"``).
         rng: random source of the backoff jitter (tests pass a seeded one).
     """
 
@@ -210,9 +222,14 @@ class RtspSource:
         mode: OutputMode = "frames",
         config: LiveConfig | None = None,
         rng: random.Random | None = None,
+        decoder_factory: DecoderFactory | None = None,
     ) -> None:
-        if mode not in ("frames", "gop"):
-            raise ValueError(f"mode must be 'frames' or 'gop', got {mode!r}")
+        if mode not in ("frames", "gop", "packets"):
+            raise ValueError(f"mode must be 'frames', 'gop' or 'packets', got {mode!r}")
+        if mode == "packets" and decoder_factory is None:
+            raise ValueError("mode 'packets' needs a decoder_factory")
+        self._decoder_factory = decoder_factory
+        self._decoder: PacketDecoder | None = None
         self.spec = spec
         self.id = spec.id
         self.mode: OutputMode = mode
@@ -419,15 +436,20 @@ class RtspSource:
         if rate:
             self._clock.set_step(round(1 / (Fraction(rate) * Fraction(tb))))
         bsf = None
-        if self.mode == "gop":
+        if self.mode in ("gop", "packets"):
             if codec not in GOP_FORMATS:
                 raise _FatalStreamError(
-                    f"codec {codec!r} is not supported for GPU (GOP) decoding; "
-                    "use live.decode: cpu"
+                    f"codec {codec!r} is not supported for GPU decoding; use live.decode: cpu"
                 )
             if codec in _IN_BAND_PARAMS:
                 bsf = av.BitStreamFilterContext(_annexb_filter(codec, ctx.extradata), stream)
             self._gop_data, self._gop_info, self._gop_skip = [], [], True
+            if self.mode == "packets":
+                assert self._decoder_factory is not None
+                try:
+                    self._decoder = self._decoder_factory(codec)
+                except SourceError as e:
+                    raise _FatalStreamError(f"cannot decode {codec!r} on the GPU: {e.reason}") from e
         else:
             ctx.thread_count = self.config.decode_threads
             if self.config.decode_threads != 1:
@@ -463,6 +485,8 @@ class RtspSource:
                     self._set_state(StreamState.LIVE)
                 if self.mode == "frames":
                     ok = self._decode(ctx, packet, now, time_base)
+                elif self.mode == "packets":
+                    ok = self._decode_packet(packet, now, bsf, time_base)
                 else:
                     ok = self._add_gop_packet(packet, now, bsf, codec, time_base)
                 if not ok:  # the consumer closed our queue
@@ -476,6 +500,8 @@ class RtspSource:
                 f"stalled: no {what} for {self.config.watchdog.stall_s:g} s (watchdog)",
                 stall=True,
             )
+        except _ReconnectError as e:
+            return None if self._stop.is_set() else _Failure(e.message)
         except (av.error.FFmpegError, OSError) as e:
             if self._stop.is_set():
                 return None
@@ -483,6 +509,9 @@ class RtspSource:
         finally:
             if self.mode == "gop" and self._gop_data and not self._stop.is_set():
                 self._flush_gop(codec, time_base)  # a GOP prefix is still decodable
+            if self._decoder is not None:  # a reconnect starts a fresh decoder at a keyframe
+                self._decoder.close()
+                self._decoder = None
         if self._stop.is_set():
             return None
         return _Failure("stream ended (server closed the session)")
@@ -572,6 +601,40 @@ class RtspSource:
                 return False
         return True
 
+    def _decode_packet(self, packet: Any, arrival: float, bsf: Any, time_base: tuple[int, int]) -> bool:
+        """One packet through this session's decoder; emits the frames it completed."""
+        assert self._decoder is not None
+        raw_pts = packet.pts if packet.pts is not None else packet.dts
+        outs = bsf.filter(packet) if bsf is not None else [packet]
+        data = b"".join(bytes(p) for p in outs)
+        if not data:
+            return True
+        self._arrivals[raw_pts] = arrival
+        while len(self._arrivals) > 64:
+            self._arrivals.popitem(last=False)
+        try:
+            frames = self._decoder.decode(data, raw_pts)
+        except SourceError as e:
+            with self._cond:
+                self.decode_errors += 1
+                first = self.decode_errors == 1
+            log.log(logging.WARNING if first else logging.DEBUG, "stream %s: GPU decode error: %s",
+                    self.id, e.reason)
+            raise _ReconnectError(f"GPU decode failed: {e.reason}") from e
+        for f in frames:
+            meta = FrameMeta(
+                source_id=self.id, uri=self.display_uri, frame_index=self._next_index(),
+                pts=self._clock.next(f.pts), time_base=time_base, width=f.width, height=f.height,
+                arrival_time=self._arrivals.pop(f.pts, arrival),
+            )
+            if self.width != f.width or self.height != f.height:
+                with self._cond:
+                    self.width, self.height = f.width, f.height
+            self._tick(time.time())
+            if not self._emit(LiveFrame(meta, f, self._session)):
+                return False
+        return True
+
     def _add_gop_packet(
         self, packet: Any, arrival: float, bsf: Any, codec: str, time_base: tuple[int, int]
     ) -> bool:
@@ -642,6 +705,14 @@ def _annexb_filter(codec: str, extradata: bytes | None) -> str:
     if extradata and extradata[:1] == b"\x01" and codec in ("h264", "hevc"):
         return f"{codec}_mp4toannexb"
     return "dump_extra=freq=keyframe"
+
+
+class _ReconnectError(Exception):
+    """A session must end (and reconnect at a keyframe with a fresh decoder)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class _FatalStreamError(Exception):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -143,18 +144,48 @@ class StreamStats:
         return d
 
 
+class DecodedImage(Protocol):
+    """A frame out of a :class:`PacketDecoder` (e.g. an NV12 surface on the GPU)."""
+
+    @property
+    def pts(self) -> int | None: ...
+
+    @property
+    def width(self) -> int: ...  # the source frame's size
+
+    @property
+    def height(self) -> int: ...
+
+
+class PacketDecoder(Protocol):
+    """Decodes one stream's packets in order, keeping its state between them (GPU path).
+
+    ``decode`` takes one Annex-B access unit and returns the frames it completed, in
+    display order; ``close`` frees the decoder. Made per session by a :data:`DecoderFactory`
+    (codec name, e.g. ``"h264"``), so this package never imports CUDA.
+    """
+
+    def decode(self, data: bytes, pts: int | None) -> Sequence[DecodedImage]: ...
+
+    def close(self) -> None: ...
+
+
+DecoderFactory = Callable[[str], PacketDecoder]
+
+
 @dataclass(frozen=True, slots=True)
 class LiveFrame:
     """One decoded frame (CPU decode path).
 
     Attributes:
         meta: identity and timing; ``meta.arrival_time`` is when its packet arrived.
-        image: ``uint8[H, W, 3]`` RGB.
+        image: ``uint8[H, W, 3]`` RGB (CPU decode), or the :class:`DecodedImage` of a
+            :class:`PacketDecoder` (GPU decode: an NV12 surface at the letterbox size).
         session: 0 for the first connection, +1 after each reconnect.
     """
 
     meta: FrameMeta
-    image: npt.NDArray[np.uint8]
+    image: npt.NDArray[np.uint8] | DecodedImage
     session: int = 0
 
     @property

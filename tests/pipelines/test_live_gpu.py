@@ -1,5 +1,6 @@
-"""Live GOP decoding on the GPU: clips paced in real time through the same ingest path,
-decoded in batches of GOPs by NVDEC (fn.decoders.video), attributed per frame."""
+"""Live decoding on the GPU: clips paced in real time through the same ingest path, decoded
+by an NVDEC session per stream (``decode: gpu``) or in batches of GOPs by DALI
+(``decode: gop``), attributed per frame, detections in source pixels."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tests.media import write_clip
 pytestmark = pytest.mark.gpu
 
 
-def test_gop_batches_from_paced_streams(tmp_path: Path, bright_model: Path) -> None:
+@pytest.mark.parametrize("decode,mode", [("gpu", "packets"), ("gop", "gop")])
+def test_gpu_decode_of_paced_streams(tmp_path: Path, bright_model: Path, decode: str, mode: str) -> None:
     clips = [write_clip(tmp_path / f"c{i}.mp4", "libx264", frames=60, width=w, height=h,
                         options={"g": "15", "bf": "0"})
              for i, (w, h) in enumerate([(320, 240), (640, 360), (360, 640)])]
@@ -23,11 +25,11 @@ def test_gop_batches_from_paced_streams(tmp_path: Path, bright_model: Path) -> N
         "sources": [{"uri": f"file://{c}", "id": f"s{i}"} for i, c in enumerate(clips)],
         "model": {"path": str(bright_model), "input_size": [320, 320]},
         "engine": {"device": "cuda", "batch_size": 64},
-        "live": {"decode": "gpu", "http": {"enabled": False}, "log_interval_s": 0},
+        "live": {"decode": decode, "http": {"enabled": False}, "log_interval_s": 0},
         "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
     })
     summary = run_live(cfg, duration_s=11, warmup_s=4)  # warm-up: pipeline builds, graph capture
-    assert summary.mode == "gop"
+    assert summary.mode == mode
     assert summary.batch_errors == 0
     records = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     for i in range(3):
