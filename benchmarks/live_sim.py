@@ -203,9 +203,10 @@ def annexb_packets(path: Path) -> tuple[str, list[tuple[bytes, int]]]:
         for pkt in c.demux(s):
             if pkt.size == 0:
                 continue
+            pts = int(pkt.pts if pkt.pts is not None else 0)  # read first: filtering takes the packet
             data = b"".join(bytes(p) for p in bsf.filter(pkt))
             if data:
-                out.append((data, int(pkt.pts if pkt.pts is not None else 0)))
+                out.append((data, pts))
     return codec, out
 
 

@@ -215,6 +215,8 @@ class NvdecSession:
         self.target = (0, 0)
         self._pending: list[int] = []  # pts of packets fed and not displayed yet (a min-heap)
         self._copy = _Memcpy2D()
+        self._proc = _ProcParams()  # reused for every frame (the hot path is Python)
+        self._ptr, self._pitch = C.c_ulonglong(), C.c_uint()
         self.device_id = device_id
         self._torch = torch
         self._drv = _Driver.get()
@@ -352,12 +354,12 @@ class NvdecSession:
             return 1  # end of stream marker
         try:
             disp = disp_p.contents
-            proc = _ProcParams()
+            proc = self._proc
             proc.progressive_frame = disp.progressive_frame
             proc.top_field_first = disp.top_field_first
             proc.unpaired_field = 1 if disp.repeat_first_field < 0 else 0
-            proc.output_stream = C.c_void_p(self._stream.cuda_stream)
-            ptr, pitch = C.c_ulonglong(), C.c_uint()
+            proc.output_stream = self._stream.cuda_stream
+            ptr, pitch = self._ptr, self._pitch
             self._drv.check(self._drv.cuvid.cuvidMapVideoFrame64(self._decoder, disp.picture_index, C.byref(ptr),
                                                                   C.byref(pitch), C.byref(proc)),
                             "cuvidMapVideoFrame64")
