@@ -133,8 +133,13 @@ class _Driver:
 
     def __init__(self) -> None:
         try:
+            # CDLL calls release the GIL; PyDLL calls keep it. Short, non-blocking calls go
+            # through PyDLL: with a hundred stream threads, every GIL hand-over costs more
+            # than the call itself. Calls that can wait (decode, map, synchronise) release it.
             self.cuda = C.CDLL("libcuda.so.1")
             self.cuvid = C.CDLL("libnvcuvid.so.1")
+            self.cuda_held = C.PyDLL("libcuda.so.1")
+            self.cuvid_held = C.PyDLL("libnvcuvid.so.1")
         except OSError as e:
             raise MissingDependencyError(
                 "libnvcuvid", "NVDEC decoding of live streams",
@@ -149,6 +154,13 @@ class _Driver:
         v.cuvidDecodePicture.argtypes = [vp, vp]
         v.cuvidMapVideoFrame64.argtypes = [vp, C.c_int, pp(C.c_ulonglong), pp(C.c_uint), pp(_ProcParams)]
         v.cuvidUnmapVideoFrame64.argtypes = [vp, C.c_ulonglong]
+        for lib in (self.cuvid, self.cuvid_held):
+            lib.cuvidParseVideoData.argtypes = [vp, pp(_Packet)]
+            lib.cuvidUnmapVideoFrame64.argtypes = [vp, C.c_ulonglong]
+        for lib in (self.cuda, self.cuda_held):
+            lib.cuCtxPushCurrent_v2.argtypes = [vp]
+            lib.cuCtxPopCurrent_v2.argtypes = [pp(vp)]
+            lib.cuMemcpy2DAsync_v2.argtypes = [pp(_Memcpy2D), vp]
         cu.cuInit.argtypes = [C.c_uint]
         cu.cuDeviceGet.argtypes = [pp(C.c_int), C.c_int]
         cu.cuDevicePrimaryCtxRetain.argtypes = [pp(vp), C.c_int]
@@ -217,6 +229,8 @@ class NvdecSession:
         self._copy = _Memcpy2D()
         self._proc = _ProcParams()  # reused for every frame (the hot path is Python)
         self._ptr, self._pitch = C.c_ulonglong(), C.c_uint()
+        self._block: Any = None
+        self._block_next = 0
         self.device_id = device_id
         self._torch = torch
         self._drv = _Driver.get()
@@ -248,11 +262,12 @@ class NvdecSession:
             self.s = s
 
         def __enter__(self) -> None:
-            self.s._drv.check(self.s._drv.cuda.cuCtxPushCurrent_v2(C.c_void_p(self.s._ctx)), "cuCtxPushCurrent")
+            self.s._drv.check(self.s._drv.cuda_held.cuCtxPushCurrent_v2(C.c_void_p(self.s._ctx)),
+                              "cuCtxPushCurrent")
 
         def __exit__(self, *exc: object) -> None:
             old = C.c_void_p()
-            self.s._drv.cuda.cuCtxPopCurrent_v2(C.byref(old))
+            self.s._drv.cuda_held.cuCtxPopCurrent_v2(C.byref(old))
 
     def _current(self) -> NvdecSession._Ctx:
         return NvdecSession._Ctx(self)
@@ -294,7 +309,8 @@ class NvdecSession:
     def _parse(self, pkt: _Packet) -> list[DecodedSurface]:
         self._out = []
         with self._current():
-            rc = self._drv.cuvid.cuvidParseVideoData(self._parser, C.byref(pkt))
+            # parsing is short CPU work: keep the GIL (the callbacks need it anyway)
+            rc = self._drv.cuvid_held.cuvidParseVideoData(self._parser, C.byref(pkt))
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -302,6 +318,17 @@ class NvdecSession:
         out, self._out = self._out, []
         self.frames += len(out)
         return out
+
+    def _next_buffer(self, h: int, w: int) -> Any:
+        """A fresh ``uint8[h * 3 // 2, w]`` frame: a view into a block allocated 32 frames at a
+        time (one allocation instead of 32; a block is freed when its last frame is)."""
+        if self._block is None or self._block_next >= self._block.shape[0] or \
+                tuple(self._block.shape[1:]) != (h * 3 // 2, w):
+            self._block = self._torch.empty((32, h * 3 // 2, w), dtype=self._torch.uint8, device=self._device)
+            self._block_next = 0
+        frame = self._block[self._block_next]
+        self._block_next += 1
+        return frame
 
     # -- parser callbacks (called inside cuvidParseVideoData, on this thread) -------------
     def _on_sequence(self, _user: Any, fmt_p: Any) -> int:
@@ -365,16 +392,16 @@ class NvdecSession:
                             "cuvidMapVideoFrame64")
             try:
                 w, h = self.target
-                frame = self._torch.empty((h * 3 // 2, w), dtype=self._torch.uint8, device=self._device)
+                frame = self._next_buffer(h, w)
                 cp = self._copy
                 cp.srcMemoryType, cp.srcDevice, cp.srcPitch = _MEMORYTYPE_DEVICE, ptr.value, pitch.value
                 cp.dstMemoryType, cp.dstDevice, cp.dstPitch = _MEMORYTYPE_DEVICE, frame.data_ptr(), w
                 cp.WidthInBytes, cp.Height = w, h * 3 // 2  # luma rows, then the interleaved chroma rows
                 stream = C.c_void_p(self._stream.cuda_stream)
-                self._drv.check(self._drv.cuda.cuMemcpy2DAsync_v2(C.byref(cp), stream), "cuMemcpy2DAsync")
+                self._drv.check(self._drv.cuda_held.cuMemcpy2DAsync_v2(C.byref(cp), stream), "cuMemcpy2DAsync")
                 self._drv.check(self._drv.cuda.cuStreamSynchronize(stream), "cuStreamSynchronize")
             finally:
-                self._drv.cuvid.cuvidUnmapVideoFrame64(self._decoder, ptr)
+                self._drv.cuvid_held.cuvidUnmapVideoFrame64(self._decoder, ptr)
             fmt = self._fmt
             assert fmt is not None
             pts = heapq.heappop(self._pending) if self._pending else None  # display order = pts order
