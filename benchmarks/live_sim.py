@@ -290,9 +290,9 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
     cfg = parse_config({
         "sources": [{"uri": f"file://{clips[i % len(clips)].resolve()}", "id": f"s{i:03d}"} for i in range(n)],
         "model": model_section(args.model, args.input_size),
-        "engine": {"device": "cuda", "batch_size": args.batch, "precision": "fp16",
-                   "gil_switch_interval_ms": args.gil_switch_ms},
+        "engine": {"device": "cuda", "batch_size": args.batch, "precision": "fp16"},
         "live": {"decode": args.decode, "workers": args.workers, "log_interval_s": 10,
+                 "gil_switch_interval_ms": args.gil_switch_ms,
                  "http": {"enabled": False},
                  "batch": {"max_wait_ms": args.max_wait_ms,
                            "queue_size": args.queue_size or (2 if args.decode == "gop" else 16)}},
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, default=640)
     p.add_argument("--batch", type=int, default=128, help="engine frames per call (GOPs per call = batch // 32)")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--gil-switch-ms", type=float, default=0.5, help="engine.gil_switch_interval_ms")
+    p.add_argument("--gil-switch-ms", type=float, default=0.1, help="live.gil_switch_interval_ms")
     p.add_argument("--decode", choices=["gpu", "gop"], default="gpu",
                    help="gpu: an NVDEC session per stream (default); gop: GOP buffers through DALI")
     p.add_argument("--queue-size", type=int, default=0,

@@ -161,7 +161,7 @@ class LiveRunner:
             start = time.monotonic()
             self._count_from = time.time() + warmup_s
             if device_id is not None:  # many threads each hold the GIL briefly: hand it over sooner
-                stack.enter_context(gil_switch_interval(self.cfg.engine.gil_switch_interval_ms / 1000))
+                stack.enter_context(gil_switch_interval(self.live.gil_switch_interval_ms / 1000))
             drops_at_warmup: dict[str, int] | None = None if warmup_s > 0 else {}
             try:
                 with _signals(self.stop_event):

@@ -277,11 +277,10 @@ class NvdecSession:
         """Feed one Annex-B packet (access unit); returns the frames it completed, in display order."""
         if pts is not None:
             heapq.heappush(self._pending, pts)
-        buf = C.create_string_buffer(data, len(data))
         pkt = _Packet()
         pkt.flags = _PKT_TIMESTAMP if pts is not None else 0
         pkt.payload_size = len(data)
-        pkt.payload = C.cast(buf, C.c_void_p)
+        pkt.payload = C.cast(C.c_char_p(data), C.c_void_p)  # the bytes' own buffer: no copy
         pkt.timestamp = pts if pts is not None else 0
         return self._parse(pkt)
 

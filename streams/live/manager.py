@@ -243,10 +243,13 @@ class StreamManager:
         """
         now = time.time()
         metas = (meta,) if isinstance(meta, FrameMeta) else meta
+        by_stream: dict[str, list[FrameMeta]] = {}
+        for m in metas:
+            by_stream.setdefault(m.source_id, []).append(m)
         with self._lock:
-            for m in metas:
-                if m.source_id in self._sources:
-                    self.metrics.record_emitted(m, now)
+            live = [(sid, ms) for sid, ms in by_stream.items() if sid in self._sources]
+        for sid, ms in live:
+            self.metrics.record_emitted_many(sid, ms, now)
 
     # ------------------------------------------------------------------- health
     def health(self) -> tuple[int, dict[str, Any]]:

@@ -143,6 +143,16 @@ class LiveMetrics:
         self._latency.labels(meta.source_id).observe(latency)
         return latency
 
+    def record_emitted_many(self, stream_id: str, metas: Sequence[FrameMeta], now: float) -> None:
+        """:meth:`record_emitted` for several frames of one stream (one label lookup)."""
+        with self._lock:
+            self._known.add(stream_id)
+        self._frames_out.labels(stream_id).inc(len(metas))
+        hist = self._latency.labels(stream_id)
+        for m in metas:
+            if m.arrival_time is not None:
+                hist.observe(max(0.0, now - m.arrival_time))
+
     def forget(self, stream_id: str) -> None:
         """Drop the pushed series of a removed stream."""
         with self._lock:

@@ -230,6 +230,7 @@ class RtspSource:
             raise ValueError("mode 'packets' needs a decoder_factory")
         self._decoder_factory = decoder_factory
         self._decoder: PacketDecoder | None = None
+        self._due_wall: float | None = None  # paced files: when the packet was due (wall clock)
         self.spec = spec
         self.id = spec.id
         self.mode: OutputMode = mode
@@ -470,7 +471,7 @@ class RtspSource:
                     return None
                 if packet.size == 0:  # the flush packet PyAV yields at end of stream
                     continue
-                now = time.time()
+                now = time.time() if self._due_wall is None else self._due_wall
                 session_packets += 1
                 with self._cond:
                     self.packets += 1
@@ -547,6 +548,9 @@ class RtspSource:
                 delay = due - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     return
+                # the packet "arrived" when a live camera would have sent it: reading it late
+                # (a saturated ingest) counts as latency, as a camera's socket buffer filling would
+                self._due_wall = time.time() - (time.monotonic() - due)
                 yield packet
             if not self.config.loop_files or first is None:
                 return
