@@ -12,11 +12,13 @@ NVIDIA driver; nothing to build or install):
 * the decoder scales in hardware to the letterbox size (``ulTargetWidth/Height``), so a
   1080p frame leaves NVDEC as a 640x360 NV12 surface: no full-size RGB frame is ever made;
 * each displayed surface is copied (``cuMemcpy2DAsync``) into a torch tensor
-  ``uint8[h * 3 // 2, w]`` (NV12) on the session's CUDA stream, then unmapped; its pts is
-  the smallest pts fed and not yet displayed (display order is pts order).
+  ``uint8[h * 3 // 2, w]`` (NV12) on the session's CUDA stream and handed out (and
+  unmapped) at the next display, when the copy is done; its pts is the smallest pts fed and
+  not yet displayed (display order is pts order).
   :func:`operators.color.nv12_letterbox` turns a batch of them into model input.
 
-Latency is one frame (``ulMaxDisplayDelay=0``), not one GOP.
+Latency is three frames (two of display delay, so mapping a picture never waits for NVDEC,
+and one because a picture is handed out once its copy is done), not one GOP.
 
 Usage::
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CODECS = {"mpeg1video": 0, "mpeg2video": 1, "mpeg4": 2, "vc1": 3, "h264": 4, "mjpeg": 5, "hevc": 8,
           "vp8": 9, "vp9": 10, "av1": 11}
+DISPLAY_DELAY = 2
 _PKT_ENDOFSTREAM = 0x01
 _PKT_TIMESTAMP = 0x02
 
@@ -153,6 +156,7 @@ class _Driver:
         v.cuvidDestroyDecoder.argtypes = [vp]
         v.cuvidDecodePicture.argtypes = [vp, vp]
         v.cuvidMapVideoFrame64.argtypes = [vp, C.c_int, pp(C.c_ulonglong), pp(C.c_uint), pp(_ProcParams)]
+        self.cuvid_held.cuvidMapVideoFrame64.argtypes = v.cuvidMapVideoFrame64.argtypes
         v.cuvidUnmapVideoFrame64.argtypes = [vp, C.c_ulonglong]
         for lib in (self.cuvid, self.cuvid_held):
             lib.cuvidParseVideoData.argtypes = [vp, pp(_Packet)]
@@ -161,6 +165,10 @@ class _Driver:
             lib.cuCtxPushCurrent_v2.argtypes = [vp]
             lib.cuCtxPopCurrent_v2.argtypes = [pp(vp)]
             lib.cuMemcpy2DAsync_v2.argtypes = [pp(_Memcpy2D), vp]
+        cu.cuEventCreate.argtypes = [pp(vp), C.c_uint]
+        cu.cuEventDestroy_v2.argtypes = [vp]
+        self.cuda_held.cuEventRecord.argtypes = [vp, vp]
+        self.cuda_held.cuEventSynchronize.argtypes = [vp]
         cu.cuInit.argtypes = [C.c_uint]
         cu.cuDeviceGet.argtypes = [pp(C.c_int), C.c_int]
         cu.cuDevicePrimaryCtxRetain.argtypes = [pp(vp), C.c_int]
@@ -228,9 +236,11 @@ class NvdecSession:
         self._pending: list[int] = []  # pts of packets fed and not displayed yet (a min-heap)
         self._copy = _Memcpy2D()
         self._proc = _ProcParams()  # reused for every frame (the hot path is Python)
-        self._ptr, self._pitch = C.c_ulonglong(), C.c_uint()
         self._block: Any = None
         self._block_next = 0
+        self._mapped: tuple[Any, Any, DecodedSurface] | None = None  # the picture handed out next
+        self._events: list[C.c_void_p] = []
+        self._event_next = 0
         self.device_id = device_id
         self._torch = torch
         self._drv = _Driver.get()
@@ -249,10 +259,16 @@ class NvdecSession:
         params.ulMaxNumDecodeSurfaces = surfaces or 20
         params.ulClockRate = 0
         params.ulErrorThreshold = 100
-        params.ulMaxDisplayDelay = 0  # low latency: display as soon as decoded (in display order)
+        # pictures are displayed DISPLAY_DELAY packets after they are decoded, so mapping them
+        # does not wait for NVDEC (+2 frames of latency, 67 ms at 30 fps)
+        params.ulMaxDisplayDelay = DISPLAY_DELAY
         params.pfnSequenceCallback, params.pfnDecodePicture, params.pfnDisplayPicture = self._cbs
         self._parser = C.c_void_p()
         with self._current():
+            for _ in range(2):
+                ev = C.c_void_p()
+                self._drv.check(self._drv.cuda.cuEventCreate(C.byref(ev), 2), "cuEventCreate")  # no timing
+                self._events.append(ev)
             self._drv.check(self._drv.cuvid.cuvidCreateVideoParser(C.byref(self._parser), C.byref(params)),
                             "cuvidCreateVideoParser")
 
@@ -288,10 +304,16 @@ class NvdecSession:
         """End of stream: the frames still held by the parser."""
         pkt = _Packet()
         pkt.flags = _PKT_ENDOFSTREAM
-        return self._parse(pkt)
+        return self._parse(pkt, final=True)
 
     def close(self) -> None:
         with self._current():
+            if self._mapped is not None and self._decoder:
+                self._drv.cuvid.cuvidUnmapVideoFrame64(self._decoder, self._mapped[0])
+                self._mapped = None
+            for ev in self._events:
+                self._drv.cuda.cuEventDestroy_v2(ev)
+            self._events = []
             if self._parser:
                 self._drv.cuvid.cuvidDestroyVideoParser(self._parser)
                 self._parser = C.c_void_p()
@@ -305,11 +327,13 @@ class NvdecSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _parse(self, pkt: _Packet) -> list[DecodedSurface]:
+    def _parse(self, pkt: _Packet, final: bool = False) -> list[DecodedSurface]:
         self._out = []
         with self._current():
             # parsing is short CPU work: keep the GIL (the callbacks need it anyway)
             rc = self._drv.cuvid_held.cuvidParseVideoData(self._parser, C.byref(pkt))
+            if final and self._error is None:
+                self._finish_pending()
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -376,6 +400,8 @@ class NvdecSession:
             return 0
 
     def _on_display(self, _user: Any, disp_p: Any) -> int:
+        """Map the picture, start its copy, and hand out the *previous* picture, whose copy is
+        complete by now: no host wait per frame (one frame of delay instead)."""
         if not disp_p:
             return 1  # end of stream marker
         try:
@@ -385,10 +411,11 @@ class NvdecSession:
             proc.top_field_first = disp.top_field_first
             proc.unpaired_field = 1 if disp.repeat_first_field < 0 else 0
             proc.output_stream = self._stream.cuda_stream
-            ptr, pitch = self._ptr, self._pitch
-            self._drv.check(self._drv.cuvid.cuvidMapVideoFrame64(self._decoder, disp.picture_index, C.byref(ptr),
-                                                                  C.byref(pitch), C.byref(proc)),
-                            "cuvidMapVideoFrame64")
+            ptr, pitch = C.c_ulonglong(), C.c_uint()
+            drv = self._drv
+            # decoded DISPLAY_DELAY pictures ago, so mapping does not wait: keep the GIL
+            drv.check(drv.cuvid_held.cuvidMapVideoFrame64(self._decoder, disp.picture_index, C.byref(ptr),
+                                                           C.byref(pitch), C.byref(proc)), "cuvidMapVideoFrame64")
             try:
                 w, h = self.target
                 frame = self._next_buffer(h, w)
@@ -397,21 +424,35 @@ class NvdecSession:
                 cp.dstMemoryType, cp.dstDevice, cp.dstPitch = _MEMORYTYPE_DEVICE, frame.data_ptr(), w
                 cp.WidthInBytes, cp.Height = w, h * 3 // 2  # luma rows, then the interleaved chroma rows
                 stream = C.c_void_p(self._stream.cuda_stream)
-                self._drv.check(self._drv.cuda_held.cuMemcpy2DAsync_v2(C.byref(cp), stream), "cuMemcpy2DAsync")
-                self._drv.check(self._drv.cuda.cuStreamSynchronize(stream), "cuStreamSynchronize")
-            finally:
-                self._drv.cuvid_held.cuvidUnmapVideoFrame64(self._decoder, ptr)
+                drv.check(drv.cuda_held.cuMemcpy2DAsync_v2(C.byref(cp), stream), "cuMemcpy2DAsync")
+                event = self._events[self._event_next]
+                self._event_next ^= 1
+                drv.check(drv.cuda_held.cuEventRecord(event, stream), "cuEventRecord")
+            except BaseException:
+                drv.cuvid_held.cuvidUnmapVideoFrame64(self._decoder, ptr)
+                raise
+            self._finish_pending()
             fmt = self._fmt
             assert fmt is not None
             pts = heapq.heappop(self._pending) if self._pending else None  # display order = pts order
-            self._out.append(DecodedSurface(
-                frame, pts, fmt.right - fmt.left, fmt.bottom - fmt.top,
-                int(fmt.matrix_coefficients)))
+            surface = DecodedSurface(frame, pts, fmt.right - fmt.left, fmt.bottom - fmt.top,
+                                     int(fmt.matrix_coefficients))
+            self._mapped = (ptr, event, surface)
             return 1
         except BaseException as e:
             self._error = e
             return 0
 
+    def _finish_pending(self) -> None:
+        """Wait for the mapped picture's copy (normally long done), unmap it, hand it out."""
+        if self._mapped is None:
+            return
+        ptr, event, surface = self._mapped
+        self._mapped = None
+        drv = self._drv
+        drv.check(drv.cuda_held.cuEventSynchronize(event), "cuEventSynchronize")
+        drv.cuvid_held.cuvidUnmapVideoFrame64(self._decoder, ptr)
+        self._out.append(surface)
 
 def nvdec_decoder_factory(device_id: int, input_size: tuple[int, int],
                           resize: Literal["letterbox", "stretch"] = "letterbox") -> Callable[[str], NvdecSession]:
