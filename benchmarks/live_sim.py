@@ -21,6 +21,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,43 @@ def measure_gop_decode(clips: list[Path], batch: int, seconds: float = 8.0, thre
     return {"batch_gops": batch, "fps": fps, "calls": calls, "gop_frames": seq}
 
 
+Worker = Callable[[int, Callable[[], object], threading.Event, list[int]], None]
+
+
+def _run_concurrent(streams: int, worker: Worker, seconds: float, warmup_s: float = 1.0) -> tuple[float, list[str]]:
+    """Run ``worker(k, ready, stop, frames)`` in ``streams`` threads at once: each sets itself up,
+    calls ``ready()``, then adds to ``frames[k]`` until ``stop``. Returns the frames per second of
+    all threads together between ``warmup_s`` after the last ``ready()`` and ``seconds`` later,
+    and the errors the workers raised (a probe reports them and goes on)."""
+    start = threading.Barrier(streams + 1)
+    stop = threading.Event()
+    frames = [0] * streams
+    errors: list[str] = []
+
+    def run(k: int) -> None:
+        try:
+            worker(k, lambda: start.wait(timeout=300), stop, frames)
+        except threading.BrokenBarrierError:
+            pass
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(streams)]
+    for t in threads:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start.wait(timeout=300)
+    time.sleep(warmup_s)  # decoders created, first outputs out
+    base, t1 = sum(frames), time.perf_counter()
+    time.sleep(seconds)
+    total, t2 = sum(frames), time.perf_counter()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    return (total - base) / (t2 - t1), errors
+
+
 def measure_stream_decode(clips: list[Path], streams: int, op: str, seconds: float = 6.0,
                           sequence_length: int = 0) -> dict[str, Any]:
     """NVDEC throughput with one DALI pipeline per stream, all decoding at once (decode only).
@@ -125,13 +163,9 @@ def measure_stream_decode(clips: list[Path], streams: int, op: str, seconds: flo
     gops = [g for c in clips for g in gop_buffers(c, 8)]
     gop_len = max(n for _, n in gops)
     seq = sequence_length or gop_len
-    start = threading.Barrier(streams + 1)
-    stop = threading.Event()
-    frames = [0] * streams
     lat: list[float] = []
-    errors: list[str] = []
 
-    def worker(k: int) -> None:
+    def worker(k: int, ready: Callable[[], object], stop: threading.Event, frames: list[int]) -> None:
         st = torch.cuda.Stream()
 
         @pipeline_def(batch_size=1, num_threads=1, device_id=0, prefetch_queue_depth=1)
@@ -142,44 +176,26 @@ def measure_stream_decode(clips: list[Path], streams: int, op: str, seconds: flo
             data = fn.external_source(name="in", dtype=types.UINT8, ndim=1)
             return fn.decoders.video(data, device="mixed", sequence_length=gop_len, pad_mode="constant")
 
-        try:
-            pipe = graph()
-            pipe.build()
-            i = k
-            start.wait(timeout=300)
-            while not stop.is_set():
-                buf, n = gops[i % len(gops)]
-                i += 1
-                t = time.perf_counter()
-                arr = np.frombuffer(buf, np.uint8)
-                if op == "inputs":
-                    pipe.feed_input("in", [arr])
-                    for _ in range(-(-n // seq)):
-                        pipe.run(st.cuda_stream)
-                else:
-                    pipe.run(st.cuda_stream, **{"in": [arr]})
-                st.synchronize()
-                lat.append(time.perf_counter() - t)
-                frames[k] += n
-        except threading.BrokenBarrierError:
-            pass
-        except Exception as e:  # a probe: report and go on
-            errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
-            start.abort()
+        pipe = graph()
+        pipe.build()
+        i = k
+        ready()
+        while not stop.is_set():
+            buf, n = gops[i % len(gops)]
+            i += 1
+            t = time.perf_counter()
+            arr = np.frombuffer(buf, np.uint8)
+            if op == "inputs":
+                pipe.feed_input("in", [arr])
+                for _ in range(-(-n // seq)):
+                    pipe.run(st.cuda_stream)
+            else:
+                pipe.run(st.cuda_stream, **{"in": [arr]})
+            st.synchronize()
+            lat.append(time.perf_counter() - t)
+            frames[k] += n
 
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(streams)]
-    for t in threads:
-        t.start()
-    with contextlib.suppress(threading.BrokenBarrierError):
-        start.wait(timeout=300)
-    time.sleep(1.0)  # warm-up: decoders created
-    base, t1 = sum(frames), time.perf_counter()
-    time.sleep(seconds)
-    total, t2 = sum(frames), time.perf_counter()
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    fps = (total - base) / (t2 - t1)
+    fps, errors = _run_concurrent(streams, worker, seconds)
     lat.sort()
     res = {"op": op, "streams": streams, "sequence_length": seq, "fps": round(fps, 1),
            "gop_latency_p50_s": round(lat[len(lat) // 2], 4) if lat else None,
@@ -219,40 +235,18 @@ def measure_nvdec(clips: list[Path], streams: int, seconds: float = 6.0, target:
     from pipelines.nvdec import NvdecSession
 
     packets = [annexb_packets(c) for c in clips]
-    start = threading.Barrier(streams + 1)
-    stop = threading.Event()
-    frames = [0] * streams
-    errors: list[str] = []
 
-    def worker(k: int) -> None:
+    def worker(k: int, ready: Callable[[], object], stop: threading.Event, frames: list[int]) -> None:
         codec, pk = packets[k % len(packets)]
-        try:
-            with NvdecSession(codec, target, device_id=0) as dec:
-                start.wait(timeout=300)
-                i = 0
-                while not stop.is_set():
-                    data, pts = pk[i % len(pk)]
-                    i += 1
-                    frames[k] += len(dec.decode(data, pts))
-        except threading.BrokenBarrierError:
-            pass
-        except Exception as e:  # a probe: report and go on
-            errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
-            start.abort()
+        with NvdecSession(codec, target, device_id=0) as dec:
+            ready()
+            i = 0
+            while not stop.is_set():
+                data, pts = pk[i % len(pk)]
+                i += 1
+                frames[k] += len(dec.decode(data, pts))
 
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(streams)]
-    for t in threads:
-        t.start()
-    with contextlib.suppress(threading.BrokenBarrierError):
-        start.wait(timeout=300)
-    time.sleep(1.0)
-    base, t1 = sum(frames), time.perf_counter()
-    time.sleep(seconds)
-    total, t2 = sum(frames), time.perf_counter()
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    fps = (total - base) / (t2 - t1)
+    fps, errors = _run_concurrent(streams, worker, seconds)
     res = {"op": "nvdec", "streams": streams, "fps": round(fps, 1), "per_stream_fps": round(fps / streams, 1),
            "target": list(target), "errors": errors[:3]}
     log.info("NVDEC sessions x%d: %.0f fps (%.1f per stream), errors %d", streams, fps, fps / streams, len(errors))

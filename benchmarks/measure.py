@@ -220,14 +220,14 @@ def measure_source(
                        util=sampler.stats(),
                        extra={"sessions": sessions, "batch": batch, "input_size": list(input_size),
                               "dtype": dtype, "layout": layout, "stopped_at_max_seconds": capped,
-                              "failures": failures, "steady_fps": _steady(marks, frames),
+                              "failures": failures, "steady_fps": rate_between(marks, 0.1 * frames, 0.9 * frames),
                               "first_batch_s": round(marks[0][0] - t0, 2) if marks else None})
 
 
-def _steady(marks: Sequence[tuple[float, int]], total: int) -> float | None:
-    """Frames per second between 10 % and 90 % of ``total`` in ``(time, frames so far)`` marks."""
-    a = next((m for m in marks if m[1] >= 0.1 * total), None)
-    b = next((m for m in marks if m[1] >= 0.9 * total), None)
+def rate_between(marks: Sequence[tuple[float, int]], lo: float, hi: float) -> float | None:
+    """Count per second between the first ``(time, count so far)`` marks at >= ``lo`` and >= ``hi``."""
+    a = next((m for m in marks if m[1] >= lo), None)
+    b = next((m for m in marks if m[1] >= hi), None)
     if a is None or b is None or b[0] <= a[0]:
         return None
     return round((b[1] - a[1]) / (b[0] - a[0]), 1)
@@ -494,11 +494,7 @@ class _LineCounter:
 
     def rate_between(self, lo: float, hi: float) -> float | None:
         """Lines per second between the first samples at >= ``lo`` and >= ``hi`` lines."""
-        a = next((s for s in self.samples if s[1] >= lo), None)
-        b = next((s for s in self.samples if s[1] >= hi), None)
-        if a is None or b is None or b[0] <= a[0]:
-            return None
-        return round((b[1] - a[1]) / (b[0] - a[0]), 1)
+        return rate_between(self.samples, lo, hi)
 
 
 def measure_e2e(

@@ -1,4 +1,4 @@
-"""Per-file decode + preprocess pipelines, yielding device-resident frame batches.
+"""Decode + preprocess pipelines for files, yielding device-resident frame batches.
 
 Three decoders share the preprocessing graph of :mod:`pipelines.preprocess`:
 
@@ -10,16 +10,17 @@ decoder       decodes with                                           used for
 ``pyav``      PyAV (FFmpeg) → ``fn.external_source``                  CPU H.264/HEVC/...; GPU for codecs NVDEC lacks
 ============  =====================================================  ==============
 
-Each decoder owns one DALI pipeline for one file (one sequence at a time: one NVDEC
-session). The experimental reader decodes sequentially (no re-seek per sequence) and is
-run with ``pad_mode="constant"`` so tail frames are not dropped; padded frames carry
-frame number ``-1`` and become padding rows. Frame numbers map to pts through the PyAV
-probe (DALI reports seconds relative to the first frame, not stream pts).
+The DALI readers run in :class:`SegmentDecoder`: one pipeline (one NVDEC session) reads a
+list of file segments, sequentially (no re-seek per sequence), with ``pad_mode="constant"``
+so tail frames are not dropped; padded frames carry frame number ``-1`` and become padding
+rows. Frame numbers map to pts through the PyAV probe (DALI reports seconds relative to the
+first frame, not stream pts). :class:`FileDecoder` decodes a whole file with PyAV and feeds
+the same preprocessing graph.
 
 Usage::
 
     info = probe_video(path)
-    with make_decoder(VideoFile(path, "a"), info, spec, geometry, batch=16, device="cpu") as dec:
+    with FileDecoder(VideoFile(path, "a"), info, spec, geometry, batch=16) as dec:
         for batch in dec:            # DecodedBatch
             ...
 """
@@ -100,7 +101,11 @@ def choose_decoder(info: VideoInfo, device: Literal["cpu", "gpu"]) -> DecoderKin
 
 
 class FileDecoder:
-    """Decode and preprocess one file in batches of ``batch`` frames. Iterate for batches."""
+    """Decode one file with PyAV and preprocess it with DALI, in batches of ``batch`` frames.
+
+    For the codecs DALI's reader does not decode here (H.264/HEVC/... on the CPU, codecs
+    NVDEC lacks on the GPU). Iterate for batches.
+    """
 
     def __init__(
         self,
@@ -109,19 +114,15 @@ class FileDecoder:
         spec: PreprocessSpec,
         geometry: LetterboxGeometry,
         batch: int,
-        kind: DecoderKind,
         device_id: int | None = None,
         stream: int | None = None,
         num_threads: int = 2,
     ) -> None:
-        if kind == "dali-gpu" and device_id is None:
-            raise ValueError("the dali-gpu decoder needs a device_id")
         self.file = file
         self.info = info
         self.spec = spec
         self.geometry = geometry
         self.batch = batch
-        self.kind = kind
         self.device_id = device_id
         self.stream = stream
         self.num_threads = num_threads
@@ -143,7 +144,7 @@ class FileDecoder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._pipe = None  # releases DALI's buffers and decoder
+        self._pipe = None  # releases DALI's buffers
         if self._container is not None:
             self._container.close()
             self._container = None
@@ -152,34 +153,14 @@ class FileDecoder:
         from nvidia.dali import fn, pipeline_def, types
 
         on_gpu = self.device_id is not None
-        kind = self.kind
 
-        @pipeline_def(
-            batch_size=1,
-            num_threads=self.num_threads,
-            device_id=self.device_id,
-            prefetch_queue_depth=2 if kind != "pyav" else 1,
-            exec_dynamic=True,
-        )
+        @pipeline_def(batch_size=1, num_threads=self.num_threads, device_id=self.device_id,
+                      prefetch_queue_depth=1, exec_dynamic=True)
         def graph() -> Any:
-            if kind == "pyav":
-                frames = fn.external_source(name="frames", layout="FHWC", dtype=types.UINT8)
-                if on_gpu:
-                    frames = frames.gpu()
-                fnum = None
-            else:
-                frames, fnum = fn.experimental.readers.video(
-                    device="gpu" if kind == "dali-gpu" else "cpu",
-                    filenames=[str(self.file.path)],
-                    sequence_length=self.batch,
-                    pad_mode="constant",
-                    enable_frame_num="sequence",
-                    name="reader",
-                )
-            if on_gpu and kind != "dali-gpu" and kind != "pyav":
-                frames = frames.gpu()  # CPU decode, GPU preprocessing
-            out = preprocess(frames, self.geometry, self.spec)
-            return (out,) if fnum is None else (out, fnum)
+            frames = fn.external_source(name="frames", layout="FHWC", dtype=types.UINT8)
+            if on_gpu:
+                frames = frames.gpu()
+            return preprocess(frames, self.geometry, self.spec)
 
         pipe = graph()
         pipe.build()
@@ -189,51 +170,7 @@ class FileDecoder:
     def __iter__(self) -> Iterator[DecodedBatch]:
         if self._pipe is None:
             raise RuntimeError("use FileDecoder inside 'with'")
-        if self.kind == "pyav":
-            yield from self._iter_pyav()
-        else:
-            yield from self._iter_reader()
-
-    def _meta(self, index: int, pts: int | None) -> FrameMeta:
-        return FrameMeta(
-            source_id=self.file.source_id,
-            uri=str(self.file.path),
-            frame_index=index,
-            pts=pts,
-            time_base=self.info.time_base,
-            width=self.info.width,
-            height=self.info.height,
-        )
-
-    def _iter_reader(self) -> Iterator[DecodedBatch]:
-        pipe = self._pipe
-        sequences = int(pipe.epoch_size("reader"))
-        pts = self.info.pts
-        for _ in range(sequences):  # bounded by the epoch: the reader wraps afterwards
-            try:
-                images, fnum = pipe.run(self.stream) if self.stream is not None else pipe.run()
-            except RuntimeError as e:
-                raise DecodeError(
-                    str(self.file.path),
-                    f"decoding failed after {self.frames_decoded} frames: {_first_line(e)}",
-                ) from e
-            numbers = np.asarray(fnum.as_cpu()[0] if hasattr(fnum, "as_cpu") else fnum[0]).reshape(-1)
-            rows: list[FrameMeta | None] = []
-            for n in numbers.tolist():
-                if n < 0:
-                    rows.append(None)
-                elif n >= len(pts):
-                    log.warning("%s: DALI decoded frame %d beyond the %d frames PyAV demuxed",
-                                self.file.path, n, len(pts))
-                    rows.append(self._meta(int(n), None))
-                else:
-                    rows.append(self._meta(int(n), pts[int(n)]))
-            self.frames_decoded += sum(r is not None for r in rows)
-            yield DecodedBatch(images, self.spec.layout, rows, self.geometry, self.stream,
-                               self.file, [fnum])
-        if self.frames_decoded != len(pts):
-            log.warning("%s: DALI decoded %d frames, PyAV demuxed %d packets",
-                        self.file.path, self.frames_decoded, len(pts))
+        yield from self._iter_pyav()
 
     def _iter_pyav(self) -> Iterator[DecodedBatch]:
         import av
@@ -267,7 +204,8 @@ class FileDecoder:
         outs = self._pipe.run(self.stream, frames=[seq]) if self.stream is not None \
             else self._pipe.run(frames=[seq])
         start = self.frames_decoded
-        rows: list[FrameMeta | None] = [self._meta(start + i, p) for i, p in enumerate(chunk_pts)]
+        rows: list[FrameMeta | None] = [_frame_meta(self.file, self.info, start + i, p)
+                                        for i, p in enumerate(chunk_pts)]
         self.frames_decoded += len(rows)
         return DecodedBatch(outs[0], self.spec.layout, rows, self.geometry, self.stream, self.file)
 
@@ -464,9 +402,13 @@ def _rows(numbers: list[int], file: VideoFile, info: VideoInfo) -> list[FrameMet
         p: int | None = pts[n] if n < len(pts) else None
         if p is None:
             log.warning("%s: DALI decoded frame %d beyond the %d frames PyAV demuxed", file.path, n, len(pts))
-        rows.append(FrameMeta(source_id=file.source_id, uri=str(file.path), frame_index=n, pts=p,
-                              time_base=info.time_base, width=info.width, height=info.height))
+        rows.append(_frame_meta(file, info, n, p))
     return rows
+
+
+def _frame_meta(file: VideoFile, info: VideoInfo, index: int, pts: int | None) -> FrameMeta:
+    return FrameMeta(source_id=file.source_id, uri=str(file.path), frame_index=index, pts=pts,
+                     time_base=info.time_base, width=info.width, height=info.height)
 
 
 def _first_line(e: BaseException) -> str:

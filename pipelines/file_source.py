@@ -242,7 +242,8 @@ class FileBatchSource:
         self._local.frames += batch.num_valid
         return self._put(batch, self._decoded if self.process is not None else self._out)
 
-    def _session_stream(self) -> tuple[int | None, Any]:
+    def _own_stream(self) -> tuple[int | None, Any]:
+        """A CUDA stream for the calling thread: (raw handle, the object keeping it alive)."""
         if self.plan.device_id is None:
             return None, None
         import torch
@@ -252,7 +253,7 @@ class FileBatchSource:
 
     # -- decode sessions ----------------------------------------------------------------
     def _session(self, segments: list[Segment]) -> None:
-        stream, keep = self._session_stream()
+        stream, keep = self._own_stream()
         self._local.first = None
         self._local.frames = 0
         try:
@@ -351,8 +352,8 @@ class FileBatchSource:
         info = st.info
         h, w = plan.input_size
         geom = letterbox_geometry(info.width, info.height, w, h, plan.spec.options.resize)
-        decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, st.kind,
-                              device_id=plan.device_id, stream=stream, num_threads=plan.threads)
+        decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, device_id=plan.device_id, stream=stream,
+                              num_threads=plan.threads)
         try:
             with decoder:
                 for batch in decoder:
@@ -373,13 +374,7 @@ class FileBatchSource:
 
     # -- inference workers --------------------------------------------------------------
     def _infer_worker(self) -> None:
-        keep: Any = None
-        stream: int | None = None
-        if self.plan.device_id is not None:
-            import torch
-
-            keep = torch.cuda.Stream(device=self.plan.device_id)
-            stream = keep.cuda_stream
+        stream, keep = self._own_stream()
         try:
             while not self._stop.is_set():
                 try:

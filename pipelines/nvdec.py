@@ -149,34 +149,28 @@ class _Driver:
                 "an NVIDIA driver with NVDEC (libnvcuvid.so.1, part of the driver package)") from e
         v, cu = self.cuvid, self.cuda
         vp, pp = C.c_void_p, C.POINTER
+        held_v, held_cu = self.cuvid_held, self.cuda_held
+        # argument types on the handle each function is called through
         v.cuvidCreateVideoParser.argtypes = [pp(vp), pp(_ParserParams)]
-        v.cuvidParseVideoData.argtypes = [vp, pp(_Packet)]
         v.cuvidDestroyVideoParser.argtypes = [vp]
         v.cuvidCreateDecoder.argtypes = [pp(vp), pp(_CreateInfo)]
         v.cuvidDestroyDecoder.argtypes = [vp]
         v.cuvidDecodePicture.argtypes = [vp, vp]
-        v.cuvidMapVideoFrame64.argtypes = [vp, C.c_int, pp(C.c_ulonglong), pp(C.c_uint), pp(_ProcParams)]
-        self.cuvid_held.cuvidMapVideoFrame64.argtypes = v.cuvidMapVideoFrame64.argtypes
-        v.cuvidUnmapVideoFrame64.argtypes = [vp, C.c_ulonglong]
-        for lib in (self.cuvid, self.cuvid_held):
-            lib.cuvidParseVideoData.argtypes = [vp, pp(_Packet)]
+        held_v.cuvidParseVideoData.argtypes = [vp, pp(_Packet)]
+        held_v.cuvidMapVideoFrame64.argtypes = [vp, C.c_int, pp(C.c_ulonglong), pp(C.c_uint), pp(_ProcParams)]
+        for lib in (v, held_v):
             lib.cuvidUnmapVideoFrame64.argtypes = [vp, C.c_ulonglong]
-        for lib in (self.cuda, self.cuda_held):
-            lib.cuCtxPushCurrent_v2.argtypes = [vp]
-            lib.cuCtxPopCurrent_v2.argtypes = [pp(vp)]
-            lib.cuMemcpy2DAsync_v2.argtypes = [pp(_Memcpy2D), vp]
-        cu.cuEventCreate.argtypes = [pp(vp), C.c_uint]
-        cu.cuEventDestroy_v2.argtypes = [vp]
-        self.cuda_held.cuEventRecord.argtypes = [vp, vp]
-        self.cuda_held.cuEventSynchronize.argtypes = [vp]
         cu.cuInit.argtypes = [C.c_uint]
         cu.cuDeviceGet.argtypes = [pp(C.c_int), C.c_int]
         cu.cuDevicePrimaryCtxRetain.argtypes = [pp(vp), C.c_int]
-        cu.cuCtxPushCurrent_v2.argtypes = [vp]
-        cu.cuCtxPopCurrent_v2.argtypes = [pp(vp)]
         cu.cuGetErrorName.argtypes = [C.c_int, pp(C.c_char_p)]
-        cu.cuMemcpy2DAsync_v2.argtypes = [pp(_Memcpy2D), vp]
-        cu.cuStreamSynchronize.argtypes = [vp]
+        cu.cuEventCreate.argtypes = [pp(vp), C.c_uint]
+        cu.cuEventDestroy_v2.argtypes = [vp]
+        held_cu.cuCtxPushCurrent_v2.argtypes = [vp]
+        held_cu.cuCtxPopCurrent_v2.argtypes = [pp(vp)]
+        held_cu.cuMemcpy2DAsync_v2.argtypes = [pp(_Memcpy2D), vp]
+        held_cu.cuEventRecord.argtypes = [vp, vp]
+        held_cu.cuEventSynchronize.argtypes = [vp]
         self.check(cu.cuInit(0), "cuInit")
         self._contexts: dict[int, int] = {}
 

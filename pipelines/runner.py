@@ -91,10 +91,7 @@ def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stag
 
 def warm_up(engine: Engine, batch: int, size: tuple[int, int], runs: int = 3) -> None:
     """A few runs on a blank full batch, so autotuning and JIT passes happen before the job's clock."""
-    dtype = torch.float16 if engine.input_dtype == "float16" else torch.float32
-    x = torch.zeros((batch, 3, *size), dtype=dtype, device=engine.device)
-    if engine.input_layout == "NHWC":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = _blank_batch(engine, batch, size)
     t = time.monotonic()
     for _ in range(runs):
         engine.infer({engine.inputs[0].name: x})
@@ -102,13 +99,16 @@ def warm_up(engine: Engine, batch: int, size: tuple[int, int], runs: int = 3) ->
     log.info("engine warmed up on batch %d in %.2f s", batch, time.monotonic() - t)
 
 
+def _blank_batch(engine: Engine, batch: int, size: tuple[int, int]) -> torch.Tensor:
+    """Zeros in the engine's input dtype, device and memory layout: ``Tensor[batch, 3, *size]``."""
+    dtype = torch.float16 if engine.input_dtype == "float16" else torch.float32
+    x = torch.zeros((batch, 3, *size), dtype=dtype, device=engine.device)
+    return x.contiguous(memory_format=torch.channels_last) if engine.input_layout == "NHWC" else x
+
+
 def _probe_output_shapes(engine: Engine, size: tuple[int, int]) -> list[tuple[int | None, ...]]:
     """Output shapes from one inference on a blank batch (for models with symbolic dims)."""
-    dtype = torch.float16 if engine.input_dtype == "float16" else torch.float32
-    x = torch.zeros((1, 3, *size), dtype=dtype, device=engine.device)
-    if engine.input_layout == "NHWC":
-        x = x.contiguous(memory_format=torch.channels_last)
-    outs = engine.infer({engine.inputs[0].name: x})
+    outs = engine.infer({engine.inputs[0].name: _blank_batch(engine, 1, size)})
     return [tuple(outs[o.name].shape) for o in engine.outputs]
 
 

@@ -16,9 +16,10 @@ from engines.torch_engine import TorchEngine
 from operators.boxes import letterbox_geometry
 from operators.inplace import InPlaceInference
 from pipelines.config import load_config
-from pipelines.decode import FileDecoder
+from pipelines.decode import SegmentBatch, SegmentDecoder
 from pipelines.preprocess import PreprocessSpec
 from pipelines.runner import run_job
+from pipelines.segments import Segment
 from streams.files import VideoFile
 from streams.probe import probe_video
 from tests.media import pyav_frames, write_clip
@@ -111,11 +112,14 @@ def test_engine_reads_dalis_buffer_in_place(gpu_clips: Path, layout: str, dtype:
                               input_size=(320, 320), cuda_graphs=graphs)
     engine.seen = []
     eager = BrightSpotDetector().cuda()
-    with engine, FileDecoder(VideoFile(path, "a"), info, spec, geom, 8, "dali-gpu",
-                             device_id=0, stream=stream.cuda_stream) as dec:
+    segment = Segment(VideoFile(path, "a"), info, geom, 0, info.num_frames)
+    with engine, SegmentDecoder([segment], spec, 8, "dali-gpu", device_id=0, stream=stream.cuda_stream) as dec:
         op = InPlaceInference(engine)
         n = 0
-        for batch in dec:
+        for ev in dec:
+            if not isinstance(ev, SegmentBatch):
+                continue
+            batch = ev.batch
             dali_ptr = batch.images.as_tensor().data_ptr()
             out = op(batch.images, batch.layout, batch.stream)
             assert engine.seen[-1] == dali_ptr, "the engine must read DALI's own buffer"
