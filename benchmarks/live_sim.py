@@ -288,6 +288,8 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
         "live": {"decode": args.decode, "workers": args.workers, "log_interval_s": 10,
                  "gil_switch_interval_ms": args.gil_switch_ms,
                  "http": {"enabled": False},
+                 "ingest": {"processes": args.ingest_processes if args.ingest_processes == "auto"
+                            else int(args.ingest_processes)},
                  "batch": {"max_wait_ms": args.max_wait_ms,
                            "queue_size": args.queue_size or (2 if args.decode == "gop" else 16)}},
         "sinks": [{"type": "jsonl", "path": str(out / f"live_{n}.jsonl")}],
@@ -308,7 +310,8 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
     fps_all = sorted(s["fps"] for s in streams)
     p95_all = sorted(s["p95"] for s in streams if s["p95"] is not None)
     point = {
-        "streams": n, "sustained": sustained, "all_sustained": sustained == n,
+        "streams": n, "ingest_processes": args.ingest_processes, "sustained": sustained,
+        "all_sustained": sustained == n,
         "min_fps": fps_all[0] if fps_all else 0.0, "median_fps": fps_all[len(fps_all) // 2] if fps_all else 0.0,
         "max_p95_s": p95_all[-1] if p95_all else None, "median_p95_s": p95_all[len(p95_all) // 2] if p95_all else None,
         "total_fps": sum(fps_all), "drops": sum(s["drops"] for s in streams), "batch_errors": summary.batch_errors,
@@ -332,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, default=640)
     p.add_argument("--batch", type=int, default=128, help="engine frames per call (GOPs per call = batch // 32)")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--ingest-processes", default="auto",
+                   help="live.ingest.processes: reader processes (auto: one per 24 streams above 32; 0: none)")
     p.add_argument("--gil-switch-ms", type=float, default=0.1, help="live.gil_switch_interval_ms")
     p.add_argument("--decode", choices=["gpu", "gop"], default="gpu",
                    help="gpu: an NVDEC session per stream (default); gop: GOP buffers through DALI")

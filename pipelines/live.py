@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
@@ -40,12 +41,13 @@ import torch
 
 from engines.factory import resolve_device
 from pipelines.config import JobConfig
+from pipelines.ingest import IngestPool, IngestSettings, ring_frames_for
 from pipelines.live_decode import LiveBatchPipeline
 from pipelines.preprocess import PreprocessSpec
 from pipelines.runner import Stage, gil_switch_interval, open_sinks, open_stage
 from streams.errors import ConfigError, DecodeError, FoveaError
 from streams.frames import FrameResult
-from streams.live.config import LiveConfig, parse_live_config
+from streams.live.config import LiveConfig, ingest_processes, parse_live_config
 from streams.live.manager import StreamManager
 
 log = logging.getLogger(__name__)
@@ -134,26 +136,36 @@ class LiveRunner:
             mode = self._mode(device, fell_back=requested.startswith("cuda") and device == "cpu")
             self.summary.mode, self.summary.device = mode, device
             sinks = open_sinks(self.cfg, stack)
-            factory = None
-            if mode == "packets":
-                from pipelines.nvdec import nvdec_decoder_factory
-
-                factory = nvdec_decoder_factory(int(device.split(":")[1]), stage.info.input_size,
-                                                self.cfg.preprocess.resize)
-            mgr = stack.enter_context(StreamManager(self.live, mode=mode,  # type: ignore[arg-type]
-                                                    decoder_factory=factory))
-            self.manager = mgr
-            mgr.add_sources([s for s in self.cfg.sources if s.uri is not None])
             batch = self.cfg.engine.batch_size
             if stage.engine.max_batch_size is not None:
                 batch = min(batch, stage.engine.max_batch_size)
+            device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
+            workers = self.live.workers if device_id is not None else 1
+            sources = [s for s in self.cfg.sources if s.uri is not None]
+            factory = None
+            pool: IngestPool | None = None
+            n_proc = ingest_processes(self.live, mode, len(sources), os.cpu_count() or 1)  # type: ignore[arg-type]
+            if n_proc > 0:
+                ring = ring_frames_for(self.live, -(-len(sources) // n_proc), batch, workers)
+                settings = IngestSettings(self.live, mode, device_id, stage.info.input_size,  # type: ignore[arg-type]
+                                          self.cfg.preprocess.resize, ring, logging.getLogger().getEffectiveLevel())
+                pool = stack.enter_context(IngestPool(settings, n_proc))
+            elif mode == "packets":
+                from pipelines.nvdec import nvdec_decoder_factory
+
+                assert device_id is not None
+                factory = nvdec_decoder_factory(device_id, stage.info.input_size, self.cfg.preprocess.resize)
+            mgr = stack.enter_context(StreamManager(self.live, mode=mode,  # type: ignore[arg-type]
+                                                    decoder_factory=factory,
+                                                    source_factory=pool.source if pool is not None else None))
+            self.manager = mgr
+            mgr.add_sources(sources)
             # GOP mode: one item is a whole GOP (about 30 frames at a 1 s GOP), so
             # engine.batch_size // 32 GOPs fill an engine batch
             items_per_batch = max(1, batch // 32) if mode == "gop" else batch
             spec = PreprocessSpec(dtype=stage.engine.input_dtype, layout=stage.engine.input_layout,  # type: ignore[arg-type]
                                   options=self.cfg.preprocess)
-            device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
-            for i in range(self.live.workers if device_id is not None else 1):
+            for i in range(workers):
                 t = threading.Thread(target=self._worker, name=f"live-worker-{i}", daemon=True,
                                      args=(stage, mode, spec, items_per_batch, device_id))
                 self._workers.append(t)
@@ -229,9 +241,11 @@ class LiveRunner:
                 except DecodeError as e:
                     self.summary.batch_errors += 1
                     log.warning("%s (batch of %d skipped)", e, len(items))
+                    if cuda_stream is not None:  # frames in shared slots are let go below: done reading
+                        cuda_stream.synchronize()
                     continue
                 results = stage.process(batch)  # on the batch's (this worker's) stream
-                del batch
+                del batch, items  # the detections are on the host: the frames (and their slots) go
                 while not self.stop_event.is_set():
                     try:
                         self._results.put(_Done(results), timeout=0.1)

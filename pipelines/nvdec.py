@@ -209,16 +209,27 @@ class DecodedSurface:
     width: int  # source (coded display) size
     height: int
     matrix: int  # H.273 matrix_coefficients (1 = BT.709; others decoded as BT.601)
+    slot: int = -1  # the slot of the allocator's ring it was copied to (-1: no allocator)
+
+
+# gives a frame buffer ``uint8[h * 3 // 2, w]`` and its slot number for an NV12 frame of
+# ``(h, w)``, or ``None`` when none is free (the frame is then dropped and counted)
+Allocator = Callable[[int, int], "tuple[Any, int] | None"]
 
 
 class NvdecSession:
     """One stream's NVDEC parser and decoder; see the module docstring.
 
     Not thread-safe: one thread (the stream's reader) calls :meth:`decode`.
+
+    ``allocator`` (optional) gives the buffer each frame is copied to (e.g. a slot of a ring
+    shared with another process, :mod:`pipelines.ingest`); by default frames are views into
+    blocks of 32 frames allocated by torch. A frame the allocator has no room for is dropped
+    and counted in :attr:`dropped`.
     """
 
     def __init__(self, codec: str, target: tuple[int, int] | Callable[[int, int], tuple[int, int]],
-                 device_id: int = 0, surfaces: int = 0) -> None:
+                 device_id: int = 0, surfaces: int = 0, allocator: Allocator | None = None) -> None:
         if codec not in CODECS:
             raise DecodeError("nvdec", f"codec {codec!r} is not decoded by NVDEC here; "
                               f"supported: {', '.join(sorted(CODECS))}")
@@ -246,6 +257,8 @@ class NvdecSession:
         self._out: list[DecodedSurface] = []
         self._error: BaseException | None = None
         self.frames = 0
+        self.dropped = 0
+        self._allocator = allocator
         # keep the callbacks alive as long as the parser
         self._cbs = (_SEQ_CB(self._on_sequence), _DEC_CB(self._on_decode), _DISP_CB(self._on_display))
         params = _ParserParams()
@@ -412,7 +425,18 @@ class NvdecSession:
                                                            C.byref(pitch), C.byref(proc)), "cuvidMapVideoFrame64")
             try:
                 w, h = self.target
-                frame = self._next_buffer(h, w)
+                slot = -1
+                if self._allocator is None:
+                    frame = self._next_buffer(h, w)
+                else:
+                    got = self._allocator(h, w)
+                    if got is None:  # no room: drop this picture (counted), keep decoding
+                        drv.cuvid_held.cuvidUnmapVideoFrame64(self._decoder, ptr)
+                        self.dropped += 1
+                        if self._pending:
+                            heapq.heappop(self._pending)
+                        return 1
+                    frame, slot = got
                 cp = self._copy
                 cp.srcMemoryType, cp.srcDevice, cp.srcPitch = _MEMORYTYPE_DEVICE, ptr.value, pitch.value
                 cp.dstMemoryType, cp.dstDevice, cp.dstPitch = _MEMORYTYPE_DEVICE, frame.data_ptr(), w
@@ -430,7 +454,7 @@ class NvdecSession:
             assert fmt is not None
             pts = heapq.heappop(self._pending) if self._pending else None  # display order = pts order
             surface = DecodedSurface(frame, pts, fmt.right - fmt.left, fmt.bottom - fmt.top,
-                                     int(fmt.matrix_coefficients))
+                                     int(fmt.matrix_coefficients), slot)
             self._mapped = (ptr, event, surface)
             return 1
         except BaseException as e:
@@ -449,9 +473,11 @@ class NvdecSession:
         self._out.append(surface)
 
 def nvdec_decoder_factory(device_id: int, input_size: tuple[int, int],
-                          resize: Literal["letterbox", "stretch"] = "letterbox") -> Callable[[str], NvdecSession]:
+                          resize: Literal["letterbox", "stretch"] = "letterbox",
+                          allocator: Allocator | None = None) -> Callable[[str], NvdecSession]:
     """A :data:`streams.live.types.DecoderFactory`: per stream session, an NVDEC session that
-    scales frames to their (even) letterbox size for a model input of ``input_size`` (h, w)."""
+    scales frames to their (even) letterbox size for a model input of ``input_size`` (h, w),
+    copying them to buffers from ``allocator`` when given."""
     from operators.boxes import even_letterbox_geometry
 
     h, w = input_size
@@ -461,6 +487,6 @@ def nvdec_decoder_factory(device_id: int, input_size: tuple[int, int],
         return g.resized_w, g.resized_h
 
     def make(codec: str) -> NvdecSession:
-        return NvdecSession(codec, target, device_id=device_id)
+        return NvdecSession(codec, target, device_id=device_id, allocator=allocator)
 
     return make

@@ -17,6 +17,9 @@ YAML (every key optional; the defaults are shown)::
       batch: {max_wait_ms: 40, queue_size: 8, policy: drop_oldest}   # or policy: block
       watchdog: {stall_s: 5, open_timeout_s: 10}
       backoff: {initial_s: 0.5, max_s: 30, multiplier: 2, jitter: 0.2}
+      ingest: {processes: auto, ring_frames: 0}   # stream readers in worker processes
+                                # (auto: one per 24 streams with GPU decode and > 32 streams;
+                                # 0: in the job's process); ring_frames 0 = sized automatically
 
 Usage::
 
@@ -112,6 +115,33 @@ class BackoffConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """``live.ingest``: stream readers spread over worker processes (:mod:`pipelines.ingest`).
+
+    One process's reader threads share one GIL: about 2,500 decoded 1080p frames per second
+    with NVDEC (``benchmarks/RESULTS.md``). ``processes: auto`` starts one ingest process per
+    :data:`STREAMS_PER_PROCESS` streams when frames are decoded on the GPU and there are more
+    than :data:`IN_PROCESS_MAX` streams at start; ``0`` keeps the readers in the job's process.
+    ``ring_frames`` is the number of frame slots each process shares with the job (GPU decode;
+    ``0``: twice its streams' queues plus two engine batches per worker).
+    """
+
+    processes: int | Literal["auto"] = "auto"
+    ring_frames: int = 0
+
+    def validate(self, key: str) -> None:
+        if self.processes != "auto" and not 0 <= int(self.processes) <= 64:
+            raise ConfigError(f"{key}.processes", f"expected 0..64 or auto, got {self.processes}")
+        if self.ring_frames != 0 and not 16 <= self.ring_frames <= 65536:
+            raise ConfigError(f"{key}.ring_frames",
+                              f"expected 16..65536 (0 = automatic), got {self.ring_frames}")
+
+
+STREAMS_PER_PROCESS = 24
+IN_PROCESS_MAX = 32
+
+
+@dataclass(frozen=True)
 class LiveConfig:
     """The ``live:`` section. See the module docstring for the YAML form."""
 
@@ -130,6 +160,7 @@ class LiveConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     def validate(self, key: str) -> None:
         if self.log_interval_s < 0.0:
@@ -141,6 +172,9 @@ class LiveConfig:
         if not 0.01 <= self.gil_switch_interval_ms <= 100:
             raise ConfigError(f"{key}.gil_switch_interval_ms",
                               f"expected 0.01..100, got {self.gil_switch_interval_ms}")
+        if self.decode == "gop" and self.ingest.processes not in ("auto", 0):
+            raise ConfigError(f"{key}.ingest.processes", "ingest processes read streams decoded with "
+                              "decode: gpu or cpu, not gop; set it to 0 (or auto)")
         if not 1 <= self.workers <= 32:
             raise ConfigError(f"{key}.workers", f"expected 1..32, got {self.workers}")
         if not 1 <= self.max_gop_frames <= 100_000:
@@ -172,3 +206,13 @@ def resolve_output_mode(decode: DecodeMode) -> OutputMode:
         return "packets" if torch.cuda.is_available() else "frames"
     except Exception:  # a broken CUDA/torch install means: decode on the CPU
         return "frames"
+
+
+def ingest_processes(config: LiveConfig, mode: OutputMode, streams: int, cpus: int) -> int:
+    """How many ingest processes a job starts (see :class:`IngestConfig`); ``0``: none."""
+    n = config.ingest.processes
+    if n != "auto":
+        return int(n)
+    if mode != "packets" or streams <= IN_PROCESS_MAX:
+        return 0
+    return max(1, min(-(-streams // STREAMS_PER_PROCESS), cpus // 2))

@@ -39,7 +39,15 @@ from streams.live.config import LiveConfig, OutputMode, resolve_output_mode
 from streams.live.http import LiveHttpServer
 from streams.live.metrics import LiveMetrics
 from streams.live.rtsp import RtspSource
-from streams.live.types import DecoderFactory, LiveItem, StreamSpec, StreamState, StreamStats
+from streams.live.types import (
+    DecoderFactory,
+    LiveItem,
+    LiveSource,
+    SourceFactory,
+    StreamSpec,
+    StreamState,
+    StreamStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ class StreamManager:
             ``config.decode`` (see :func:`resolve_output_mode`).
         registry: the Prometheus registry to use (a fresh one if ``None``).
         rng: random source of the reconnect jitter (tests pass a seeded one).
+        decoder_factory: the per-stream packet decoder of mode ``"packets"`` (in-process readers).
+        source_factory: makes each stream's source instead of an in-process
+            :class:`RtspSource` (e.g. readers in ingest processes, :mod:`pipelines.ingest`).
     """
 
     def __init__(
@@ -64,12 +75,14 @@ class StreamManager:
         registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
         decoder_factory: DecoderFactory | None = None,
+        source_factory: SourceFactory | None = None,
     ) -> None:
         self.config = config or LiveConfig()
         self.mode: OutputMode = mode or resolve_output_mode(self.config.decode)
-        if self.mode == "packets" and decoder_factory is None:
+        if self.mode == "packets" and decoder_factory is None and source_factory is None:
             raise ValueError("mode 'packets' (GPU decode per stream) needs a decoder_factory")
         self._decoder_factory = decoder_factory
+        self._source_factory = source_factory
         b = self.config.batch
         self.batcher: Batcher[LiveItem] = Batcher(b.queue_size, b.policy)
         self.metrics = LiveMetrics(registry if registry is not None else CollectorRegistry())
@@ -77,8 +90,8 @@ class StreamManager:
         self.http: LiveHttpServer | None = None
         self._rng = rng
         self._lock = threading.RLock()
-        self._sources: dict[str, RtspSource] = {}
-        self._retired: list[RtspSource] = []  # removed, thread not ended yet
+        self._sources: dict[str, LiveSource] = {}
+        self._retired: list[LiveSource] = []  # removed, thread not ended yet
         self._stop = threading.Event()
         self._started = False
         self._monitor: threading.Thread | None = None
@@ -162,8 +175,12 @@ class StreamManager:
             if spec.id in self._sources:
                 raise SourceError(spec.id, "a stream with this id already exists")
             queue = self.batcher.add_stream(spec.id)
-            source = RtspSource(spec, queue.put, mode=self.mode, config=self.config, rng=self._rng,
-                                decoder_factory=self._decoder_factory)
+            source: LiveSource
+            if self._source_factory is not None:
+                source = self._source_factory(spec, queue.put)
+            else:
+                source = RtspSource(spec, queue.put, mode=self.mode, config=self.config, rng=self._rng,
+                                    decoder_factory=self._decoder_factory)
             self._sources[spec.id] = source
             source.start()
         log.info("live: added stream %s (%s, %s, %s)", spec.id, source.display_uri,
@@ -197,7 +214,7 @@ class StreamManager:
         log.info("live: removed stream %s", stream_id)
         return True
 
-    def source(self, stream_id: str) -> RtspSource | None:
+    def source(self, stream_id: str) -> LiveSource | None:
         """The source object of a stream (for its state history), or ``None``."""
         with self._lock:
             return self._sources.get(stream_id)
@@ -211,21 +228,14 @@ class StreamManager:
         source = self.source(stream_id)
         if source is None:
             return None
-        q = self.batcher.stats().get(stream_id)
-        s = source.stats()
-        return s if q is None else replace(s, queued=q.depth, dropped=q.dropped)
+        return _with_queue(source.stats(), self.batcher.stats().get(stream_id))
 
     def streams(self) -> list[StreamStats]:
         """Snapshots of every stream, in the order they were added."""
         with self._lock:
             sources = list(self._sources.values())
         queues = self.batcher.stats()
-        out = []
-        for source in sources:
-            s = source.stats()
-            q = queues.get(source.id)
-            out.append(s if q is None else replace(s, queued=q.depth, dropped=q.dropped))
-        return out
+        return [_with_queue(source.stats(), queues.get(source.id)) for source in sources]
 
     # ----------------------------------------------------------------- consumer
     def next_batch(self, max_batch: int, max_wait_s: float | None = None) -> list[LiveItem]:
@@ -301,3 +311,10 @@ class StreamManager:
             log.info("live: %s", self.summary_line())
             with self._lock:
                 self._retired = [s for s in self._retired if s.alive]
+
+
+def _with_queue(s: StreamStats, q: Any) -> StreamStats:
+    """A source's snapshot with its queue's depth and drops (plus the drops of its ingest)."""
+    if q is None:
+        return replace(s, dropped=s.ingest_dropped)
+    return replace(s, queued=q.depth, dropped=q.dropped + s.ingest_dropped)

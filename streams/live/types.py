@@ -132,7 +132,8 @@ class StreamStats:
     width: int | None = None
     height: int | None = None
     queued: int = 0
-    dropped: int = 0
+    dropped: int = 0  # queue drops (drop-oldest) plus ingest_dropped
+    ingest_dropped: int = 0  # frames an ingest process had no room for (pipelines.ingest)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``state`` as its string value)."""
@@ -171,6 +172,37 @@ class PacketDecoder(Protocol):
 
 
 DecoderFactory = Callable[[str], PacketDecoder]
+
+
+class LiveSource(Protocol):
+    """What the :class:`~streams.live.manager.StreamManager` needs of one stream's reader:
+    an :class:`~streams.live.rtsp.RtspSource` thread here, or a proxy of one running in an
+    ingest process (:class:`pipelines.ingest.RemoteSource`)."""
+
+    id: str
+    display_uri: str
+
+    def start(self) -> LiveSource: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def state(self) -> StreamState: ...
+
+    def stats(self) -> StreamStats: ...
+
+    def history(self) -> list[tuple[float, StreamState]]: ...
+
+    def wait_for_state(self, *states: StreamState, timeout: float | None = None) -> bool: ...
+
+
+# makes a stream's source: (spec, emit) -> a source not started yet
+SourceFactory = Callable[[StreamSpec, Callable[["LiveItem"], bool]], LiveSource]
 
 
 @dataclass(frozen=True, slots=True)

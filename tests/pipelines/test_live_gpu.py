@@ -16,8 +16,11 @@ from tests.media import write_clip
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("decode,mode", [("gpu", "packets"), ("gop", "gop")])
-def test_gpu_decode_of_paced_streams(tmp_path: Path, bright_model: Path, decode: str, mode: str) -> None:
+@pytest.mark.parametrize("decode,mode,processes", [("gpu", "packets", 0), ("gpu", "packets", 2), ("gop", "gop", 0)])
+def test_gpu_decode_of_paced_streams(tmp_path: Path, bright_model: Path, decode: str, mode: str,
+                                     processes: int) -> None:
+    """``processes: 2``: the streams are read by two ingest processes and their NVDEC frames
+    reach the engine through GPU rings shared with the job's process (CUDA IPC)."""
     clips = [write_clip(tmp_path / f"c{i}.mp4", "libx264", frames=60, width=w, height=h,
                         options={"g": "15", "bf": "0"})
              for i, (w, h) in enumerate([(320, 240), (640, 360), (360, 640)])]
@@ -25,7 +28,8 @@ def test_gpu_decode_of_paced_streams(tmp_path: Path, bright_model: Path, decode:
         "sources": [{"uri": f"file://{c}", "id": f"s{i}"} for i, c in enumerate(clips)],
         "model": {"path": str(bright_model), "input_size": [320, 320]},
         "engine": {"device": "cuda", "batch_size": 64},
-        "live": {"decode": decode, "http": {"enabled": False}, "log_interval_s": 0},
+        "live": {"decode": decode, "http": {"enabled": False}, "log_interval_s": 0,
+                 "ingest": {"processes": processes}},
         "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
     })
     summary = run_live(cfg, duration_s=11, warmup_s=4)  # warm-up: pipeline builds, graph capture

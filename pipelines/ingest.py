@@ -1,0 +1,676 @@
+"""Ingest processes: a live job's stream readers (and their NVDEC sessions) spread over
+worker processes, so that one GIL does not cap the number of cameras.
+
+In one Python process, the reader threads of many cameras (demux, bitstream filter, NVDEC
+calls and callbacks, frame metadata) share one GIL: about 2,500 decoded 1080p frames per
+second on the H200, 72 cameras at 30 fps (``benchmarks/RESULTS.md``).
+``live.ingest.processes: N`` (or ``auto``) spawns N ingest processes; each runs the
+:class:`~streams.live.rtsp.RtspSource` threads of its share of the streams, and the job's
+process keeps everything else: the batcher, the engine, the sinks, metrics, health and the
+HTTP API. To the :class:`~streams.live.manager.StreamManager` a stream read elsewhere is a
+:class:`RemoteSource`, a :class:`~streams.live.types.LiveSource` like any other.
+
+How frames cross the process boundary:
+
+* GPU decode (``packets``): each ingest process allocates a ring of ``ring_frames`` NV12
+  slots on the GPU and shares it once with the job's process (CUDA IPC, through
+  ``torch.multiprocessing``). NVDEC's output is copied into a free slot (the copy out of
+  NVDEC's surface that is made anyway) and the pipe carries only the frame's metadata and
+  slot number. A slot is free again when the job's process lets go of the frame (processed,
+  or dropped by the drop-oldest policy): one shared byte per slot. With no free slot, the
+  ingest process drops the frame (counted per stream in ``dropped``/``ingest_dropped``).
+  The copy into a slot is complete before its message is sent (the session waits for it),
+  and the job's inference finishes reading a batch before its frames are let go.
+* CPU decode (``frames``): the RGB frames are pickled through the pipe.
+
+An ingest process sends what it has every ~2 ms, its streams' statistics 4 times a second
+(the job's process answers ``/health`` and ``/metrics`` from them) and its log records.
+An ingest process that dies is restarted with a backoff and its streams re-added (they
+reconnect, as after a dropped connection); the other processes' streams are not disturbed.
+
+Usage (what :class:`pipelines.live.LiveRunner` does)::
+
+    settings = IngestSettings(live, "packets", device_id=0, input_size=(640, 640), ring_frames=1024)
+    with IngestPool(settings, processes=4) as pool, \\
+            StreamManager(live, mode="packets", source_factory=pool.source) as mgr:
+        mgr.add_stream(StreamSpec("gate", "rtsp://10.0.0.5/main"))
+        items = mgr.next_batch(64)    # LiveFrame items; image: SharedSurface (NV12 on the GPU)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import logging
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
+
+from streams.errors import SourceError
+from streams.live.config import LiveConfig, OutputMode
+from streams.live.rtsp import Backoff, RtspSource
+from streams.live.types import LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
+
+log = logging.getLogger(__name__)
+
+_FLUSH_S = 0.002  # an ingest process sends its frames this often
+_STATS_S = 0.25  # and its streams' statistics
+_START_TIMEOUT_S = 120.0  # spawn + imports + CUDA initialisation
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What an ingest process needs (picklable: it is sent to the spawned process).
+
+    ``mode`` is ``"packets"`` (NVDEC, frames to the GPU ring) or ``"frames"`` (PyAV, RGB);
+    ``input_size`` (h, w) bounds the NV12 frames (scaled to their letterbox size in it).
+    """
+
+    live: LiveConfig
+    mode: OutputMode
+    device_id: int | None = None
+    input_size: tuple[int, int] = (640, 640)
+    resize: str = "letterbox"
+    ring_frames: int = 512
+    log_level: int = logging.INFO
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("packets", "frames"):
+            raise ValueError(f"ingest processes read streams in mode 'packets' or 'frames', not {self.mode!r}")
+        if self.mode == "packets" and self.device_id is None:
+            raise ValueError("mode 'packets' needs a device_id")
+
+
+def ring_frames_for(config: LiveConfig, streams_per_process: int, batch: int, workers: int) -> int:
+    """Slots per ingest process: ``live.ingest.ring_frames``, or enough for twice its
+    streams' queues plus two engine batches per worker (frames held by the job at once)."""
+    if config.ingest.ring_frames:
+        return config.ingest.ring_frames
+    return max(64, 2 * config.batch.queue_size * streams_per_process + 2 * workers * batch)
+
+
+class SharedSurface:
+    """An NV12 frame in a slot of an ingest process's ring (a :class:`~streams.live.types.DecodedImage`).
+
+    ``nv12`` is ``uint8[h * 3 // 2, w]`` on the GPU (the letterbox size). The slot goes back
+    to the ingest process when this object is released: explicitly, or when the last
+    reference to it goes (the frame was processed, or dropped from a full queue).
+    """
+
+    __slots__ = ("_flags", "_slot", "height", "matrix", "nv12", "pts", "width")
+
+    def __init__(self, nv12: Any, pts: int | None, width: int, height: int, matrix: int,
+                 flags: Any, slot: int) -> None:
+        self.nv12 = nv12
+        self.pts = pts
+        self.width = width
+        self.height = height
+        self.matrix = matrix
+        self._flags = flags
+        self._slot = slot
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        if self._slot >= 0:
+            self._flags[self._slot] = 0
+            self._slot = -1
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class RemoteSource:
+    """A stream read by an ingest process, as the manager sees it (a ``LiveSource``).
+
+    State and statistics are the last snapshot the ingest process sent (at most
+    ``_STATS_S`` old); ``stop()`` asks the process to stop the stream and ``join()`` waits
+    until it has.
+    """
+
+    def __init__(self, pool: IngestPool, spec: StreamSpec, emit: Any) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.display_uri = spec.credentials().display_uri
+        self.emit = emit
+        self._pool = pool
+        self._cond = threading.Condition()
+        now = time.time()
+        self._stats = StreamStats(id=spec.id, uri=self.display_uri, transport=spec.transport,
+                                  mode=pool.settings.mode, state=StreamState.CONNECTING, state_since=now)
+        self._history: list[tuple[float, StreamState]] = [(now, StreamState.CONNECTING)]
+        self._started = False
+        self._ended = threading.Event()
+        self.stopping = False
+        self.shard: _Shard | None = None
+
+    def start(self) -> RemoteSource:
+        self._pool._place(self)
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            if self.stopping:
+                return
+            self.stopping = True
+        if self.shard is not None:
+            self.shard.command(("remove", self.id))
+
+    def join(self, timeout: float | None = None) -> bool:
+        return not self._started or self._ended.wait(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._started and not self._ended.is_set()
+
+    @property
+    def state(self) -> StreamState:
+        return self._stats.state
+
+    def stats(self) -> StreamStats:
+        with self._cond:
+            return self._stats
+
+    def history(self) -> list[tuple[float, StreamState]]:
+        with self._cond:
+            return list(self._history)
+
+    def wait_for_state(self, *states: StreamState, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._stats.state in states, timeout)
+
+    # -- from the shard's receiver thread -------------------------------------------------
+    def _update(self, stats: StreamStats, history: list[tuple[float, StreamState]]) -> None:
+        with self._cond:
+            self._stats = stats
+            self._history = history
+            self._cond.notify_all()
+
+    def _interrupted(self, reason: str) -> None:
+        now = time.time()
+        with self._cond:
+            self._stats = replace(self._stats, state=StreamState.RECONNECTING, state_since=now, fps=0.0,
+                                  last_error=reason, last_error_time=now)
+            self._history.append((now, StreamState.RECONNECTING))
+            self._cond.notify_all()
+
+    def _end(self) -> None:
+        now = time.time()
+        with self._cond:
+            if self._stats.state != StreamState.STOPPED:
+                self._stats = replace(self._stats, state=StreamState.STOPPED, state_since=now, fps=0.0)
+                self._history.append((now, StreamState.STOPPED))
+            self._cond.notify_all()
+        self._ended.set()
+
+
+class IngestPool:
+    """Ingest processes and the streams placed on them; see the module docstring.
+
+    :meth:`source` is a :data:`~streams.live.types.SourceFactory` for the stream manager;
+    a new stream goes to the process with the fewest streams.
+    """
+
+    def __init__(self, settings: IngestSettings, processes: int) -> None:
+        if processes < 1:
+            raise ValueError(f"an ingest pool needs at least one process, got {processes}")
+        self.settings = settings
+        if settings.mode == "packets":
+            import torch.multiprocessing  # noqa: F401  (registers CUDA tensor sharing for the pipes)
+        self._mp = multiprocessing.get_context("spawn")  # CUDA cannot be used after fork
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._shards = [_Shard(self, i) for i in range(processes)]
+
+    def start(self) -> IngestPool:
+        """Spawn every process and wait until each is ready (raises :class:`SourceError` if one
+        cannot start, e.g. no GPU in the child)."""
+        t = time.monotonic()
+        for s in self._shards:  # spawn all first: their start-ups overlap
+            s.spawn()
+        try:
+            for s in self._shards:
+                s.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        for s in self._shards:
+            s.start_receiver()
+        log.info("%d ingest processes ready in %.1f s (%s, %d frame slots each)", len(self._shards),
+                 time.monotonic() - t, self.settings.mode, self.settings.ring_frames)
+        return self
+
+    def source(self, spec: StreamSpec, emit: Any) -> RemoteSource:
+        """A :data:`~streams.live.types.SourceFactory`: the stream, read by one of the processes."""
+        return RemoteSource(self, spec, emit)
+
+    def _place(self, src: RemoteSource) -> None:
+        with self._lock:
+            shard = min(self._shards, key=lambda s: len(s.sources))
+            shard.add(src)
+
+    def placement(self) -> dict[str, int]:
+        """Which process reads each stream (stream id -> process index)."""
+        with self._lock:
+            return {sid: s.index for s in self._shards for sid in s.sources}
+
+    def processes(self) -> list[Any]:
+        """The current ``multiprocessing.Process`` objects (a restarted one is replaced)."""
+        return [s.process for s in self._shards]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every process (its streams stopped, last frames sent) and the receivers."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        for s in self._shards:
+            s.command(("stop",))
+        deadline = time.monotonic() + timeout
+        for s in self._shards:
+            s.finish(max(0.1, deadline - time.monotonic()))
+
+    def __enter__(self) -> IngestPool:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class _Shard:
+    """One ingest process, seen from the job's process: its pipes, ring and streams."""
+
+    def __init__(self, pool: IngestPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.sources: dict[str, RemoteSource] = {}
+        self.process: Any = None
+        self.ring: Any = None
+        self.flags: Any = None
+        self._commands: Any = None
+        self._events: Any = None
+        self._receiver: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        b = pool.settings.live.backoff
+        self._backoff = Backoff(b.initial_s, b.max_s, b.multiplier, b.jitter)
+        self._full_logged = False
+
+    # -- process life cycle -------------------------------------------------------------
+    def spawn(self) -> None:
+        mp, st = self.pool._mp, self.pool.settings
+        self.flags = mp.RawArray(ctypes.c_uint8, st.ring_frames) if st.mode == "packets" else None
+        self._commands = mp.Queue()
+        self._events = mp.Queue()
+        self.process = mp.Process(target=_ingest_main, name=f"fovea-ingest-{self.index}", daemon=True,
+                                  args=(self.index, st, self._commands, self._events, self.flags))
+        self.process.start()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            try:
+                msg = self._events.get(timeout=0.5)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise SourceError(f"ingest-{self.index}", f"the ingest process exited while starting "
+                                      f"(code {self.process.exitcode})") from None
+                if time.monotonic() > deadline:
+                    self.process.kill()
+                    raise SourceError(f"ingest-{self.index}", f"the ingest process did not start within "
+                                      f"{_START_TIMEOUT_S:g} s") from None
+                continue
+            if msg[0] == "log":
+                _log_record(msg[1])
+            elif msg[0] == "ready":
+                self.ring = msg[1]
+                return
+            elif msg[0] == "failed":
+                raise SourceError(f"ingest-{self.index}", f"the ingest process failed to start: {msg[1]}")
+
+    def start_receiver(self) -> None:
+        self._receiver = threading.Thread(target=self._receive, name=f"fovea-ingest-rx-{self.index}",
+                                          daemon=True)
+        self._receiver.start()
+
+    def finish(self, timeout: float) -> None:
+        if self._receiver is not None:
+            self._receiver.join(timeout)
+        if self.process is not None:
+            self.process.join(max(0.1, timeout / 2))
+            if self.process.is_alive():
+                log.warning("ingest process %d did not stop in time; terminating it", self.index)
+                self.process.terminate()
+                self.process.join(2)
+        for src in list(self.sources.values()):
+            src._end()
+
+    def command(self, cmd: tuple[Any, ...]) -> None:
+        with self._send_lock, contextlib.suppress(Exception):  # a dead process: the receiver restarts it
+            self._commands.put(cmd)
+
+    def add(self, src: RemoteSource) -> None:
+        src.shard = self
+        self.sources[src.id] = src
+        self.command(("add", src.spec))
+
+    # -- the receiver thread ------------------------------------------------------------
+    def _receive(self) -> None:
+        closing = self.pool._closing
+        while True:
+            try:
+                msg = self._events.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.is_alive():
+                    continue
+                if closing.is_set():
+                    return
+                self._restart()
+                continue
+            except (EOFError, OSError):
+                if closing.is_set():
+                    return
+                self._restart()
+                continue
+            kind = msg[0]
+            if kind == "frames":
+                self._frames(msg[1])
+            elif kind == "stats":
+                for sid, stats, history in msg[1]:
+                    src = self.sources.get(sid)
+                    if src is not None and not src._ended.is_set():
+                        src._update(stats, history)
+            elif kind == "ended":
+                src = self.sources.get(msg[1])
+                if src is not None and src.stopping:
+                    with self.pool._lock:
+                        self.sources.pop(msg[1], None)
+                    src._end()
+            elif kind == "log":
+                _log_record(msg[1])
+            elif kind == "ring_full" and not self._full_logged:
+                self._full_logged = True
+                log.warning("ingest process %d: all %d frame slots in use, frames dropped (counted per "
+                            "stream); the job falls behind, or raise live.ingest.ring_frames",
+                            self.index, self.pool.settings.ring_frames)
+            elif kind == "bye":
+                return
+
+    def _frames(self, items: list[tuple[str, Any, Any, int]]) -> None:
+        ring, flags = self.ring, self.flags
+        for sid, meta, payload, session in items:
+            if ring is not None:
+                slot, rows, w, matrix, pts = payload
+                image: Any = SharedSurface(ring[slot, : rows * w].view(rows, w), pts, meta.width, meta.height,
+                                           matrix, flags, slot)
+            else:
+                image = payload
+            src = self.sources.get(sid)
+            if src is None or src.stopping:
+                continue  # a removed stream's last frames (a slot is released with its surface)
+            if not src.emit(LiveFrame(meta, image, session)):
+                src.stop()
+
+    def _restart(self) -> None:
+        """The process died: report it on its streams, restart it (with a backoff), re-add them."""
+        code = self.process.exitcode
+        reason = f"ingest process {self.index} exited (code {code}); restarting it"
+        log.error("%s with its %d streams", reason, len(self.sources))
+        for src in list(self.sources.values()):
+            src._interrupted(reason)
+        closing = self.pool._closing
+        while not closing.is_set():
+            if closing.wait(self._backoff.next()):
+                return
+            try:
+                self.spawn()
+                self.wait_ready()
+            except SourceError as e:
+                log.error("%s", e)
+                continue
+            self._backoff.reset()
+            self._full_logged = False
+            with self.pool._lock:
+                for sid, src in list(self.sources.items()):
+                    if src.stopping:
+                        self.sources.pop(sid, None)
+                        src._end()
+                    else:
+                        self.command(("add", src.spec))
+            log.info("ingest process %d restarted with %d streams", self.index, len(self.sources))
+            return
+
+
+def _log_record(record: logging.LogRecord) -> None:
+    logging.getLogger(record.name).handle(record)
+
+
+# ------------------------------------------------------------------ the ingest process
+class _ForwardLogs(logging.Handler):
+    """Sends the ingest process's log records to the job's process (formatted first)."""
+
+    def __init__(self, events: Any, index: int) -> None:
+        super().__init__()
+        self._events = events
+        self._prefix = f"[ingest {index}] "
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self._prefix + record.getMessage()
+            if record.exc_info:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            out = logging.makeLogRecord({**record.__dict__, "msg": msg, "args": None, "exc_info": None,
+                                         "exc_text": None})
+            self._events.put(("log", out))
+        except Exception:
+            self.handleError(record)
+
+
+class _SlotRing:
+    """The ingest process's side of the ring: takes free slots (the job's process frees them)."""
+
+    def __init__(self, ring: Any, flags: Any, on_full: Any) -> None:
+        self.ring = ring
+        self.flags = flags
+        self.n = len(flags)
+        self.cols = int(ring.shape[1])
+        self._next = 0
+        self._lock = threading.Lock()
+        self._on_full = on_full
+
+    def take(self, h: int, w: int) -> tuple[Any, int] | None:
+        rows = h * 3 // 2
+        if rows * w > self.cols:
+            raise SourceError("ingest", f"an NV12 frame of {w}x{h} does not fit a slot of {self.cols} bytes")
+        flags, n = self.flags, self.n
+        with self._lock:
+            i = self._next
+            for _ in range(n):
+                if flags[i] == 0:
+                    flags[i] = 1
+                    self._next = i + 1 if i + 1 < n else 0
+                    break
+                i = i + 1 if i + 1 < n else 0
+            else:
+                self._on_full()
+                return None
+        return self.ring[i, : rows * w].view(rows, w), i
+
+
+class _IngestWorker:
+    """Runs in the ingest process: the stream readers, the outbox, the sender thread."""
+
+    def __init__(self, index: int, settings: IngestSettings, events: Any, flags: Any) -> None:
+        self.index = index
+        self.settings = settings
+        self.events = events
+        self.sources: dict[str, RtspSource] = {}
+        self.removed: list[RtspSource] = []
+        self.outbox: deque[tuple[str, Any, Any, int]] = deque()
+        self.drops: dict[str, int] = {}
+        self.ring: Any = None
+        self._slots: _SlotRing | None = None
+        self._full = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if settings.mode == "packets":
+            import torch
+            import torch.multiprocessing  # registers CUDA tensor sharing for the pipe
+
+            assert settings.device_id is not None
+            torch.cuda.set_device(settings.device_id)
+            h, w = settings.input_size
+            self.ring = torch.empty((settings.ring_frames, h * 3 // 2 * w), dtype=torch.uint8,
+                                    device=torch.device("cuda", settings.device_id))
+            self._slots = _SlotRing(self.ring, flags, self._ring_full)
+            sys.setswitchinterval(settings.live.gil_switch_interval_ms / 1000)
+        self._sender = threading.Thread(target=self._send_loop, name="ingest-sender", daemon=True)
+        self._sender.start()
+
+    def _ring_full(self) -> None:
+        if not self._full:
+            self._full = True
+            self.events.put(("ring_full",))
+
+    def _decoder_factory(self, sid: str) -> Any:
+        from pipelines.nvdec import nvdec_decoder_factory
+
+        slots = self._slots
+        assert slots is not None and self.settings.device_id is not None
+
+        def allocate(h: int, w: int) -> tuple[Any, int] | None:
+            got = slots.take(h, w)
+            if got is None:
+                with self._lock:
+                    self.drops[sid] = self.drops.get(sid, 0) + 1
+            return got
+
+        return nvdec_decoder_factory(self.settings.device_id, self.settings.input_size,
+                                     self.settings.resize, allocator=allocate)  # type: ignore[arg-type]
+
+    def add(self, spec: StreamSpec) -> None:
+        if spec.id in self.sources:
+            log.warning("stream %s is already read here; ignored", spec.id)
+            return
+        factory = self._decoder_factory(spec.id) if self.settings.mode == "packets" else None
+        src = RtspSource(spec, functools.partial(self._emit, spec.id), mode=self.settings.mode,
+                         config=self.settings.live, decoder_factory=factory)
+        with self._lock:
+            self.sources[spec.id] = src
+        src.start()
+
+    def remove(self, sid: str) -> None:
+        with self._lock:
+            src = self.sources.pop(sid, None)
+            if src is not None:
+                self.removed.append(src)
+        if src is not None:
+            src.stop()
+        else:
+            self.events.put(("ended", sid))
+
+    def _emit(self, sid: str, item: LiveItem) -> bool:
+        """A reader thread's frame: to the outbox (sent within ~2 ms)."""
+        if sid not in self.sources:
+            return False
+        assert isinstance(item, LiveFrame)
+        img: Any = item.image
+        if self.settings.mode == "packets":
+            payload: Any = (img.slot, int(img.nv12.shape[0]), int(img.nv12.shape[1]), img.matrix, img.pts)
+        else:
+            payload = img
+        self.outbox.append((sid, item.meta, payload, item.session))
+        return True
+
+    def _flush(self) -> None:
+        items = []
+        outbox = self.outbox
+        while outbox:
+            items.append(outbox.popleft())
+        if items:
+            self.events.put(("frames", items))
+
+    def _send_stats(self) -> None:
+        with self._lock:
+            sources = list(self.sources.items())
+            drops = dict(self.drops)
+            ended = [s for s in self.removed if not s.alive]
+            self.removed = [s for s in self.removed if s.alive]
+        snap = [(sid, replace(src.stats(), ingest_dropped=drops.get(sid, 0)), src.history()[-32:])
+                for sid, src in sources]
+        if snap:
+            self.events.put(("stats", snap))
+        for src in ended:
+            self.events.put(("ended", src.id))
+
+    def _send_loop(self) -> None:
+        next_stats = 0.0
+        while not self._stop.is_set():
+            time.sleep(_FLUSH_S)
+            self._flush()
+            now = time.monotonic()
+            if now >= next_stats:
+                next_stats = now + _STATS_S
+                self._send_stats()
+                self._full = False  # log again (once) if it fills again
+
+    def serve(self, commands: Any) -> None:
+        parent = os.getppid()
+        while True:
+            try:
+                cmd = commands.get(timeout=0.5)
+            except queue.Empty:
+                if os.getppid() != parent:  # the job's process is gone
+                    return
+                continue
+            if cmd[0] == "add":
+                self.add(cmd[1])
+            elif cmd[0] == "remove":
+                self.remove(cmd[1])
+            elif cmd[0] == "stop":
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            sources = list(self.sources.values()) + self.removed
+        for src in sources:
+            src.stop()
+        wd = self.settings.live.watchdog
+        deadline = time.monotonic() + max(wd.stall_s, wd.open_timeout_s) + 1.0
+        for src in sources:
+            src.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        self._sender.join(2)
+        self._flush()
+        self._send_stats()
+        for sid in list(self.sources):
+            self.events.put(("ended", sid))
+        self.events.put(("bye",))
+
+
+def _ingest_main(index: int, settings: IngestSettings, commands: Any, events: Any, flags: Any) -> None:
+    """The ingest process's entry point (spawned)."""
+    root = logging.getLogger()
+    root.handlers[:] = [_ForwardLogs(events, index)]
+    root.setLevel(settings.log_level)
+    try:
+        worker = _IngestWorker(index, settings, events, flags)
+    except BaseException as e:
+        events.put(("failed", f"{type(e).__name__}: {e}"))
+        events.close()
+        events.join_thread()
+        return
+    events.put(("ready", worker.ring))
+    try:
+        worker.serve(commands)
+    finally:
+        worker.close()
+        events.close()
+        events.join_thread()  # everything sent before exiting (the ring stays alive until then)
