@@ -83,6 +83,7 @@ class BenchConfig:
     precision: str = "fp16"
     jobs: int | None = None  # clip encoder processes
     streams: int = 2  # inference threads of the end-to-end run (engine.streams)
+    profile: bool = False  # e2e under torch.profiler: GPU time per stream class (benchmarks.gputime)
 
     def resolved(self) -> BenchConfig:
         q = self.quick
@@ -332,7 +333,7 @@ def run_bench(cfg: BenchConfig, on_update: Callable[[BenchResults], None] | None
             guard("source", codec, partial(measure_source, files, sessions, batch, model.input_size, device, dtype,
                                            layout, max_seconds=3 * seconds, codec=codec), gpu_only=True)
             guard("e2e", codec, partial(measure_e2e, files, expected, model.config, engine_cfg, device, sessions,
-                                        codec, tmp))
+                                        codec, tmp, profile=cfg.profile and on_cuda))
             eager = model.eager
             if eager is None:  # an ONNX model: nothing for torch eager to run
                 for name in BASELINES:

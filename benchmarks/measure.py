@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import math
 import tempfile
@@ -506,8 +507,12 @@ def measure_e2e(
     sessions: int,
     codec: str | None = None,
     work_dir: str | Path | None = None,
+    profile: bool = False,
 ) -> Measurement:
     """``run_job`` over ``files`` with a JSONL sink; checks every frame has its record.
+
+    ``profile``: under ``torch.profiler``; ``extra["gpu_time"]`` then says where the GPU's
+    time went (:func:`benchmarks.gputime.gpu_time_breakdown`).
 
     ``fps`` is ``summary.frames / summary.seconds`` (from the first decode to the last
     sink write; engine loading excluded, ``extra["wall_seconds"]`` includes it).
@@ -522,10 +527,25 @@ def measure_e2e(
         out = Path(tmp) / "detections.jsonl"
         sink = SINKS.parse({"type": "jsonl", "path": str(out)}, "sinks[0]")
         cfg = job_config(files, [sink], model, engine, sessions)
-        with UtilSampler(device) as sampler, _LogWatch().attached() as watch, _LineCounter(out) as counter:
+        prof: Any = contextlib.nullcontext()
+        if profile:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+
+            prof = torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        with UtilSampler(device) as sampler, _LogWatch().attached() as watch, _LineCounter(out) as counter, \
+                prof as p:
             t0 = time.perf_counter()
             summary = run_job(cfg, show_progress=False)
             wall = time.perf_counter() - t0
+        gpu_time = None
+        if profile:
+            from benchmarks.gputime import gpu_time_breakdown
+
+            trace = Path(tmp) / "trace.json"
+            p.export_chrome_trace(str(trace))
+            gpu_time = gpu_time_breakdown(trace)
+            log.info("e2e %s GPU time: %s", codec, json.dumps(gpu_time))
         lines = counter.lines
         size = out.stat().st_size if out.exists() else 0
     ok = lines == expected_frames == summary.frames and not summary.failures
@@ -542,6 +562,7 @@ def measure_e2e(
         "wall_seconds": round(wall, 3), "cuda_graphs_disabled": graphs_off, "warnings": watch.messages[:20],
         "steady_fps": counter.rate_between(0.1 * expected_frames, 0.9 * expected_frames),
         "streams": engine.streams,
+        **({"gpu_time": gpu_time, "profiled": True} if gpu_time is not None else {}),
         # seconds after the job started at which the JSONL held 1 / 10 / 50 / 90 / 100 % of the frames
         "timeline_s": {f"{int(q * 100)}%": counter.time_at(max(1, int(q * expected_frames)), t0)
                        for q in (0.0, 0.1, 0.5, 0.9, 1.0)},
