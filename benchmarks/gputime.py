@@ -4,8 +4,10 @@
 (CUPTI sees every kernel of the process: DALI's, NVDEC post-processing, torch's) and
 summarises the Chrome trace with :func:`gpu_time_breakdown`:
 
-* streams running convolution/GEMM kernels are the *inference* streams (engine and
-  postprocess); every other stream is *decode* (DALI's colour conversion, resize, normalise);
+* streams running DALI's kernels (or NVDEC's NV12 conversion) are *decode* streams (colour
+  conversion, resize, normalise); the others are *inference* (engine and postprocess);
+* each kernel is named with the operator that launched it where the trace links them
+  (``External id``), so a copy says which ``aten::`` op made it;
 * for the middle of the run (20-80 % of its kernel timeline: no start-up, no tail) it
   reports the fraction of wall time each class had a kernel running, their overlap, the
   time nothing ran, and the kernels taking the most time.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 _GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
-_ENGINE_KERNEL = re.compile(r"conv|gemm|xmma|cutlass|implicit|wgrad|dgrad|sm90_|sm80_", re.IGNORECASE)
+_DECODE_KERNEL = re.compile(r"dali|NV12", re.IGNORECASE)
 
 
 def _union(intervals: Iterable[tuple[float, float]]) -> float:
@@ -52,13 +54,17 @@ def gpu_time_breakdown(trace: str | Path | dict[str, Any], lo: float = 0.2, hi: 
     events = [e for e in data.get("traceEvents", []) if e.get("cat") in _GPU_CATS and "dur" in e]
     if not events:
         return {"error": "no GPU events in the trace (CUPTI unavailable?)"}
-    inference_streams = {e.get("args", {}).get("stream") for e in events
-                         if e.get("cat") == "kernel" and _ENGINE_KERNEL.search(e.get("name", ""))}
+    all_streams = {e.get("args", {}).get("stream") for e in events}
+    decode_streams = {e.get("args", {}).get("stream") for e in events
+                      if e.get("cat") == "kernel" and _DECODE_KERNEL.search(e.get("name", ""))}
+    inference_streams = all_streams - decode_streams
+    ops = {e["args"]["External id"]: e.get("name", "?") for e in data.get("traceEvents", [])
+           if e.get("cat") == "cpu_op" and "External id" in e.get("args", {})}
     t0 = min(float(e["ts"]) for e in events)
     t1 = max(float(e["ts"]) + float(e["dur"]) for e in events)
     w0, w1 = t0 + lo * (t1 - t0), t0 + hi * (t1 - t0)
     spans: dict[str, list[tuple[float, float]]] = {"inference": [], "decode": []}
-    by_name: dict[tuple[str, str], float] = defaultdict(float)
+    by_name: dict[tuple[str, str, str], float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     for e in events:
         a, b = float(e["ts"]), float(e["ts"]) + float(e["dur"])
@@ -67,7 +73,8 @@ def gpu_time_breakdown(trace: str | Path | dict[str, Any], lo: float = 0.2, hi: 
             continue
         cls = "inference" if e.get("args", {}).get("stream") in inference_streams else "decode"
         spans[cls].append((a, b))
-        by_name[(cls, e.get("name", "?")[:90])] += b - a
+        op = ops.get(e.get("args", {}).get("External id"), "")
+        by_name[(cls, e.get("name", "?")[:90], op)] += b - a
         count[cls] += 1
     wall = w1 - w0
     busy_inf, busy_dec = _union(spans["inference"]), _union(spans["decode"])
@@ -75,7 +82,7 @@ def gpu_time_breakdown(trace: str | Path | dict[str, Any], lo: float = 0.2, hi: 
     return {
         "window_s": round(wall / 1e6, 3),
         "streams": {"inference": len(inference_streams),
-                    "decode": len({e.get("args", {}).get("stream") for e in events} - inference_streams)},
+                    "decode": len(decode_streams)},
         "kernels": dict(count),
         "busy": {  # fraction of the window with at least one kernel of the class running
             "any": round(busy_any / wall, 3),
@@ -87,6 +94,6 @@ def gpu_time_breakdown(trace: str | Path | dict[str, Any], lo: float = 0.2, hi: 
         "kernel_time": {  # summed kernel durations / window (> busy when kernels run concurrently)
             cls: round(sum(b - a for a, b in spans[cls]) / wall, 3) for cls in spans
         },
-        "top": [{"class": c, "name": n, "share": round(t / wall, 4)}
-                for (c, n), t in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]],
+        "top": [{"class": c, "name": n, "op": op, "share": round(t / wall, 4)}
+                for (c, n, op), t in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]],
     }
