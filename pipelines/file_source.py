@@ -138,6 +138,9 @@ class FileBatchSource:
         self._sessions_left = 0
         self._t0 = 0.0
         self._timings: list[tuple[float, float, int]] = []  # per session: first batch, end (s), frames
+        # seconds summed over threads, for the end-of-job log line: where the time went
+        self._acct: dict[str, float] = {"decode_cpu": 0.0, "decode_blocked": 0.0, "infer_cpu": 0.0,
+                                        "infer_starved": 0.0, "infer_wall": 0.0}
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> FileBatchSource:
@@ -202,6 +205,16 @@ class FileBatchSource:
             for t in self._threads:
                 t.join(timeout=0.05)
         self._threads.clear()
+        a = self._acct
+        if a["infer_wall"] > 0:
+            log.info("threads (s, summed): decode sessions %.1f CPU, %.1f blocked on a full queue; inference "
+                     "%.1f CPU, %.1f waiting for batches, of %.1f", a["decode_cpu"], a["decode_blocked"],
+                     a["infer_cpu"], a["infer_starved"], a["infer_wall"])
+
+    def _account(self, **seconds: float) -> None:
+        with self._lock:
+            for k, v in seconds.items():
+                self._acct[k] += v
 
     def read(self) -> DecodedBatch | ProcessedBatch | FileEvent | None:
         """The next batch (or processed batch) or file event; ``None`` once all files are done."""
@@ -240,7 +253,10 @@ class FileBatchSource:
         if self._local.first is None:
             self._local.first = time.monotonic() - self._t0
         self._local.frames += batch.num_valid
-        return self._put(batch, self._decoded if self.process is not None else self._out)
+        t = time.monotonic()
+        ok = self._put(batch, self._decoded if self.process is not None else self._out)
+        self._local.blocked += time.monotonic() - t
+        return ok
 
     def _own_stream(self) -> tuple[int | None, Any]:
         """A CUDA stream for the calling thread: (raw handle, the object keeping it alive)."""
@@ -256,6 +272,8 @@ class FileBatchSource:
         stream, keep = self._own_stream()
         self._local.first = None
         self._local.frames = 0
+        self._local.blocked = 0.0
+        cpu0 = time.thread_time()
         try:
             self._decode_segments(segments, stream)
             while not self._stop.is_set():
@@ -267,6 +285,7 @@ class FileBatchSource:
         except BaseException as e:  # a bug or a stop-the-job error: carried to the consumer
             self._put(_WorkerCrash(e))
         finally:
+            self._account(decode_cpu=time.thread_time() - cpu0, decode_blocked=self._local.blocked)
             end = time.monotonic() - self._t0
             first = self._local.first
             with self._lock:
@@ -375,12 +394,16 @@ class FileBatchSource:
     # -- inference workers --------------------------------------------------------------
     def _infer_worker(self) -> None:
         stream, keep = self._own_stream()
+        cpu0, wall0, starved = time.thread_time(), time.monotonic(), 0.0
         try:
             while not self._stop.is_set():
+                t = time.monotonic()
                 try:
                     item = self._decoded.get(timeout=0.1)
                 except queue.Empty:
+                    starved += time.monotonic() - t
                     continue
+                starved += time.monotonic() - t
                 if item is _END:
                     break
                 assert isinstance(item, DecodedBatch)
@@ -400,6 +423,8 @@ class FileBatchSource:
         except BaseException as e:
             self._put(_WorkerCrash(e))
         finally:
+            self._account(infer_cpu=time.thread_time() - cpu0, infer_starved=starved,
+                          infer_wall=time.monotonic() - wall0)
             if not self._put(_END):
                 self._out.put(_END)
             del keep
