@@ -414,7 +414,8 @@ def measure_engine(
         pp_frames = sum(r[0] for r in done_pp)
         pp_secs = max(r[2] for r in done_pp) - t0
     extra = {
-        "engine": type(eng).__name__, "precision": engine.precision, "cuda_graphs": engine.cuda_graphs and on_cuda,
+        "engine": type(eng).__name__, "precision": engine.precision,
+        "cuda_graphs": bool(getattr(eng, "cuda_graphs_active", False)),  # as run, not as configured
         "batch": batch, "input_size": [h, w], "input_dtype": dtype, "input_layout": layout,
         "fps_by_streams": by_streams, "with_postprocess_fps": round(pp_frames / pp_secs, 1),
         "with_postprocess_streams": len(batches),
@@ -552,7 +553,7 @@ def measure_e2e(
     if not ok:
         log.warning("e2e %s: %d JSONL records, %d frames processed, %d expected, %d failed files", codec, lines,
                     summary.frames, expected_frames, len(summary.failures))
-    graphs_off = any("CUDA graphs disabled" in m for m in watch.messages)
+    graphs_off = any("CUDA graphs disabled" in m or "CUDA graphs off" in m for m in watch.messages)
     extra = {
         "sessions": sessions, "batch": engine.batch_size, "precision": engine.precision,
         "expected_frames": expected_frames, "jsonl_records": lines, "jsonl_bytes": size, "frames_ok": ok,

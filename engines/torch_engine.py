@@ -207,6 +207,11 @@ class TorchEngine:
         self._pools.clear()
         self._entered = False
 
+    @property
+    def cuda_graphs_active(self) -> bool:
+        """Whether inference replays CUDA graphs now (off on the CPU, or once disabled)."""
+        return self._use_graphs
+
     def disable_cuda_graphs(self, reason: str) -> None:
         """Run eagerly from now on; logs the reason once (no-op when graphs are already off)."""
         if self._use_graphs:
