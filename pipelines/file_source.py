@@ -4,12 +4,10 @@
    become ``FileEvent(kind="failed")`` at once, the others ``started`` with their frame
    count.
 2. Files DALI's reader decodes (NVDEC on the GPU, VP8/VP9/MJPEG on the CPU) are cut at
-   keyframes into segments; ``1 - plan.shared`` of the frames are dealt out evenly to
-   ``plan.sessions`` decode sessions and the rest is taken, in shrinking portions, by
-   whichever session is free first (:mod:`pipelines.segments`). Each session reads a
-   portion through one reader pipeline (:class:`pipelines.decode.SegmentDecoder`): no
-   pipeline build per file, and the sessions finish together instead of idling behind the
-   longest file or the slowest session.
+   keyframes into segments dealt out evenly to ``plan.sessions`` decode sessions
+   (:mod:`pipelines.segments`). Each session reads its segments through one long-lived
+   reader pipeline (:class:`pipelines.decode.SegmentDecoder`): no pipeline build per
+   file, and the sessions finish together instead of idling behind the longest file.
    Files only PyAV decodes are taken whole, one at a time, by sessions that are free.
 3. Decoded batches go into one bounded queue, so decoding runs ahead of inference by a
    bounded amount. With a ``process`` callback (engine + postprocess), ``plan.workers``
@@ -53,7 +51,7 @@ from pipelines.decode import (
     choose_decoder,
 )
 from pipelines.preprocess import PreprocessSpec
-from pipelines.segments import Segment, SegmentQueue, plan_work
+from pipelines.segments import Segment, plan_segments
 from streams.errors import DecodeError, EngineError, FoveaError, SourceError
 from streams.files import VideoFile
 from streams.frames import FrameResult
@@ -75,7 +73,6 @@ class DecodePlan:
     threads: int = 2
     workers: int = 1  # inference threads (with a process callback)
     min_segment: int = 512  # shortest segment a file is cut into (frames; cuts at keyframes)
-    shared: float = 0.3  # frames left for whichever session is free first (segments.SegmentQueue)
 
 
 @dataclass(frozen=True)
@@ -141,7 +138,6 @@ class FileBatchSource:
         self._sessions_left = 0
         self._t0 = 0.0
         self._timings: list[tuple[float, float, int]] = []  # per session: first batch, end (s), frames
-        self._work = SegmentQueue([], 1)  # segments left for whichever session is free first
         # seconds summed over threads, for the end-of-job log line: where the time went
         self._acct: dict[str, float] = {"decode_cpu": 0.0, "decode_blocked": 0.0, "infer_cpu": 0.0,
                                         "infer_starved": 0.0, "infer_wall": 0.0}
@@ -170,12 +166,10 @@ class FileBatchSource:
                 self._whole.put(f)
             else:
                 readable.append((f, res, geom))
-        plans, rest = plan_work(readable, plan.sessions, min_chunk=plan.min_segment,
-                                shared=plan.shared) if readable else ([], [])
-        for segs in [*plans, rest]:
+        plans = plan_segments(readable, plan.sessions, min_chunk=plan.min_segment) if readable else []
+        for segs in plans:
             for s in segs:
                 self._state[s.file.source_id].segments += 1
-        self._work = SegmentQueue(rest, len(plans))
         n = max(len(plans), min(plan.sessions, self._whole.qsize()))
         n = max(n, 1)
         self._sessions_left = n
@@ -282,11 +276,6 @@ class FileBatchSource:
         cpu0 = time.thread_time()
         try:
             self._decode_segments(segments, stream)
-            while not self._stop.is_set():  # then what is left, as long as there is some
-                more = self._work.take()
-                if not more:
-                    break
-                self._decode_segments(more, stream)
             while not self._stop.is_set():
                 try:
                     f = self._whole.get_nowait()
@@ -306,9 +295,8 @@ class FileBatchSource:
             if last:
                 t = self._timings
                 log.info("%d decode sessions: first batches after %.2f-%.2f s, finished after %.2f-%.2f s, "
-                         "%d-%d frames each (%d shared takes)", len(t), min(x[0] for x in t),
-                         max(x[0] for x in t), min(x[1] for x in t), max(x[1] for x in t), min(x[2] for x in t),
-                         max(x[2] for x in t), self._work.takes)
+                         "%d-%d frames each", len(t), min(x[0] for x in t), max(x[0] for x in t),
+                         min(x[1] for x in t), max(x[1] for x in t), min(x[2] for x in t), max(x[2] for x in t))
             if self.process is None:
                 if not self._put(_END):
                     self._out.put(_END)

@@ -8,28 +8,16 @@ dealt out longest first to the least-loaded session (LPT scheduling), and each s
 reads its segments through one reader (a ``file_list`` with ``start end`` frame ranges).
 Cutting at keyframes means no frame is decoded twice.
 
-Dealing everything up front assumes every session decodes at the same speed; they do not
-(more sessions than NVDEC engines share engines unevenly, and the GPU is shared with
-inference), so the last sessions finished seconds after the first. :func:`plan_work` deals
-only ``1 - shared`` of the frames up front and leaves the rest in a :class:`SegmentQueue`
-that sessions free early take from (guided self-scheduling: half of a session's fair share of
-what is left per take, so takes shrink towards the end and few pipelines are built).
-
 Usage::
 
     plans = plan_segments([(file, info, geom), ...], sessions=14)
     for session, segs in enumerate(plans):
         sum(s.frames for s in segs)          # about the same for every session
-
-    plans, rest = plan_work(files, sessions=10, shared=0.3)
-    queue = SegmentQueue(rest, sessions=10)
-    queue.take()                             # segments of one geometry, longest first; [] when empty
 """
 
 from __future__ import annotations
 
 import heapq
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,33 +75,11 @@ def plan_segments(
         Within a list, segments are ordered by geometry (a pipeline per geometry), then
         job order, then start frame.
     """
-    plans, rest = plan_work(files, sessions, chunk, min_chunk, shared=0.0)
-    assert not rest
-    return plans
-
-
-def plan_work(
-    files: Sequence[tuple[VideoFile, VideoInfo, LetterboxGeometry]],
-    sessions: int,
-    chunk: int | None = None,
-    min_chunk: int = 512,
-    shared: float = 0.0,
-) -> tuple[list[list[Segment]], list[Segment]]:
-    """Like :func:`plan_segments`, keeping about ``shared`` of the frames back.
-
-    Returns ``(plans, rest)``: the per-session lists (LPT, each session loaded up to
-    ``(1 - shared)`` of its fair share) and the segments left for a :class:`SegmentQueue`,
-    longest first. With ``shared > 0`` the default ``chunk`` is finer (an eighth of a
-    session's share, at least ``min_chunk``), so the queue's segments are short.
-    """
     if sessions < 1:
         raise ValueError(f"sessions must be >= 1, got {sessions}")
-    if not 0.0 <= shared < 1.0:
-        raise ValueError(f"shared must be in [0, 1), got {shared}")
     total = sum(info.num_frames for _, info, _ in files)
     if chunk is None:
-        parts = 8 if shared > 0 else 4
-        chunk = max(min_chunk, total // (parts * sessions) if sessions else total)
+        chunk = max(min_chunk, total // (4 * sessions) if sessions else total)
     order: dict[str, int] = {}
     segs: list[Segment] = []
     for i, (f, info, geom) in enumerate(files):
@@ -123,61 +89,16 @@ def plan_work(
         segs += [Segment(f, info, geom, a, b) for a, b in zip(starts, ends, strict=True) if b > a]
     n = min(sessions, len(segs))
     if n == 0:
-        return [], []
-    cap = (1.0 - shared) * total / n if shared > 0 else float("inf")
+        return []
     heap = [(0, k) for k in range(n)]
     plans: list[list[Segment]] = [[] for _ in range(n)]
-    rest: list[Segment] = []
     for seg in sorted(segs, key=lambda s: -s.frames):
         load, k = heapq.heappop(heap)
-        if plans[k] and load + seg.frames > cap:  # every session has its share: keep it back
-            rest.append(seg)
-            heapq.heappush(heap, (load, k))
-            continue
         plans[k].append(seg)
         heapq.heappush(heap, (load + seg.frames, k))
     for p in plans:
         p.sort(key=lambda s: (_geom_key(s.geometry), order[s.file.source_id], s.start))
-    return plans, rest
-
-
-class SegmentQueue:
-    """Segments taken by whichever session is free first; thread-safe.
-
-    :meth:`take` returns segments of one geometry (one reader pipeline), longest first,
-    about half of a session's fair share of the frames left (at least one segment), so
-    takes shrink as the queue empties and the sessions finish close together.
-    """
-
-    def __init__(self, segments: Sequence[Segment], sessions: int) -> None:
-        self._segs = sorted(segments, key=lambda s: -s.frames)
-        self._sessions = max(1, sessions)
-        self._lock = threading.Lock()
-        self.takes = 0
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._segs)
-
-    def take(self) -> list[Segment]:
-        with self._lock:
-            if not self._segs:
-                return []
-            left = sum(s.frames for s in self._segs)
-            want = left / (2 * self._sessions)
-            key = _geom_key(self._segs[0].geometry)
-            got: list[Segment] = []
-            n = 0
-            for seg in list(self._segs):
-                if got and n >= want:
-                    break
-                if _geom_key(seg.geometry) != key:
-                    continue
-                got.append(seg)
-                n += seg.frames
-                self._segs.remove(seg)
-            self.takes += 1
-        return got
+    return plans
 
 
 def _geom_key(g: LetterboxGeometry) -> tuple[int, ...]:

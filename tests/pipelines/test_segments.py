@@ -14,7 +14,7 @@ from pipelines.config import PreprocessConfig
 from pipelines.decode import SegmentBatch, SegmentDecoder, SegmentDone
 from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
 from pipelines.preprocess import PreprocessSpec
-from pipelines.segments import Segment, SegmentQueue, cut_points, plan_segments, plan_work
+from pipelines.segments import cut_points, plan_segments
 from streams.files import VideoFile
 from streams.probe import VideoInfo, probe_video
 from tests.media import pyav_frames, write_clip
@@ -111,38 +111,3 @@ def test_file_source_splits_a_file_over_sessions(vp9_clip: Path, tmp_path: Path)
     assert [e.kind for e in events["clip"]] == ["started", "done"]
     assert events["clip"][1].frames == 95 == events["clip"][1].expected_frames
     assert [e.kind for e in events["bad"]] == ["failed"]
-
-
-def _file(name: str, n: int, gop: int) -> tuple[VideoFile, VideoInfo, object]:
-    return (VideoFile(Path(f"/v/{name}.mp4"), name), _info(n, gop, name), GEOM)
-
-
-def _assert_exact_cover(files: list[tuple[VideoFile, VideoInfo, object]], segs: list[Segment]) -> None:
-    covered: dict[str, list[tuple[int, int]]] = {}
-    for s in segs:
-        covered.setdefault(s.file.source_id, []).append((s.start, s.end))
-    for f, info, _ in files:
-        spans = sorted(covered[f.source_id])
-        assert spans[0][0] == 0 and spans[-1][1] == info.num_frames
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
-
-
-def test_plan_work_keeps_a_share_back_and_the_queue_hands_it_out_in_shrinking_takes() -> None:
-    files = [_file(f"f{i}", 3000 + 500 * i, gop=100) for i in range(6)]
-    total = sum(info.num_frames for _, info, _ in files)
-    plans, rest = plan_work(files, sessions=4, shared=0.3)
-    static = sum(s.frames for p in plans for s in p)
-    assert len(plans) == 4 and rest
-    assert 0.6 * total <= static <= 0.75 * total, (static, total)
-    _assert_exact_cover(files, [s for p in plans for s in p] + rest)
-    assert max(s.frames for s in rest) <= min(max(s.frames for s in p) for p in plans)  # the small ones wait
-    q = SegmentQueue(rest, sessions=4)
-    sizes = []
-    while True:
-        got = q.take()
-        if not got:
-            break
-        sizes.append(sum(s.frames for s in got))
-    assert sum(sizes) == sum(s.frames for s in rest) and len(q) == 0
-    assert sizes[0] >= sizes[-1] and len(sizes) >= 4  # guided: shrinking takes
-    assert plan_work(files, sessions=4)[1] == []  # shared=0: everything dealt, as plan_segments
