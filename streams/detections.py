@@ -88,9 +88,14 @@ class Detections:
         return [names[c] if 0 <= c < len(names) else str(c) for c in self.class_id.tolist()]
 
     def to_records(self, decimals: int = 2) -> list[dict[str, Any]]:
-        """One JSON-ready dict per detection: box, confidence, class id and label."""
-        boxes = np.round(self.xyxy.astype(np.float64), decimals).tolist()
-        confs = np.round(self.confidence.astype(np.float64), 4).tolist()
+        """One JSON-ready dict per detection: box, confidence, class id and label.
+
+        Boxes are rounded to ``decimals`` and confidences to 4 with Python's correctly
+        rounded ``round`` (what ``"%.2f"`` prints), so these records equal the JSONL lines
+        of :func:`streams.sinks.files.frame_json` parsed back.
+        """
+        boxes = [[round(v, decimals) for v in box] for box in self.xyxy.astype(np.float64).tolist()]
+        confs = [round(c, 4) for c in self.confidence.astype(np.float64).tolist()]
         return [
             {"box": box, "confidence": conf, "class_id": cid, "label": label}
             for box, conf, cid, label in zip(

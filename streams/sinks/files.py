@@ -61,11 +61,10 @@ def _json_labels(names: tuple[str, ...]) -> tuple[str, ...]:
 def frame_json(result: FrameResult) -> str:
     """:func:`frame_record` as compact JSON, formatted ~3x faster than ``json.dumps`` of it.
 
-    The same keys and values (boxes to 2 decimals, confidences to 4); numbers may be
-    written with trailing zeros (``12.50``), and ``%`` rounds the exact binary value where
-    ``np.round`` scales first, so a value within 1e-12 of a rounding half may differ in its
-    last digit. This runs for every frame of a job, so it formats each detection with one
-    ``%`` instead of building dicts.
+    ``json.loads(frame_json(r)) == frame_record(r)``: the same keys and values (boxes to 2
+    decimals, confidences to 4, both correctly rounded); numbers may be written with
+    trailing zeros (``12.50``). This runs for every frame of a job (the JSONL sink and the
+    MQTT payloads), so it formats each detection with one ``%`` instead of building dicts.
     """
     f = result.frame
     d = result.detections

@@ -40,7 +40,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -56,7 +55,7 @@ from streams.detections import Detections
 from streams.errors import ConfigError, SinkError
 from streams.frames import FrameResult
 from streams.sinks import SINKS
-from streams.sinks.files import frame_record
+from streams.sinks.files import frame_json
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +124,17 @@ def topic_messages(
     if not len(dets) and only_with_detections:
         return []
     if "{label}" not in topic:
-        payload = json.dumps(frame_record(result), separators=(",", ":")).encode()
+        payload = frame_json(result).encode()
         return [(topic.format(source=source, label=""), payload)]
     if not len(dets):
-        payload = json.dumps(frame_record(result), separators=(",", ":")).encode()
+        payload = frame_json(result).encode()
         return [(topic.format(source=source, label="none"), payload)]
     labels = dets.labels
     out = []
     for label in dict.fromkeys(labels):
         mask = [lab == label for lab in labels]
         sub = FrameResult(result.frame, _select(dets, mask))
-        payload = json.dumps(frame_record(sub), separators=(",", ":")).encode()
+        payload = frame_json(sub).encode()
         out.append((topic.format(source=source, label=label.translate(_TOPIC_UNSAFE)), payload))
     return out
 

@@ -110,3 +110,26 @@ def test_frame_meta_pts_seconds_and_checks() -> None:
     assert m.pts_seconds == pytest.approx(0.12)
     with pytest.raises(ValueError):
         FrameMeta("a", "/a.mp4", -1, 0, (1, 25), 320, 240)
+
+
+def test_jsonl_lines_parse_back_to_the_frame_record_exactly() -> None:
+    """One rounding rule for every sink: JSONL (``frame_json``) and MQTT/CSV (``frame_record``),
+    including values at and next to rounding halves, negative zero and unlabelled classes."""
+    import json
+
+    from streams.frames import FrameResult
+    from streams.sinks.files import frame_json, frame_record
+
+    rng = np.random.default_rng(0)
+    halves = np.array([0.125, 2.675, 1.005, 0.335, -0.001, 1e-9, 1919.995, 0.045])
+    near = np.concatenate([halves, np.nextafter(halves, np.inf), np.nextafter(halves, -np.inf)])
+    xyxy = np.concatenate([rng.uniform(-5, 1925, (200, 4)), np.resize(near, (len(near) // 4 * 4,)).reshape(-1, 4)])
+    conf = np.concatenate([rng.uniform(0, 1, 200), np.resize(near, (len(xyxy) - 200,)) % 1])
+    cls = rng.integers(0, 4, len(xyxy))
+    det = Detections(xyxy=xyxy.astype(np.float32), confidence=conf.astype(np.float32), class_id=cls,
+                     class_names=("a", "b", "c"))  # class 3 has no name
+    meta = FrameMeta("cam/0", "rtsp://x/\"y\"", 7, 123457, (1, 90000), 1920, 1080)
+    empty = Detections(xyxy=np.zeros((0, 4), np.float32), confidence=np.zeros(0, np.float32),
+                       class_id=np.zeros(0, np.int64))
+    for r in (FrameResult(meta, det), FrameResult(meta, empty)):
+        assert json.loads(frame_json(r)) == frame_record(r)
