@@ -23,6 +23,11 @@ How frames cross the process boundary:
   and the job's inference finishes reading a batch before its frames are let go.
 * CPU decode (``frames``): the RGB frames are pickled through the pipe.
 
+Every buffer is bounded: at most ``_OUTBOX_MAX`` frames wait in an ingest process and
+``_EVENTS_MAX`` messages in the pipe. When the job falls behind, ``drop_oldest`` drops the
+oldest waiting frames (counted per stream) and ``block`` makes the stream's reader wait (for
+room, or for a free slot), so every frame of a recorded stream is kept.
+
 An ingest process sends what it has every ~2 ms, its streams' statistics 4 times a second
 (the job's process answers ``/health`` and ``/metrics`` from them) and its log records.
 An ingest process that dies is restarted with a backoff and its streams re-added (they
@@ -64,6 +69,8 @@ log = logging.getLogger(__name__)
 _FLUSH_S = 0.002  # an ingest process sends its frames this often
 _STATS_S = 0.25  # and its streams' statistics
 _START_TIMEOUT_S = 120.0  # spawn + imports + CUDA initialisation
+_EVENTS_MAX = 256  # messages in flight from an ingest process
+_OUTBOX_MAX = 1024  # frames waiting in an ingest process to be sent
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,7 @@ class _Shard:
         mp, st = self.pool._mp, self.pool.settings
         self.flags = mp.RawArray(ctypes.c_uint8, st.ring_frames) if st.mode == "packets" else None
         self._commands = mp.Queue()
-        self._events = mp.Queue()
+        self._events = mp.Queue(maxsize=_EVENTS_MAX)  # a slow job blocks the sender, not memory
         self.process = mp.Process(target=_ingest_main, name=f"fovea-ingest-{self.index}", daemon=True,
                                   args=(self.index, st, self._commands, self._events, self.flags))
         self.process.start()
@@ -474,9 +481,14 @@ class _ForwardLogs(logging.Handler):
 
 
 class _SlotRing:
-    """The ingest process's side of the ring: takes free slots (the job's process frees them)."""
+    """The ingest process's side of the ring: takes free slots (the job's process frees them).
 
-    def __init__(self, ring: Any, flags: Any, on_full: Any) -> None:
+    With no free slot, :meth:`take` returns ``None`` (the frame is dropped: ``drop_oldest``),
+    or with ``wait`` set (``block``: every frame processed) waits for one until ``stop`` is set.
+    """
+
+    def __init__(self, ring: Any, flags: Any, on_full: Any, wait: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.ring = ring
         self.flags = flags
         self.n = len(flags)
@@ -484,11 +496,22 @@ class _SlotRing:
         self._next = 0
         self._lock = threading.Lock()
         self._on_full = on_full
+        self._wait = wait
+        self._stop = stop or threading.Event()
 
     def take(self, h: int, w: int) -> tuple[Any, int] | None:
         rows = h * 3 // 2
         if rows * w > self.cols:
             raise SourceError("ingest", f"an NV12 frame of {w}x{h} does not fit a slot of {self.cols} bytes")
+        while True:
+            i = self._take_free()
+            if i is not None:
+                return self.ring[i, : rows * w].view(rows, w), i
+            self._on_full()
+            if not self._wait or self._stop.wait(0.001):
+                return None
+
+    def _take_free(self) -> int | None:
         flags, n = self.flags, self.n
         with self._lock:
             i = self._next
@@ -496,12 +519,13 @@ class _SlotRing:
                 if flags[i] == 0:
                     flags[i] = 1
                     self._next = i + 1 if i + 1 < n else 0
-                    break
+                    return i
                 i = i + 1 if i + 1 < n else 0
-            else:
-                self._on_full()
-                return None
-        return self.ring[i, : rows * w].view(rows, w), i
+        return None
+
+    def release(self, slot: int) -> None:
+        """Give back a slot whose frame never left this process."""
+        self.flags[slot] = 0
 
 
 class _IngestWorker:
@@ -520,6 +544,8 @@ class _IngestWorker:
         self._full = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._block = settings.live.batch.policy == "block"
+        self._room = threading.Condition(self._lock)  # the outbox has room again
         if settings.mode == "packets":
             import torch
             import torch.multiprocessing  # registers CUDA tensor sharing for the pipe
@@ -529,7 +555,7 @@ class _IngestWorker:
             h, w = settings.input_size
             self.ring = torch.empty((settings.ring_frames, h * 3 // 2 * w), dtype=torch.uint8,
                                     device=torch.device("cuda", settings.device_id))
-            self._slots = _SlotRing(self.ring, flags, self._ring_full)
+            self._slots = _SlotRing(self.ring, flags, self._ring_full, wait=self._block, stop=self._stop)
             sys.setswitchinterval(settings.live.gil_switch_interval_ms / 1000)
         self._sender = threading.Thread(target=self._send_loop, name="ingest-sender", daemon=True)
         self._sender.start()
@@ -586,16 +612,27 @@ class _IngestWorker:
             payload: Any = (img.slot, int(img.nv12.shape[0]), int(img.nv12.shape[1]), img.matrix, img.pts)
         else:
             payload = img
-        self.outbox.append((sid, item.meta, payload, item.session))
+        with self._room:
+            while len(self.outbox) >= _OUTBOX_MAX:  # the job is not taking frames fast enough
+                if self._block:
+                    if self._stop.is_set() or sid not in self.sources:
+                        return False
+                    self._room.wait(0.05)
+                    continue
+                old_sid, _, old, _ = self.outbox.popleft()  # drop_oldest, counted per stream
+                self.drops[old_sid] = self.drops.get(old_sid, 0) + 1
+                if self._slots is not None:
+                    self._slots.release(old[0])
+            self.outbox.append((sid, item.meta, payload, item.session))
         return True
 
     def _flush(self) -> None:
-        items = []
-        outbox = self.outbox
-        while outbox:
-            items.append(outbox.popleft())
+        with self._room:
+            items = list(self.outbox)
+            self.outbox.clear()
+            self._room.notify_all()
         if items:
-            self.events.put(("frames", items))
+            self.events.put(("frames", items))  # blocks while the job's process is behind
 
     def _send_stats(self) -> None:
         with self._lock:
@@ -642,11 +679,11 @@ class _IngestWorker:
             sources = list(self.sources.values()) + self.removed
         for src in sources:
             src.stop()
+        self._stop.set()  # readers waiting for room or a slot give up; the rest is flushed below
         wd = self.settings.live.watchdog
         deadline = time.monotonic() + max(wd.stall_s, wd.open_timeout_s) + 1.0
         for src in sources:
             src.join(max(0.0, deadline - time.monotonic()))
-        self._stop.set()
         self._sender.join(2)
         self._flush()
         self._send_stats()

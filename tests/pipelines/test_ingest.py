@@ -22,7 +22,7 @@ from pipelines.live import run_live
 from streams.errors import ConfigError
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
 from streams.live.manager import StreamManager
-from streams.live.types import StreamSpec, StreamState
+from streams.live.types import StreamSpec, StreamState, StreamStats
 from tests.live.helpers import Consumer, max_gap, wait_state, wait_until
 from tests.media import write_clip
 
@@ -150,3 +150,78 @@ def test_gop_decode_with_ingest_processes_is_rejected() -> None:
     with pytest.raises(ConfigError, match=r"live\.ingest\.processes"):
         parse_live_config({"decode": "gop", "ingest": {"processes": 2}})
     assert parse_live_config({"decode": "gop"}).ingest.processes == "auto"  # auto: none for gop
+
+
+def test_slot_ring_waits_for_a_slot_under_the_block_policy() -> None:
+    import threading
+
+    flags = multiprocessing.get_context("spawn").RawArray(ctypes.c_uint8, 2)
+    ring = torch.zeros((2, 8 * 8 * 3 // 2), dtype=torch.uint8)
+    stop = threading.Event()
+    slots = _SlotRing(ring, flags, lambda: None, wait=True, stop=stop)
+    first = [slots.take(8, 8), slots.take(8, 8)]
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(slots.take(8, 8)))
+    t.start()
+    time.sleep(0.2)
+    assert not got  # waiting: every frame is kept under "block"
+    slots.release(first[1][1])  # type: ignore[index]
+    t.join(2)
+    assert got and got[0] is not None and got[0][1] == 1  # type: ignore[index]
+    t = threading.Thread(target=lambda: got.append(slots.take(8, 8)))
+    t.start()
+    stop.set()  # the process stops: the waiting reader gives up
+    t.join(2)
+    assert got[-1] is None
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "block"])
+def test_ingest_outbox_is_bounded_when_the_job_falls_behind(policy: str) -> None:
+    """A job that stops taking messages (a queue of one that nobody reads) must not grow the
+    ingest process's memory: drop_oldest drops (counted per stream), block makes the reader wait."""
+    import queue as std_queue
+    import threading
+
+    import numpy as np
+
+    from pipelines import ingest
+    from streams.frames import FrameMeta
+    from streams.live.types import LiveFrame
+
+    events: std_queue.Queue[object] = std_queue.Queue(maxsize=1)
+    worker = ingest._IngestWorker(0, IngestSettings(_live(batch={"policy": policy}), "frames"), events, None)
+    class _Reading:  # a stream being read, as the sender's statistics see it (no thread needed)
+        id, alive = "a", True
+
+        def stats(self) -> StreamStats:
+            return StreamStats("a", "x", "tcp", "frames", StreamState.LIVE, 0.0)
+
+        def history(self) -> list[tuple[float, StreamState]]:
+            return []
+
+    worker.sources["a"] = _Reading()  # type: ignore[assignment]
+    frame = np.zeros((4, 4, 3), np.uint8)
+    # more than the outbox plus the two messages that can be in flight (one queued, one in hand)
+    total = 4 * ingest._OUTBOX_MAX
+    done = threading.Event()
+
+    def produce() -> None:
+        for i in range(total):
+            if not worker._emit("a", LiveFrame(FrameMeta("a", "x", i, i, (1, 25), 4, 4), frame)):
+                break
+        done.set()
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    assert len(worker.outbox) <= ingest._OUTBOX_MAX
+    if policy == "drop_oldest":
+        assert done.is_set()
+        assert worker.drops["a"] >= ingest._OUTBOX_MAX  # what did not fit was dropped and counted
+    else:
+        assert not done.is_set() and "a" not in worker.drops  # the reader waits, nothing is lost
+    worker._stop.set()
+    while not events.empty():
+        events.get_nowait()
+    t.join(3)
+    worker._sender.join(3)
