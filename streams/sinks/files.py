@@ -35,7 +35,7 @@ _FileSinkT = TypeVar("_FileSinkT", bound="_FileSink")
 
 
 def frame_record(result: FrameResult) -> dict[str, Any]:
-    """The JSON-ready record of one frame (also used by the MQTT sink)."""
+    """The JSON-ready record of one frame; the JSONL and MQTT sinks write it as :func:`frame_json`."""
     f = result.frame
     return {
         "source": f.source_id,

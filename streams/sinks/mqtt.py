@@ -1,4 +1,4 @@
-"""MQTT sink: one JSON message per frame (the :func:`streams.sinks.files.frame_record`).
+"""MQTT sink: one JSON message per frame (:func:`streams.sinks.files.frame_json`, the JSONL line).
 
 ``paho-mqtt`` (2.x, ``pip install 'fovea[live]'``) is imported only when the sink opens,
 so :mod:`streams.sinks` imports without it.
