@@ -213,7 +213,7 @@ class DecodedSurface:
 
 
 # gives a frame buffer ``uint8[h * 3 // 2, w]`` and its slot number for an NV12 frame of
-# ``(h, w)``, or ``None`` when none is free (the frame is then dropped and counted)
+# ``(h, w)``, or ``None`` when none is free (the frame is then dropped; the allocator counts it)
 Allocator = Callable[[int, int], "tuple[Any, int] | None"]
 
 
@@ -225,7 +225,7 @@ class NvdecSession:
     ``allocator`` (optional) gives the buffer each frame is copied to (e.g. a slot of a ring
     shared with another process, :mod:`pipelines.ingest`); by default frames are views into
     blocks of 32 frames allocated by torch. A frame the allocator has no room for is dropped
-    and counted in :attr:`dropped`.
+    (the allocator, which knows its stream, counts it).
     """
 
     def __init__(self, codec: str, target: tuple[int, int] | Callable[[int, int], tuple[int, int]],
@@ -257,7 +257,6 @@ class NvdecSession:
         self._out: list[DecodedSurface] = []
         self._error: BaseException | None = None
         self.frames = 0
-        self.dropped = 0
         self._allocator = allocator
         # keep the callbacks alive as long as the parser
         self._cbs = (_SEQ_CB(self._on_sequence), _DEC_CB(self._on_decode), _DISP_CB(self._on_display))
@@ -432,7 +431,6 @@ class NvdecSession:
                     got = self._allocator(h, w)
                     if got is None:  # no room: drop this picture (counted), keep decoding
                         drv.cuvid_held.cuvidUnmapVideoFrame64(self._decoder, ptr)
-                        self.dropped += 1
                         if self._pending:
                             heapq.heappop(self._pending)
                         return 1
