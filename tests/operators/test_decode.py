@@ -94,6 +94,24 @@ def test_decode_yolov8_fp16_ties_pick_the_first_class() -> None:
     assert_same_candidates(got, decode_yolov8_np(pred, 0.2))
 
 
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_decode_yolov8_fp16_compares_in_fp32_on_a_transposed_view(multi_label: bool) -> None:
+    """Scores stay fp16 until kept, yet the threshold compares in fp32, and the model may
+    return ``[B, 4 + nc, N]`` as a transposed view of ``[B, N, 4 + nc]`` (the bench's YOLOv8n)."""
+    rng = np.random.default_rng(4)
+    pred = random_yolov8(rng, 2, 5, 300).astype(np.float16)
+    near = np.float16(0.3)  # 0.30004883 > 0.3 in fp32, == 0.3 once 0.3 is cast to fp16
+    pred[:, 5:, :80] = np.float16(0.01)  # class 0 is the best class of these anchors
+    pred[:, 4, :40] = near
+    pred[:, 4, 40:80] = np.nextafter(near, np.float16(0))  # 0.2998 < 0.3
+    anchor_major = torch.from_numpy(np.ascontiguousarray(pred.transpose(0, 2, 1)))
+    view = anchor_major.transpose(1, 2)
+    assert not view.is_contiguous()
+    got = decode_yolov8(view, 0.3, multi_label=multi_label)
+    assert_same_candidates(got, decode_yolov8_np(pred, 0.3, multi_label=multi_label))
+    assert int((got.scores == float(near)).sum()) == 2 * 40
+
+
 def test_decode_yolov8_nothing_above_threshold() -> None:
     pred = torch.full((2, 4 + 3, 10), 0.1)
     assert_empty(decode_yolov8(pred, 0.25))
