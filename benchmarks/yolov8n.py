@@ -132,7 +132,7 @@ class Detect(nn.Module):
         anchors, stride_t = self.anchors, self.stride_t
         if anchors.shape[1] != sum(h * w for h, w in sizes):  # not the size the buffers were made for
             anchors, stride_t = _make_anchors(sizes, self.strides, feats[0].dtype, feats[0].device)
-        proj = self.dfl.conv.weight.view(self.reg_max).to(feats[0].dtype)  # 0, 1, ..., reg_max - 1
+        proj = self.dfl.conv.weight.view(self.reg_max)  # 0, 1, ..., reg_max - 1 (a parameter: follows .half())
         outs, start = [], 0
         for i, f in enumerate(feats):
             n = sizes[i][0] * sizes[i][1]

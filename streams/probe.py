@@ -131,14 +131,17 @@ def _probe_or_reason(path: Path) -> VideoInfo | tuple[str, str]:
         return (e.source, e.reason)
 
 
-def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 256 << 20) -> list[VideoInfo | SourceError]:
+def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 4 << 30) -> list[VideoInfo | SourceError]:
     """Probe ``paths``; each result is the :class:`VideoInfo` or the :class:`SourceError`.
 
-    Demuxing every packet is Python-bound (~10-30 µs a packet), so threads do not help;
-    when four or more files hold at least ``parallel_bytes`` together (starting worker
-    processes costs ~0.3 s), the probes run in up to ``processes`` worker processes
-    (``spawn``: safe beside CUDA). If worker processes cannot start, the files are probed
-    here, and that is logged.
+    Demuxing every packet is Python-bound (~5-10 µs a packet), so threads do not help.
+    Worker processes (``spawn``: safe beside CUDA) re-import the parent's ``__main__``
+    module: under ``fovea run`` or the benchmark that is torch and DALI, ~2.7 s before a
+    worker probes anything (measured on the H200 machine: 28 files, 74k packets, 2.6 s in
+    8 workers against ~0.4 s here). So only when four or more files hold at least
+    ``parallel_bytes`` together (default 4 GiB: several 100k packets of 1080p video) do the
+    probes run in up to ``processes`` worker processes. If worker processes cannot start,
+    the files are probed here, and that is logged.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

@@ -136,7 +136,11 @@ def test_yolov8n_calibrate_fuse_export(tmp_path: Path) -> None:
     with torch.inference_mode():
         traced = loaded(frames[:2].contiguous(memory_format=torch.channels_last))
     assert torch.allclose(traced, after[:2], atol=1e-3, rtol=1e-4)
-    assert loaded.half().detect.anchors.dtype == torch.float16  # buffers follow .half()
+    half = loaded.half()
+    assert half.detect.anchors.dtype == torch.float16  # buffers follow .half()
+    with torch.inference_mode():  # and the trace holds no fp32 constant (the engine runs it in fp16)
+        y16 = half(frames[:2].half().contiguous(memory_format=torch.channels_last))
+    assert y16.dtype == torch.float16 and y16.shape == traced.shape
 
 
 def _results(figures: dict[str, dict[str, float | None]]) -> BenchResults:
