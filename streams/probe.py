@@ -17,11 +17,15 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from streams.errors import SourceError
 
@@ -131,33 +135,80 @@ def _probe_or_reason(path: Path) -> VideoInfo | tuple[str, str]:
         return (e.source, e.reason)
 
 
-def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 4 << 30) -> list[VideoInfo | SourceError]:
+def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 256 << 20) -> list[VideoInfo | SourceError]:
     """Probe ``paths``; each result is the :class:`VideoInfo` or the :class:`SourceError`.
 
-    Demuxing every packet is Python-bound (~5-10 µs a packet), so threads do not help.
-    Worker processes (``spawn``: safe beside CUDA) re-import the parent's ``__main__``
-    module: under ``fovea run`` or the benchmark that is torch and DALI, ~2.7 s before a
-    worker probes anything (measured on the H200 machine: 28 files, 74k packets, 2.6 s in
-    8 workers against ~0.4 s here). So only when four or more files hold at least
-    ``parallel_bytes`` together (default 4 GiB: several 100k packets of 1080p video) do the
-    probes run in up to ``processes`` worker processes. If worker processes cannot start,
-    the files are probed here, and that is logged.
+    Demuxing every packet costs ~5-10 µs of Python each, under the GIL (threads do not
+    help). When four or more files hold at least ``parallel_bytes`` together, the probes
+    run in up to ``processes`` worker processes, started as ``python -m streams.probe``:
+    they import PyAV and this module only (~0.3 s), not the parent's ``__main__``, which
+    ``multiprocessing``'s spawn would re-import (torch and DALI under ``fovea run`` or the
+    benchmark: 2.6 s on the H200 machine before the first probe). A worker that cannot
+    start or fails is logged and its files are probed here.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     results: list[VideoInfo | tuple[str, str]]
     n = min(processes, len(paths), os.cpu_count() or 1)
     if n >= 2 and len(paths) >= 4 and _total_bytes(paths) >= parallel_bytes:
-        try:
-            with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = list(pool.map(_probe_or_reason, paths, chunksize=max(1, len(paths) // (4 * n))))
-        except (OSError, RuntimeError) as e:  # no processes here: probe in this one
-            log.warning("probing %d files in this process: worker processes failed (%s)", len(paths), e)
-            results = [_probe_or_reason(p) for p in paths]
+        results = _probe_in_workers(paths, n)
     else:
         results = [_probe_or_reason(p) for p in paths]
     return [SourceError(*r) if isinstance(r, tuple) else r for r in results]
+
+
+def _probe_in_workers(paths: list[Path], n: int) -> list[VideoInfo | tuple[str, str]]:
+    """``n`` ``python -m streams.probe`` processes, each given every ``n``-th path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [paths[k::n] for k in range(n)]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])  # importable with or without installing
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH", "")) if x)
+
+    def run(chunk: list[Path]) -> list[VideoInfo | tuple[str, str]]:
+        try:
+            done = subprocess.run([sys.executable, "-m", "streams.probe", *map(str, chunk)], env=env,
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"exit code {done.returncode}: {done.stderr.strip()[-300:]}")
+            lines = done.stdout.splitlines()
+            if len(lines) != len(chunk):
+                raise RuntimeError(f"{len(lines)} results for {len(chunk)} files")
+            return [_from_json(json.loads(line)) for line in lines]
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            log.warning("probing %d files in this process: a probe worker failed (%s)", len(chunk), e)
+            return [_probe_or_reason(p) for p in chunk]
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="fovea-probe") as pool:
+        parts = list(pool.map(run, chunks))
+    results: list[VideoInfo | tuple[str, str]] = [("", "")] * len(paths)
+    for k, part in enumerate(parts):
+        results[k::n] = part
+    return results
+
+
+def _to_json(r: VideoInfo | tuple[str, str]) -> dict[str, Any]:
+    if isinstance(r, tuple):
+        return {"error": list(r)}
+    return {"path": str(r.path), "codec": r.codec, "width": r.width, "height": r.height,
+            "time_base": list(r.time_base), "fps": r.fps, "pts": list(r.pts), "start_pts": r.start_pts,
+            "keyframes": list(r.keyframes)}
+
+
+def _from_json(d: dict[str, Any]) -> VideoInfo | tuple[str, str]:
+    if "error" in d:
+        source, reason = d["error"]
+        return (str(source), str(reason))
+    tb = d["time_base"]
+    return VideoInfo(path=Path(d["path"]), codec=str(d["codec"]), width=int(d["width"]), height=int(d["height"]),
+                     time_base=(int(tb[0]), int(tb[1])), fps=float(d["fps"]), pts=tuple(int(x) for x in d["pts"]),
+                     start_pts=int(d["start_pts"]), keyframes=tuple(int(x) for x in d["keyframes"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streams.probe PATH...``: one JSON line per path (the probe workers' entry)."""
+    for a in sys.argv[1:] if argv is None else argv:
+        sys.stdout.write(json.dumps(_to_json(_probe_or_reason(Path(a)))) + "\n")
+    return 0
 
 
 def _total_bytes(paths: list[Path]) -> int:
@@ -166,3 +217,7 @@ def _total_bytes(paths: list[Path]) -> int:
         with contextlib.suppress(OSError):
             total += p.stat().st_size
     return total
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
