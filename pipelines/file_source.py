@@ -1,6 +1,6 @@
 """The archived-files source: balanced decode sessions feeding a few inference threads.
 
-1. Every file is probed (PyAV, in parallel) before decoding starts: unreadable files
+1. Every file is probed (PyAV; in worker processes for large sets) before decoding starts: unreadable files
    become ``FileEvent(kind="failed")`` at once, the others ``started`` with their frame
    count.
 2. Files DALI's reader decodes (NVDEC on the GPU, VP8/VP9/MJPEG on the CPU) are cut at

@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -191,19 +192,15 @@ def _probe_in_workers(paths: list[Path], n: int) -> list[VideoInfo | tuple[str, 
 def _to_json(r: VideoInfo | tuple[str, str]) -> dict[str, Any]:
     if isinstance(r, tuple):
         return {"error": list(r)}
-    return {"path": str(r.path), "codec": r.codec, "width": r.width, "height": r.height,
-            "time_base": list(r.time_base), "fps": r.fps, "pts": list(r.pts), "start_pts": r.start_pts,
-            "keyframes": list(r.keyframes)}
+    return {**dataclasses.asdict(r), "path": str(r.path)}
 
 
 def _from_json(d: dict[str, Any]) -> VideoInfo | tuple[str, str]:
     if "error" in d:
         source, reason = d["error"]
         return (str(source), str(reason))
-    tb = d["time_base"]
-    return VideoInfo(path=Path(d["path"]), codec=str(d["codec"]), width=int(d["width"]), height=int(d["height"]),
-                     time_base=(int(tb[0]), int(tb[1])), fps=float(d["fps"]), pts=tuple(int(x) for x in d["pts"]),
-                     start_pts=int(d["start_pts"]), keyframes=tuple(int(x) for x in d["keyframes"]))
+    return VideoInfo(**{**d, "path": Path(d["path"]), "time_base": tuple(d["time_base"]), "pts": tuple(d["pts"]),
+                        "keyframes": tuple(d["keyframes"])})
 
 
 def main(argv: list[str] | None = None) -> int:
