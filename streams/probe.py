@@ -143,9 +143,10 @@ def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 512 
     70k packets, 0.98 s; 0.46 GB of HEVC, 70k packets, 0.18 s), mostly under the GIL. When
     four or more files hold at least ``parallel_bytes`` together (default 512 MiB, where
     workers start to pay), the probes run in up to ``processes`` worker processes started
-    as ``python -m streams.probe``: they import PyAV and this module only (~0.4 s), not the
-    parent's ``__main__``, which ``multiprocessing``'s spawn would re-import (torch and DALI
-    under ``fovea run`` or the benchmark: 2.6 s before the first probe). Measured: 1.1 GB in
+    as ``python -m streams.probe``: they import PyAV and this module only (0.6 s on a 2-core
+    CPU machine), not the parent's ``__main__``, which ``multiprocessing``'s spawn would
+    re-import (torch and DALI under ``fovea run`` or the benchmark: 2.6 s before the first
+    probe). Measured: 1.1 GB in
     0.57-0.64 s, 3.2 GB in 0.62-0.88 s (2.06 s in one process). A worker that cannot start
     or fails is logged and its files are probed here.
     """
