@@ -4,7 +4,8 @@
    grouped by codec; each codec's set is looped (remuxed) to about
    ``expect_fps x seconds`` frames so the end-to-end run lasts about ``seconds``.
 2. The model: YOLOv8n built here (random weights calibrated on the clips' frames, BN
-   folded) and saved as TorchScript, so the engine is opened by
+   folded) and saved as a ``torch.export`` program (``.pt2``, which the torch engine can
+   ``torch.compile``), so the engine is opened by
    :func:`engines.factory.open_engine` exactly as ``fovea run`` would; or ``default``
    (the bundled detector) or a model file.
 3. The engine ceiling (once: it does not depend on the codec), then per codec: the
@@ -167,7 +168,7 @@ def _git(*args: str) -> str:
 
 def prepare_model(cfg: BenchConfig, sample: torch.Tensor | None, work_dir: Path) -> ModelBundle:
     """Build/load the benchmark model; ``sample``: letterboxed frames to calibrate YOLOv8n with."""
-    from benchmarks.yolov8n import build_yolov8n, calibrate, export_torchscript, fuse
+    from benchmarks.yolov8n import build_yolov8n, calibrate, export_program, fuse
 
     if cfg.model == "yolov8n":
         assert cfg.input_size is not None
@@ -176,9 +177,9 @@ def prepare_model(cfg: BenchConfig, sample: torch.Tensor | None, work_dir: Path)
         if sample is not None:
             calibrate(net, sample)
         fuse(net)
-        path = export_torchscript(net, work_dir / f"yolov8n_{h}x{w}.pt")
+        path = export_program(net, work_dir / f"yolov8n_{h}x{w}.pt2")
         return ModelBundle(ModelConfig(path=str(path), layout="yolov8", input_size=(h, w)), net, "yolov8", (h, w),
-                           f"YOLOv8n architecture (random weights, calibrated; BN folded), TorchScript, {h}x{w}")
+                           f"YOLOv8n architecture (random weights, calibrated; BN folded), .pt2, {h}x{w}")
     if cfg.model == "default":
         from engines.detector.model import load_default_detector
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from engines.detector.model import SPPF, C2f, ConvBNAct
 
-__all__ = ["DFL", "Detect", "YOLOv8n", "build_yolov8n", "calibrate", "export_torchscript", "fuse"]
+__all__ = ["DFL", "Detect", "YOLOv8n", "build_yolov8n", "calibrate", "export_program", "export_torchscript", "fuse"]
 
 STRIDES: tuple[int, int, int] = (8, 16, 32)
 REG_MAX = 16
@@ -314,5 +314,28 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size: tuple[int
         traced = torch.jit.trace(model, example, check_trace=False)
     tmp = path.with_name(path.name + ".tmp")
     traced.save(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def export_program(model: nn.Module, path: str | Path, input_size: tuple[int, int] | None = None,
+                   max_batch: int = 1024) -> Path:
+    """Export ``model`` (eval, CPU fp32) with ``torch.export`` and save it as ``.pt2`` for ``model.path``.
+
+    The batch dimension stays dynamic (1..``max_batch``); the input size is fixed
+    (``input_size``, default ``model.input_size``). Unlike TorchScript, the loaded module
+    is a plain ``GraphModule`` that the torch engine can ``torch.compile``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = input_size if input_size is not None else getattr(model, "input_size", None)
+    h, w = (int(size[0]), int(size[1])) if size is not None else (640, 640)
+    model = model.eval().cpu().float()
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        # an example batch of 2: a batch of 1 would be specialised as a constant
+        program = torch.export.export(model, (torch.zeros(2, 3, h, w),), dynamic_shapes=({0: batch},))
+    tmp = path.with_name(path.name + ".tmp")
+    torch.export.save(program, str(tmp))
     tmp.replace(path)
     return path

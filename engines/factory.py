@@ -191,7 +191,36 @@ def _torch_engine(module: Any, engine: EngineConfig, device: str, size: tuple[in
     from engines.torch_engine import TorchEngine
 
     return TorchEngine(module, device=device, precision=engine.precision, input_size=size,
-                       cuda_graphs=engine.cuda_graphs)
+                       cuda_graphs=engine.cuda_graphs, compile_mode=compile_mode(module, engine, device))
+
+
+def compile_mode(module: Any, engine: EngineConfig, device: str) -> str | None:
+    """The ``torch.compile`` mode for the torch engine, or ``None`` for none.
+
+    ``engine.compile: auto`` compiles on CUDA where it can and logs why where it cannot;
+    an explicit mode that cannot be honoured is a :class:`ConfigError`.
+    """
+    import importlib.util
+
+    import torch
+
+    requested = engine.compile
+    if requested == "off" or not device.startswith("cuda"):
+        if requested not in ("off", "auto"):
+            log.warning("engine.compile: %s applies to CUDA devices; the model runs uncompiled on %s",
+                        requested, device)
+        return None
+    why = None
+    if isinstance(module, torch.jit.ScriptModule):
+        why = "TorchScript modules cannot be compiled; save the model with torch.export (.pt2) instead"
+    elif importlib.util.find_spec("triton") is None:
+        why = "triton is not installed (it comes with CUDA builds of torch)"
+    if why is not None:
+        if requested != "auto":
+            raise ConfigError("engine.compile", f"cannot compile the model: {why}; or set compile: off")
+        log.warning("engine.compile auto: the model runs uncompiled (CUDA graphs still on): %s", why)
+        return None
+    return "max-autotune-no-cudagraphs" if requested == "max-autotune" else "default"
 
 
 def _load_torch_model(p: Path) -> Any:

@@ -4,19 +4,39 @@ Runs any ``nn.Module`` whose forward maps an image batch ``[N, 3, H, W]`` to one
 or a tuple of tensors (YOLO-style raw outputs).
 
 CUDA graphs and zero copy
-    A CUDA graph reads its input from the address it was captured with. Copying each
-    DALI batch into a static buffer would cost a device-to-device copy of the frame
-    batch, which Fovea never makes. Instead the engine keeps one captured graph per
-    (stream, input address, shape, strides): DALI recycles a small set of output
-    buffers, so after warm-up every batch hits a graph captured on its own buffer, and
-    the graph reads DALI's memory in place. Graphs of one stream share one memory pool
-    (their replays are ordered on that stream). If addresses keep changing (more misses
-    than ``graph_cache_size``), the engine logs that once and runs eagerly instead.
+    A CUDA graph reads its input from the address it was captured with, and a capture
+    must not overlap other threads' CUDA work (DALI's decoders, other sessions): on an
+    H200 that fails the capture or DALI's work (cudaErrorStreamCaptureIsolation). So a
+    job captures before any decoding starts: :meth:`TorchEngine.capture_graphs` records
+    one graph per inference stream, each reading its own static input buffer, and
+    :meth:`TorchEngine.close_captures` forbids captures from then on. A batch on one of
+    those streams is then copied into that stream's buffer (one device copy, about 0.1 ms
+    for 64 frames of 640x640 FP16 on an H200) and the graph replayed: a few host calls per
+    batch instead of hundreds of kernel launches, which leaves the GIL to the decode
+    threads. Other batches run eagerly on the caller's buffer (logged once). The TensorRT
+    engine needs no graphs and binds DALI's buffer in place.
+
+    Without :meth:`close_captures` (tests, single-threaded use) the engine captures on
+    demand, one graph per (stream, input address, shape, strides), reading that buffer in
+    place; graphs of one stream share a memory pool (their replays are ordered on that
+    stream). If addresses keep changing (more misses than ``graph_cache_size``), it logs
+    that once and runs eagerly.
+
+torch.compile
+    With ``compile_mode`` (``"default"`` or ``"max-autotune-no-cudagraphs"``: the engine
+    captures its own graphs), the graphs :meth:`TorchEngine.capture_graphs` records run
+    inductor's fused kernels: YOLOv8n at 640x640, batch 64, FP16 on an H200 went from
+    6,839 fps eager to 12,482 (default) and 14,158 (max-autotune). Compiling takes seconds
+    to minutes (inductor caches it on disk); batches of other shapes run the uncompiled
+    model eagerly.
 
 Usage::
 
     with TorchEngine(model, device="cuda:0", precision="fp16", input_size=(640, 640)) as e:
-        out = e.infer({"images": batch}, stream=torch.cuda.current_stream().cuda_stream)
+        streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+        e.capture_graphs(64, streams)       # before any decoder runs
+        e.close_captures("DALI decodes from here on")
+        out = e.infer({"images": batch}, stream=streams[0].cuda_stream)   # batch: [64, 3, 640, 640]
 """
 
 from __future__ import annotations
@@ -24,8 +44,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -97,11 +118,13 @@ class Gate:
 
 
 class _Graph:
-    """A captured CUDA graph with its static outputs."""
+    """A captured CUDA graph with its static outputs (and its static input, if it owns one)."""
 
-    def __init__(self, graph: torch.cuda.CUDAGraph, outputs: tuple[torch.Tensor, ...]) -> None:
+    def __init__(self, graph: torch.cuda.CUDAGraph, outputs: tuple[torch.Tensor, ...],
+                 static_input: torch.Tensor | None = None) -> None:
         self.graph = graph
         self.outputs = outputs
+        self.input = static_input
 
 
 class TorchEngine:
@@ -118,6 +141,7 @@ class TorchEngine:
         cuda_graphs: bool = True,
         max_batch_size: int | None = None,
         graph_cache_size: int = 16,
+        compile_mode: str | None = None,
     ) -> None:
         self._device = torch.device(device)
         if self._device.type == "cuda" and not torch.cuda.is_available():
@@ -133,11 +157,16 @@ class TorchEngine:
         self._input_size = input_size
         self._output_names = output_names
         self._use_graphs = cuda_graphs and on_cuda
+        self._compile_mode = compile_mode if on_cuda else None
+        self._compiled: Any = None  # torch.compile'd model: what capture_graphs records
         self._max_batch = max_batch_size
         self._graph_cache_size = graph_cache_size
         self._graphs: dict[int, OrderedDict[tuple[Any, ...], _Graph]] = {}
         self._pools: dict[int, Any] = {}
         self._misses: dict[int, int] = {}  # captures per stream
+        self._static: dict[int, _Graph] = {}  # stream handle → graph reading its own input buffer
+        self._captures_closed: str | None = None  # why on-demand captures are off
+        self._eager_noted = False
         self._lock = threading.Lock()  # graph caches are shared by the callers' threads
         self.gate = Gate()  # callers may hold gate.shared() around their own GPU work
         self._outputs: tuple[TensorSpec, ...] = ()
@@ -172,12 +201,15 @@ class TorchEngine:
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> TorchEngine:
-        m = self._model.eval().to(self._device)
+        m = _eval(self._model).to(self._device)
         if self._device.type == "cuda":
             m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
         if self._dtype == torch.float16:
             m = m.half()
         self._model = m
+        if self._compile_mode is not None:
+            # compiled lazily, on the first batch of capture_graphs (one shape: dynamic=False)
+            self._compiled = torch.compile(m, mode=self._compile_mode, dynamic=False)
         self._entered = True
         # one small eager run names and shapes the outputs
         h, w = self._input_size
@@ -204,7 +236,9 @@ class TorchEngine:
         tb: TracebackType | None,
     ) -> None:
         self._graphs.clear()
+        self._static.clear()
         self._pools.clear()
+        self._compiled = None
         self._entered = False
 
     @property
@@ -217,6 +251,52 @@ class TorchEngine:
         if self._use_graphs:
             log.warning("CUDA graphs off: %s", reason)
             self._use_graphs = False
+
+    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream]) -> int:
+        """Capture one graph per stream for ``batch`` frames, each with its own input buffer.
+
+        Call before other threads use CUDA (see the module docstring). Afterwards
+        :meth:`infer` on one of ``streams`` with a ``[batch, 3, H, W]`` input copies it
+        into that stream's buffer and replays the graph. Returns the number of graphs
+        captured (0 with graphs off or on the CPU).
+        """
+        if not self._entered:
+            raise EngineError("TorchEngine.capture_graphs called outside 'with'")
+        if not self._use_graphs:
+            return 0
+        h, w = self._input_size
+        if self._max_batch is not None and batch > self._max_batch:
+            raise ShapeError(f"{self._input_name}: batch {batch} exceeds max_batch_size {self._max_batch}")
+        for s in streams:
+            x = torch.zeros((batch, 3, h, w), dtype=self._dtype, device=self._device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                # cuDNN benchmarks its algorithms for these shapes; the graph keeps the fastest
+                with self.gate.exclusive(), torch.backends.cudnn.flags(enabled=True, benchmark=True,
+                                                                         benchmark_limit=0):
+                    torch.cuda.synchronize(self._device)
+                    t = time.monotonic()
+                    g = self._capture(x, s, compiled=self._compiled is not None)
+                    if self._compiled is not None and not self._static:
+                        log.info("torch.compile (mode %s) and capture for batch %d took %.1f s",
+                                 self._compile_mode, batch, time.monotonic() - t)
+            except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as e:
+                log.warning("CUDA graphs disabled: capture failed (%s: %s); running eagerly from now on",
+                            type(e).__name__, str(e).splitlines()[0][:200])
+                self._use_graphs = False
+                self._static.clear()
+                torch.cuda.synchronize(self._device)
+                return 0
+            with self._lock:
+                self._static[s.cuda_stream] = _Graph(g.graph, g.outputs, x)
+        torch.cuda.synchronize(self._device)
+        log.info("captured %d CUDA graph(s) for batches of %d", len(streams), batch)
+        return len(streams)
+
+    def close_captures(self, reason: str) -> None:
+        """No captures from now on: graphs already captured keep replaying, other batches run eagerly."""
+        self._captures_closed = reason
+        log.info("CUDA graph captures closed (%d captured): %s", len(self._static), reason)
 
     # -- hot path -----------------------------------------------------------------------
     def infer(
@@ -250,9 +330,10 @@ class TorchEngine:
         if self._max_batch is not None and x.shape[0] > self._max_batch:
             raise ShapeError(f"{self._input_name}: batch {x.shape[0]} exceeds max_batch_size {self._max_batch}")
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _forward(self, x: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, ...]:
+        model = self._compiled if compiled and self._compiled is not None else self._model
         with torch.inference_mode():
-            out = self._model(x)
+            out = model(x)
         if isinstance(out, torch.Tensor):
             return (out,)
         if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
@@ -268,6 +349,19 @@ class TorchEngine:
         Thread-safe: each stream has its own cache and pool, and one caller thread per
         stream is assumed (Fovea's decode sessions each own a stream).
         """
+        sg = self._static.get(s.cuda_stream)
+        if sg is not None and sg.input is not None and sg.input.shape == x.shape:
+            if x.data_ptr() != sg.input.data_ptr():
+                sg.input.copy_(x)  # ordered on s, like the replay
+            sg.graph.replay()
+            return sg.outputs
+        if self._captures_closed is not None:
+            if not self._eager_noted:
+                self._eager_noted = True
+                log.warning("CUDA graphs off for batches of shape %s on stream %#x (captured: %d, for other "
+                            "streams or shapes); they run eagerly: %s", tuple(x.shape), s.cuda_stream,
+                            len(self._static), self._captures_closed)
+            return self._eager(x)
         key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
         with self._lock:
             cache = self._graphs.setdefault(s.cuda_stream, OrderedDict())
@@ -303,12 +397,12 @@ class TorchEngine:
         g.graph.replay()
         return g.outputs
 
-    def _capture(self, x: torch.Tensor, s: torch.cuda.Stream) -> _Graph:
+    def _capture(self, x: torch.Tensor, s: torch.cuda.Stream, compiled: bool = False) -> _Graph:
         side = torch.cuda.Stream(device=self._device)
         side.wait_stream(s)
         with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up on a side stream (TorchScript optimizes after 2 runs)
-                self._forward(x)
+            for _ in range(3):  # warm-up on a side stream (TorchScript optimizes after 2 runs; compiles)
+                self._forward(x, compiled)
         s.wait_stream(side)
         with self._lock:
             pool = self._pools.get(s.cuda_stream)
@@ -318,7 +412,15 @@ class TorchEngine:
         graph = torch.cuda.CUDAGraph()
         # relaxed: DALI's and the other sessions' threads keep calling CUDA meanwhile
         with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="relaxed"):
-            outs = self._forward(x)
+            outs = self._forward(x, compiled)
         s.wait_stream(side)
         log.debug("captured a CUDA graph for input %#x %s", x.data_ptr(), tuple(x.shape))
         return _Graph(graph, outs)
+
+
+def _eval(model: torch.nn.Module) -> torch.nn.Module:
+    """``model.eval()``; a ``torch.export`` module refuses it (it was exported in eval mode)."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model

@@ -90,6 +90,10 @@ class EngineConfig:
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     batch_size: int = 16
     cuda_graphs: bool = True
+    # torch engine on CUDA: torch.compile (inductor) the model before capturing its graphs.
+    # auto: "default" where it can (an nn.Module or .pt2, triton installed; TorchScript
+    # cannot be compiled: logged); max-autotune: slower to compile, a little faster to run
+    compile: Literal["auto", "off", "default", "max-autotune"] = "auto"
     streams: int = 2  # inference threads, one CUDA stream each: one waits on results while one runs
     # Python's GIL switch interval during a GPU job (restored after): the inference threads
     # need the GIL for a moment between GPU calls and should not wait the default 5 ms for it

@@ -11,8 +11,9 @@
    Files only PyAV decodes are taken whole, one at a time, by sessions that are free.
 3. Decoded batches go into one bounded queue, so decoding runs ahead of inference by a
    bounded amount. With a ``process`` callback (engine + postprocess), ``plan.workers``
-   inference threads take batches from it, each on its own CUDA stream made to wait for
-   the decode stream (no host synchronisation), and hand back :class:`ProcessedBatch`
+   inference threads take batches from it, each on its own CUDA stream (``infer_streams``,
+   when the caller captured the engine's CUDA graphs on them) made to wait for the
+   decode stream (no host synchronisation), and hand back :class:`ProcessedBatch`
    results; DALI's buffers are released once the detections are on the host. Two
    workers keep the GPU busy while one waits for its detections.
 
@@ -120,10 +121,11 @@ class FileBatchSource:
     """Decodes ``files`` with ``plan.sessions`` concurrent sessions; see module docstring."""
 
     def __init__(self, files: Sequence[VideoFile], plan: DecodePlan, queue_size: int | None = None,
-                 process: Processor | None = None) -> None:
+                 process: Processor | None = None, infer_streams: Sequence[Any] = ()) -> None:
         self.files = list(files)
         self.plan = plan
         self.process = process
+        self._infer_streams = list(infer_streams)  # torch.cuda.Stream per inference thread (else its own)
         self._queue_size = queue_size or max(2, 2 * plan.sessions)
         self._out: queue.Queue[object] = queue.Queue(maxsize=self._queue_size)
         self._decoded: queue.Queue[object] = queue.Queue(maxsize=self._queue_size)
@@ -179,8 +181,8 @@ class FileBatchSource:
             self._threads.append(t)
         if self.process is not None:
             for i in range(max(1, plan.workers)):
-                self._threads.append(threading.Thread(target=self._infer_worker, name=f"fovea-infer-{i}",
-                                                      daemon=True))
+                self._threads.append(threading.Thread(target=self._infer_worker, args=(i,),
+                                                      name=f"fovea-infer-{i}", daemon=True))
             self._running = max(1, plan.workers)
         else:
             self._running = n
@@ -392,8 +394,12 @@ class FileBatchSource:
                             decoder=st.kind))
 
     # -- inference workers --------------------------------------------------------------
-    def _infer_worker(self) -> None:
-        stream, keep = self._own_stream()
+    def _infer_worker(self, index: int) -> None:
+        if index < len(self._infer_streams):
+            keep = self._infer_streams[index]
+            stream = keep.cuda_stream
+        else:
+            stream, keep = self._own_stream()
         cpu0, wall0, starved = time.thread_time(), time.monotonic(), 0.0
         try:
             while not self._stop.is_set():

@@ -64,8 +64,8 @@ class Stage:
 
 GRAPHS_WITH_DALI = (
     "a CUDA graph capture while DALI decodes in other threads invalidates DALI's work "
-    "(cudaErrorStreamCaptureIsolation, seen on an H200) or the capture; the engine runs "
-    "eagerly on DALI's buffers (engine: tensorrt needs no graphs)"
+    "(cudaErrorStreamCaptureIsolation, seen on an H200) or the capture; graphs are captured "
+    "before decoding starts, one per inference stream (engine: tensorrt needs no graphs)"
 )
 
 
@@ -73,9 +73,9 @@ def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stag
     """Open the engine (entered on ``stack``) and resolve the output layout."""
     engine, info = open_engine(cfg.model, cfg.engine, device, cfg.postprocess, cfg.preprocess)
     engine = stack.enter_context(engine)
-    disable = getattr(engine, "disable_cuda_graphs", None)
-    if disable is not None and device.startswith("cuda"):
-        disable(GRAPHS_WITH_DALI)
+    close = getattr(engine, "close_captures", None)  # torch engine: see prepare_inference
+    if close is not None and device.startswith("cuda"):
+        close(GRAPHS_WITH_DALI)
     layout = info.layout
     if layout == "auto":
         shapes = [o.shape for o in engine.outputs]
@@ -89,14 +89,35 @@ def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stag
     return Stage(engine, info, layout, params, InPlaceInference(engine))
 
 
-def warm_up(engine: Engine, batch: int, size: tuple[int, int], runs: int = 3) -> None:
+def warm_up(engine: Engine, batch: int, size: tuple[int, int], runs: int = 3,
+            stream: torch.cuda.Stream | None = None) -> None:
     """A few runs on a blank full batch, so autotuning and JIT passes happen before the job's clock."""
     x = _blank_batch(engine, batch, size)
     t = time.monotonic()
+    handle = stream.cuda_stream if stream is not None else None
+    if stream is not None:
+        stream.wait_stream(torch.cuda.current_stream(stream.device))
     for _ in range(runs):
-        engine.infer({engine.inputs[0].name: x})
+        engine.infer({engine.inputs[0].name: x}, stream=handle)
     torch.cuda.synchronize(engine.device)
     log.info("engine warmed up on batch %d in %.2f s", batch, time.monotonic() - t)
+
+
+def prepare_inference(engine: Engine, batch: int, size: tuple[int, int], workers: int,
+                      device: str) -> list[torch.cuda.Stream]:
+    """Warm ``engine`` up and make one CUDA stream per inference thread, before any decoding.
+
+    An engine that replays CUDA graphs (the torch engine) captures one per stream here:
+    captures must not overlap DALI's work. Returns the streams, for the source's
+    inference threads.
+    """
+    streams = [torch.cuda.Stream(device=device) for _ in range(max(1, workers))]
+    capture = getattr(engine, "capture_graphs", None)
+    if capture is not None:
+        capture(batch, streams)
+    for s in streams:
+        warm_up(engine, batch, size, stream=s)
+    return streams
 
 
 def _blank_batch(engine: Engine, batch: int, size: tuple[int, int]) -> torch.Tensor:
@@ -161,8 +182,9 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
             device = "cpu"
             cfg = replace(cfg, decode=replace(cfg.decode, backend="cpu"))
         plan = decode_plan(cfg, stage, device)
+        infer_streams: list[torch.cuda.Stream] = []
         if device.startswith("cuda"):
-            warm_up(stage.engine, plan.batch, stage.info.input_size)
+            infer_streams = prepare_inference(stage.engine, plan.batch, stage.info.input_size, plan.workers, device)
         sinks = open_sinks(cfg, stack)
         summary.engine = type(stage.engine).__name__
         summary.device = device
@@ -175,7 +197,8 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
             stack.enter_context(gil_switch_interval(cfg.engine.gil_switch_interval_ms / 1000))
         try:
             # engine + postprocess run in plan.workers inference threads, one CUDA stream each
-            source = stack.enter_context(FileBatchSource(files, plan, process=stage.process))
+            source = stack.enter_context(FileBatchSource(files, plan, process=stage.process,
+                                                                infer_streams=infer_streams))
             while (item := source.read()) is not None:
                 if isinstance(item, FileEvent):
                     _on_event(item, summary, progress)
