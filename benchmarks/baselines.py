@@ -107,7 +107,9 @@ class _Runner:
 
 
 def _eager(model: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
-    return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    from engines.torch_engine import eval_mode
+
+    return eval_mode(copy.deepcopy(model).to(device=device, dtype=dtype))
 
 
 def _result(name: str, codec: str | None, run: _Runner, secs: float, sampler: UtilSampler,

@@ -201,10 +201,11 @@ def prepare_model(cfg: BenchConfig, sample: torch.Tensor | None, work_dir: Path)
 
 
 def _eager_layout(model: nn.Module, size: tuple[int, int]) -> str:
+    from engines.torch_engine import eval_mode
     from operators.decode import detect_layout
 
     with torch.inference_mode():
-        out = model.eval()(torch.zeros(1, 3, *size))
+        out = eval_mode(model)(torch.zeros(1, 3, *size))
     outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
     return detect_layout([tuple(o.shape) for o in outs], [f"output{i}" for i in range(len(outs))])
 

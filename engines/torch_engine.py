@@ -201,7 +201,7 @@ class TorchEngine:
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> TorchEngine:
-        m = _eval(self._model).to(self._device)
+        m = eval_mode(self._model).to(self._device)
         if self._device.type == "cuda":
             m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
         if self._dtype == torch.float16:
@@ -418,8 +418,8 @@ class TorchEngine:
         return _Graph(graph, outs)
 
 
-def _eval(model: torch.nn.Module) -> torch.nn.Module:
-    """``model.eval()``; a ``torch.export`` module refuses it (it was exported in eval mode)."""
+def eval_mode(model: torch.nn.Module) -> torch.nn.Module:
+    """``model.eval()``; a ``torch.export`` module refuses it (it keeps the mode it was exported in)."""
     try:
         return model.eval()
     except NotImplementedError:

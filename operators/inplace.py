@@ -4,9 +4,10 @@ DALI hands over one contiguous tensor per batch (``TensorList.as_tensor()``). Th
 operator wraps it with DLPack (``torch.from_dlpack``: same pointer, no copy), views it
 as the engine's ``[N, C, H, W]`` input (for ``NHWC`` output a channels-last permuted
 view), and calls the engine on the CUDA stream DALI's outputs are ordered on. The frame
-batch never goes to the host or to another device buffer; only the engine's outputs
-(then the small detections) move on. The operator verifies the pointer identity and
-raises instead of ever copying.
+batch never goes to the host; the operator verifies the pointer identity and raises
+instead of ever copying it. What the engine does with the pointer is the engine's: the
+TensorRT engine binds it in place; the torch engine's CUDA graphs, captured before
+decoding starts, copy it once into their own input buffer (see engines.torch_engine).
 
 Usage::
 

@@ -278,3 +278,19 @@ def test_engine_rate_runs_one_thread_per_stream() -> None:
     fps, frames, secs = _engine_rate(infer, [None, None, None], 3, 0.1, batch=4, device="cpu")
     assert set(calls) == {0, 1, 2} and calls[1] == calls[2] == calls[0] - 3  # 3 probe calls on stream 0
     assert frames == 3 * calls[1] * 4 and fps == pytest.approx(frames / secs)
+
+
+def test_a_users_pt2_model_file_runs_in_the_bench(tmp_path: Path) -> None:
+    """``--model file.pt2``: the bench's model loader and the eager baselines accept a
+    torch.export module (which refuses ``.eval()``)."""
+    from benchmarks.baselines import _eager
+    from benchmarks.harness import BenchConfig, prepare_model
+    from benchmarks.yolov8n import export_program
+
+    path = export_program(fuse(build_yolov8n(input_size=(128, 128))), tmp_path / "user.pt2")
+    cfg = BenchConfig(out=tmp_path / "o", model=str(path), input_size=(128, 128), device="cpu").resolved()
+    bundle = prepare_model(cfg, None, tmp_path)
+    assert bundle.config.path == str(path) and bundle.layout == "yolov8"
+    assert bundle.eager is not None
+    out = _eager(bundle.eager, "cpu", torch.float32)(torch.zeros(2, 3, 128, 128))
+    assert tuple(out.shape) == (2, 84, (16 * 16) + (8 * 8) + (4 * 4))
