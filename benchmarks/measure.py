@@ -350,7 +350,7 @@ def measure_engine(
     """
     from operators.boxes import letterbox_geometry
     from pipelines.decode import DecodedBatch
-    from pipelines.runner import open_stage
+    from pipelines.runner import open_stage, prepare_inference
     from streams.files import VideoFile
     from streams.frames import FrameMeta
 
@@ -367,16 +367,14 @@ def measure_engine(
         layout, dtype = eng.input_layout, eng.input_dtype
         log.info("engine: %s on %s, %s %s, batch %d, streams %s", type(eng).__name__, device, dtype, layout, batch,
                  counts)
-        cuda_streams = [torch.cuda.Stream(device=device) for _ in range(max(counts))] if on_cuda else []
+        # as the job does: one stream per thread, graphs captured on them, warmed up, before the clock
+        cuda_streams = prepare_inference(eng, batch, (h, w), max(counts), device) if on_cuda else []
         handles: list[int | None] = [s.cuda_stream for s in cuda_streams] if on_cuda else [None]
         bufs = [_engine_input(frames, batch, dtype, layout, device) for _ in handles]
 
         def infer(k: int) -> None:
             stage.operator(bufs[k], layout, handles[k])
 
-        capture = getattr(eng, "capture_graphs", None)
-        if capture is not None and on_cuda:  # as the job does: one graph per stream, before the clock
-            capture(batch, cuda_streams)
         with UtilSampler(device) as sampler:
             for k in range(len(handles)):  # warm-up
                 for _ in range(3):

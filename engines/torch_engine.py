@@ -246,12 +246,6 @@ class TorchEngine:
         """Whether inference replays CUDA graphs now (off on the CPU, or once disabled)."""
         return self._use_graphs
 
-    def disable_cuda_graphs(self, reason: str) -> None:
-        """Run eagerly from now on; logs the reason once (no-op when graphs are already off)."""
-        if self._use_graphs:
-            log.warning("CUDA graphs off: %s", reason)
-            self._use_graphs = False
-
     def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream]) -> int:
         """Capture one graph per stream for ``batch`` frames, each with its own input buffer.
 
@@ -281,11 +275,7 @@ class TorchEngine:
                         log.info("torch.compile (mode %s) and capture for batch %d took %.1f s",
                                  self._compile_mode, batch, time.monotonic() - t)
             except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as e:
-                log.warning("CUDA graphs disabled: capture failed (%s: %s); running eagerly from now on",
-                            type(e).__name__, str(e).splitlines()[0][:200])
-                self._use_graphs = False
-                self._static.clear()
-                torch.cuda.synchronize(self._device)
+                self._capture_failed(e)
                 return 0
             with self._lock:
                 self._static[s.cuda_stream] = _Graph(g.graph, g.outputs, x)
@@ -382,10 +372,7 @@ class TorchEngine:
                     torch.cuda.synchronize(self._device)
                     g = self._capture(x, s)
             except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as e:  # torch>=2.8
-                log.warning("CUDA graphs disabled: capture failed (%s: %s); running eagerly from now on",
-                            type(e).__name__, str(e).splitlines()[0][:200])
-                self._use_graphs = False
-                torch.cuda.synchronize(self._device)
+                self._capture_failed(e)
                 return self._eager(x)
             with self._lock:
                 cache[key] = g
@@ -396,6 +383,16 @@ class TorchEngine:
                 cache.move_to_end(key)
         g.graph.replay()
         return g.outputs
+
+    def _capture_failed(self, e: BaseException) -> None:
+        """A capture raised: graphs off for good (logged once, with the reason), eager from now on."""
+        log.warning("CUDA graphs disabled: capture failed (%s: %s); running eagerly from now on",
+                    type(e).__name__, str(e).splitlines()[0][:200])
+        self._use_graphs = False
+        with self._lock:
+            self._graphs.clear()
+            self._static.clear()
+        torch.cuda.synchronize(self._device)
 
     def _capture(self, x: torch.Tensor, s: torch.cuda.Stream, compiled: bool = False) -> _Graph:
         side = torch.cuda.Stream(device=self._device)
