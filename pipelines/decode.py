@@ -244,6 +244,10 @@ class SegmentDecoder:
     segments (each segment's tail is padded, ``pad_mode="constant"``), and the label
     output names the segment of every sequence.
 
+    Exactly as many reader iterations are scheduled as the segments have sequences
+    (``pipe.run()`` would schedule one more at the end, which wraps around to the first
+    segment and decodes a sequence for nothing).
+
     Usage::
 
         with SegmentDecoder(segments, spec, batch=64, kind="dali-gpu", device_id=0) as dec:
@@ -279,6 +283,8 @@ class SegmentDecoder:
         self.num_threads = num_threads
         self._pipe: Any = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.total_sequences = sum(self.sequences(s) for s in self.segments)
+        self._scheduled = 0
 
     def __enter__(self) -> SegmentDecoder:
         self._tmp = tempfile.TemporaryDirectory(prefix="fovea-segments-")
@@ -318,7 +324,7 @@ class SegmentDecoder:
         geom = self.segments[0].geometry
 
         @pipeline_def(batch_size=1, num_threads=self.num_threads, device_id=self.device_id,
-                      prefetch_queue_depth=2, exec_dynamic=True)
+                      prefetch_queue_depth=min(2, self.total_sequences), exec_dynamic=True)
         def graph() -> Any:
             frames, label, fnum = fn.experimental.readers.video(
                 device="gpu" if on_gpu else "cpu",
@@ -347,13 +353,19 @@ class SegmentDecoder:
         if self._pipe is None:
             raise RuntimeError("use SegmentDecoder inside 'with'")
         pipe = self._pipe
-        total = sum(self.sequences(s) for s in self.segments)
+        total = self.total_sequences
         current, done = 0, 0
         left = self.sequences(self.segments[0])
         for _ in range(total):
             seg = self.segments[current]
             try:
-                images, label, fnum = pipe.run(self.stream) if self.stream is not None else pipe.run()
+                if self._scheduled == 0:
+                    pipe.schedule_run()  # the first call prefetches: the pipeline's queue depth
+                    self._scheduled = min(2, total)
+                elif self._scheduled < total:
+                    pipe.schedule_run()
+                    self._scheduled += 1
+                images, label, fnum = pipe.outputs(self.stream) if self.stream is not None else pipe.outputs()
             except RuntimeError as e:
                 self._pipe = None
                 raise SegmentDecodeError(

@@ -79,6 +79,7 @@ def test_segment_decoder_reads_each_frame_once_with_its_pts(vp9_clip: Path) -> N
     seen: list[tuple[int, int | None]] = []
     done: list[tuple[int, int]] = []
     with SegmentDecoder(segs, spec, batch=8, kind="dali-cpu") as dec:
+        assert dec.total_sequences == 3 + 3 + 3 + 3 + 2
         for ev in dec:
             if isinstance(ev, SegmentDone):
                 done.append((ev.index, ev.frames))
@@ -91,6 +92,7 @@ def test_segment_decoder_reads_each_frame_once_with_its_pts(vp9_clip: Path) -> N
                        for r in ev.batch.rows)
     assert seen == pyav_frames(vp9_clip)
     assert done == [(0, 20), (1, 20), (2, 20), (3, 20), (4, 15)]
+    assert dec._scheduled == dec.total_sequences  # no iteration past the end (it would wrap around)
 
 
 def test_file_source_splits_a_file_over_sessions(vp9_clip: Path, tmp_path: Path) -> None:
