@@ -8,6 +8,12 @@ dealt out longest first to the least-loaded session (LPT scheduling), and each s
 reads its segments through one reader (a ``file_list`` with ``start end`` frame ranges).
 Cutting at keyframes means no frame is decoded twice.
 
+The plan is fixed before decoding, one pipeline per session, because reader pipelines are
+expensive beyond their own build: on an H200 (benchmarks/RESULTS.md, session 6) fourteen
+sessions decoding eight pipelines each in turn made 2,727 fps against 3,846 with one each,
+and starting each next pipeline early made 2,462. Work pools that hand out units as sessions
+free up (evening out the 1.4-2.4 s finish spread) lost more to pipeline builds than they won.
+
 Usage::
 
     plans = plan_segments([(file, info, geom), ...], sessions=14)
