@@ -6,8 +6,7 @@ or unreadable file fails here with a :class:`SourceError` naming the reason.
 
 The demux pass (packets only, no decoding: fast) also yields the presentation-order
 pts of every frame, which DALI does not report in stream units (its timestamps are in
-seconds and relative to the first frame). MP4/MOV files skip the demux when their index
-can be trusted (:mod:`streams.mp4index`: the same pts, without reading the media data).
+seconds and relative to the first frame).
 
 Usage::
 
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from streams.errors import SourceError
-from streams.mp4index import index_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +94,18 @@ def probe_video(path: Path) -> VideoInfo:
         pts: list[int] = []
         key_pts: list[int] = []
         bad_packets = 0
-        indexed = index_timestamps(path, container, stream)  # MP4: from the moov box, no demux
-        if indexed is not None:
-            pts, key_pts = indexed
-        else:
-            try:
-                for packet in container.demux(stream):
-                    if packet.size == 0:
-                        continue
-                    if packet.pts is None:
-                        bad_packets += 1
-                        continue
-                    pts.append(int(packet.pts))
-                    if packet.is_keyframe:
-                        key_pts.append(int(packet.pts))
-            except av.error.FFmpegError as e:
-                raise SourceError(name, f"demuxing failed after {len(pts)} packets ({e.strerror or e})") from e
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if packet.pts is None:
+                    bad_packets += 1
+                    continue
+                pts.append(int(packet.pts))
+                if packet.is_keyframe:
+                    key_pts.append(int(packet.pts))
+        except av.error.FFmpegError as e:
+            raise SourceError(name, f"demuxing failed after {len(pts)} packets ({e.strerror or e})") from e
         if not pts:
             raise SourceError(name, "no video frames")
         if bad_packets:
