@@ -1,6 +1,8 @@
 """The archived-files source: balanced decode sessions feeding a few inference threads.
 
-1. Every file is probed (PyAV; in worker processes for large sets) before decoding starts: unreadable files
+1. Every file is probed (PyAV; in worker processes for large sets) before decoding starts
+   (or by a :class:`streams.probe.BackgroundProbe` the caller started earlier, as ``fovea
+   run`` does while it loads the model): unreadable files
    become ``FileEvent(kind="failed")`` at once, the others ``started`` with their frame
    count.
 2. Files DALI's reader decodes (NVDEC on the GPU, VP8/VP9/MJPEG on the CPU) are cut at
@@ -56,7 +58,7 @@ from pipelines.segments import Segment, plan_segments
 from streams.errors import DecodeError, EngineError, FoveaError, SourceError
 from streams.files import VideoFile
 from streams.frames import FrameResult
-from streams.probe import VideoInfo, probe_many
+from streams.probe import BackgroundProbe, VideoInfo, probe_many
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,12 @@ class DecodePlan:
     threads: int = 2
     workers: int = 1  # inference threads (with a process callback)
     min_segment: int = 512  # shortest segment a file is cut into (frames; cuts at keyframes)
+
+
+def probe_processes(sessions: int) -> int:
+    """Probe worker processes for ``sessions`` decode sessions (:func:`streams.probe.probe_many`
+    decides whether the files are worth workers)."""
+    return max(1, min(8, sessions))
 
 
 @dataclass(frozen=True)
@@ -121,8 +129,12 @@ class FileBatchSource:
     """Decodes ``files`` with ``plan.sessions`` concurrent sessions; see module docstring."""
 
     def __init__(self, files: Sequence[VideoFile], plan: DecodePlan, queue_size: int | None = None,
-                 process: Processor | None = None, infer_streams: Sequence[Any] = ()) -> None:
+                 process: Processor | None = None, infer_streams: Sequence[Any] = (),
+                 probe: BackgroundProbe | None = None) -> None:
         self.files = list(files)
+        if probe is not None and probe.paths != [f.path for f in self.files]:
+            raise ValueError("the background probe was started for other files")
+        self._probe = probe  # started by the caller for these files (else probed on entering)
         self.plan = plan
         self.process = process
         self._infer_streams = list(infer_streams)  # torch.cuda.Stream per inference thread (else its own)
@@ -151,10 +163,15 @@ class FileBatchSource:
         h, w = plan.input_size
         probed: list[tuple[VideoFile, VideoInfo | SourceError]] = []
         t_probe = time.monotonic()
-        if self.files:
-            infos = probe_many([f.path for f in self.files], processes=max(1, min(8, plan.sessions)))
-            probed = list(zip(self.files, infos, strict=True))
-        log.info("probed %d files in %.2f s", len(self.files), time.monotonic() - t_probe)
+        if self._probe is not None:
+            infos = self._probe.result()
+            log.info("probed %d files in %.2f s (in the background; waited %.2f s for it here)", len(self.files),
+                     self._probe.seconds, time.monotonic() - t_probe)
+        else:
+            paths = [f.path for f in self.files]
+            infos = probe_many(paths, processes=probe_processes(plan.sessions)) if paths else []
+            log.info("probed %d files in %.2f s", len(self.files), time.monotonic() - t_probe)
+        probed = list(zip(self.files, infos, strict=True))
         readable: list[tuple[VideoFile, VideoInfo, Any]] = []
         for f, res in probed:
             if isinstance(res, SourceError):

@@ -29,12 +29,13 @@ from operators.inplace import InPlaceInference, on_stream
 from operators.postprocess import PostprocessParams, postprocess
 from pipelines.config import JobConfig
 from pipelines.decode import DecodedBatch
-from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent, ProcessedBatch
+from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent, ProcessedBatch, probe_processes
 from pipelines.preprocess import PreprocessSpec
 from pipelines.progress import FileFailure, JobSummary, Progress
 from streams.errors import ConfigError
 from streams.files import expand_sources
 from streams.frames import FrameResult
+from streams.probe import BackgroundProbe
 from streams.sinks import SINKS, Sink
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
     for e in problems:
         log.error("skipping %s", e)
     device = resolve_device(cfg.engine.device)
+    # probing needs only the file list: it runs while the model loads, compiles and warms up
+    probe = BackgroundProbe([f.path for f in files], processes=probe_processes(cfg.decode.sessions))
     with contextlib.ExitStack() as stack:
         stage = open_stage(cfg, device, stack)
         if device.startswith("cuda") and stage.engine.device == "cpu":  # engine fell back (logged)
@@ -199,7 +202,7 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
         try:
             # engine + postprocess run in plan.workers inference threads, one CUDA stream each
             source = stack.enter_context(FileBatchSource(files, plan, process=stage.process,
-                                                                infer_streams=infer_streams))
+                                                                infer_streams=infer_streams, probe=probe))
             while (item := source.read()) is not None:
                 if isinstance(item, FileEvent):
                     _on_event(item, summary, progress)

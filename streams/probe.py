@@ -159,6 +159,52 @@ def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 512 
     return [SourceError(*r) if isinstance(r, tuple) else r for r in results]
 
 
+class BackgroundProbe:
+    """:func:`probe_many` in a daemon thread, started early so probing overlaps other setup.
+
+    A job knows its files before it loads its model; probing them meanwhile takes the
+    probe (0.5-0.9 s for 1 GB of 1080p video on the H200 machine) off the decode side's
+    start. The thread is a daemon: a job that fails to set up does not wait for it.
+
+    Usage::
+
+        probe = BackgroundProbe(paths, processes=8)   # starts now
+        ...                                           # load the model
+        infos = probe.result()                        # waits if still running
+    """
+
+    def __init__(self, paths: list[Path], processes: int = 8) -> None:
+        import threading
+
+        self.paths = list(paths)
+        self.seconds = 0.0
+        self._results: list[VideoInfo | SourceError] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(processes,), name="fovea-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self, processes: int) -> None:
+        import time
+
+        t = time.monotonic()
+        try:
+            self._results = probe_many(self.paths, processes=processes) if self.paths else []
+        except BaseException as e:  # a bug: raised again where the result is asked for
+            self._error = e
+        finally:
+            self.seconds = time.monotonic() - t
+            self._done.set()
+
+    def result(self) -> list[VideoInfo | SourceError]:
+        """One result per path, in order (waits for the probe to finish)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._results is not None
+        return self._results
+
+
 def _probe_in_workers(paths: list[Path], n: int) -> list[VideoInfo | tuple[str, str]]:
     """``n`` ``python -m streams.probe`` processes, each given every ``n``-th path."""
     from concurrent.futures import ThreadPoolExecutor

@@ -16,7 +16,7 @@ from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
 from pipelines.preprocess import PreprocessSpec
 from pipelines.segments import cut_points, plan_segments
 from streams.files import VideoFile
-from streams.probe import VideoInfo, probe_video
+from streams.probe import BackgroundProbe, VideoInfo, probe_video
 from tests.media import pyav_frames, write_clip
 
 GEOM = letterbox_geometry(320, 240, 64, 64)
@@ -113,3 +113,17 @@ def test_file_source_splits_a_file_over_sessions(vp9_clip: Path, tmp_path: Path)
     assert [e.kind for e in events["clip"]] == ["started", "done"]
     assert events["clip"][1].frames == 95 == events["clip"][1].expected_frames
     assert [e.kind for e in events["bad"]] == ["failed"]
+
+
+def test_file_source_takes_a_probe_started_earlier(vp9_clip: Path) -> None:
+    spec = PreprocessSpec(options=PreprocessConfig())
+    plan = DecodePlan(spec, (64, 64), batch=8, decode_device="cpu", device_id=None, sessions=2, min_segment=20)
+    files = [VideoFile(vp9_clip, "clip")]
+    frames = 0
+    with FileBatchSource(files, plan, probe=BackgroundProbe([vp9_clip], processes=1)) as src:
+        while (item := src.read()) is not None:
+            if not isinstance(item, FileEvent):
+                frames += item.num_valid
+    assert frames == 95
+    with pytest.raises(ValueError, match="other files"):
+        FileBatchSource(files, plan, probe=BackgroundProbe([], processes=1))

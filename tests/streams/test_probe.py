@@ -12,7 +12,7 @@ import pytest
 
 import streams.probe as probe_module
 from streams.errors import SourceError
-from streams.probe import probe_many, probe_video
+from streams.probe import BackgroundProbe, probe_many, probe_video
 from tests.media import write_clip
 
 
@@ -48,3 +48,21 @@ def test_probe_module_entry_point_prints_one_json_line_per_path(tmp_path: Path) 
     assert len(out) == 2
     assert json.loads(out[0])["pts"] == list(probe_video(clip).pts)
     assert json.loads(out[1]) == {"error": [str(tmp_path / "nope.mp4"), "no such file"]}
+
+
+def test_background_probe_gives_probe_many_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started early (``fovea run`` starts it before loading the model), collected later."""
+    clip = write_clip(tmp_path / "a.mp4", frames=12)
+    paths = [clip, tmp_path / "missing.mp4"]
+    probe = BackgroundProbe(paths, processes=1)
+    got = probe.result()
+    assert got[0] == probe_video(clip)
+    assert isinstance(got[1], SourceError) and "no such file" in str(got[1])
+    assert probe.seconds > 0
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in probing")
+
+    monkeypatch.setattr(probe_module, "probe_many", broken)
+    with pytest.raises(RuntimeError, match="a bug in probing"):
+        BackgroundProbe(paths).result()
