@@ -23,6 +23,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -174,8 +176,6 @@ class BackgroundProbe:
     """
 
     def __init__(self, paths: list[Path], processes: int = 8) -> None:
-        import threading
-
         self.paths = list(paths)
         self.seconds = 0.0
         self._results: list[VideoInfo | SourceError] | None = None
@@ -185,8 +185,6 @@ class BackgroundProbe:
         self._thread.start()
 
     def _run(self, processes: int) -> None:
-        import time
-
         t = time.monotonic()
         try:
             self._results = probe_many(self.paths, processes=processes) if self.paths else []
