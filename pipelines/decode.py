@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 DecoderKind = Literal["dali-gpu", "dali-cpu", "pyav"]
 
+_PREFETCH = 2  # reader iterations a SegmentDecoder keeps in flight
+
 
 @dataclass
 class DecodedBatch:
@@ -284,6 +286,7 @@ class SegmentDecoder:
         self._pipe: Any = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.total_sequences = sum(self.sequences(s) for s in self.segments)
+        self._depth = min(_PREFETCH, self.total_sequences)  # iterations the first schedule_run() starts
         self._scheduled = 0
 
     def __enter__(self) -> SegmentDecoder:
@@ -324,7 +327,7 @@ class SegmentDecoder:
         geom = self.segments[0].geometry
 
         @pipeline_def(batch_size=1, num_threads=self.num_threads, device_id=self.device_id,
-                      prefetch_queue_depth=min(2, self.total_sequences), exec_dynamic=True)
+                      prefetch_queue_depth=self._depth, exec_dynamic=True)
         def graph() -> Any:
             frames, label, fnum = fn.experimental.readers.video(
                 device="gpu" if on_gpu else "cpu",
@@ -361,7 +364,7 @@ class SegmentDecoder:
             try:
                 if self._scheduled == 0:
                     pipe.schedule_run()  # the first call prefetches: the pipeline's queue depth
-                    self._scheduled = min(2, total)
+                    self._scheduled = self._depth
                 elif self._scheduled < total:
                     pipe.schedule_run()
                     self._scheduled += 1

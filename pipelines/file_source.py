@@ -58,7 +58,7 @@ from pipelines.segments import Segment, plan_segments
 from streams.errors import DecodeError, EngineError, FoveaError, SourceError
 from streams.files import VideoFile
 from streams.frames import FrameResult
-from streams.probe import BackgroundProbe, VideoInfo, probe_many
+from streams.probe import BackgroundProbe, VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class FileBatchSource:
         self.files = list(files)
         if probe is not None and probe.paths != [f.path for f in self.files]:
             raise ValueError("the background probe was started for other files")
-        self._probe = probe  # started by the caller for these files (else probed on entering)
+        self._probe = probe  # started by the caller for these files (else started on entering)
         self.plan = plan
         self.process = process
         self._infer_streams = list(infer_streams)  # torch.cuda.Stream per inference thread (else its own)
@@ -161,16 +161,11 @@ class FileBatchSource:
         self._t0 = time.monotonic()
         plan = self.plan
         h, w = plan.input_size
-        probed: list[tuple[VideoFile, VideoInfo | SourceError]] = []
         t_probe = time.monotonic()
-        if self._probe is not None:
-            infos = self._probe.result()
-            log.info("probed %d files in %.2f s (in the background; waited %.2f s for it here)", len(self.files),
-                     self._probe.seconds, time.monotonic() - t_probe)
-        else:
-            paths = [f.path for f in self.files]
-            infos = probe_many(paths, processes=probe_processes(plan.sessions)) if paths else []
-            log.info("probed %d files in %.2f s", len(self.files), time.monotonic() - t_probe)
+        probe = self._probe or BackgroundProbe([f.path for f in self.files], probe_processes(plan.sessions))
+        infos = probe.result()
+        log.info("probed %d files in %.2f s (waited %.2f s for it here)", len(self.files), probe.seconds,
+                 time.monotonic() - t_probe)
         probed = list(zip(self.files, infos, strict=True))
         readable: list[tuple[VideoFile, VideoInfo, Any]] = []
         for f, res in probed:

@@ -187,7 +187,7 @@ class BackgroundProbe:
     def _run(self, processes: int) -> None:
         t = time.monotonic()
         try:
-            self._results = probe_many(self.paths, processes=processes) if self.paths else []
+            self._results = probe_many(self.paths, processes=processes)
         except BaseException as e:  # a bug: raised again where the result is asked for
             self._error = e
         finally:
