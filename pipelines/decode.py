@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +89,36 @@ class DecodedBatch:
         if self.row_geometries is not None:
             return self.row_geometries
         return [self.geometry if r is not None else None for r in self.rows]
+
+
+def preload_dali() -> threading.Thread:
+    """Import DALI in a daemon thread, so that a job's first pipeline build does not.
+
+    Importing ``nvidia.dali`` takes 0.35-0.4 s on the H200 machine (0.5-0.8 s on a 2-core
+    CPU machine). Otherwise the first decode session pays it after the job's clock started,
+    while the other sessions wait for it on the import lock. ``fovea run`` starts this with
+    the probe, while it loads the model. A missing or broken DALI is not reported here: the
+    pipeline that needs it reports it.
+
+    Usage::
+
+        preload_dali()          # returns the started thread
+        ...                     # load the model
+    """
+
+    def run() -> None:
+        t = time.monotonic()
+        try:
+            import nvidia.dali.fn
+            import nvidia.dali.types  # noqa: F401
+        except Exception as e:  # reported by the first pipeline build, with its context
+            log.debug("DALI preload failed: %s", e)
+            return
+        log.debug("DALI imported in the background in %.2f s", time.monotonic() - t)
+
+    thread = threading.Thread(target=run, name="fovea-dali-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def choose_decoder(info: VideoInfo, device: Literal["cpu", "gpu"]) -> DecoderKind:

@@ -28,7 +28,7 @@ from operators.decode import detect_layout, select_outputs
 from operators.inplace import InPlaceInference, on_stream
 from operators.postprocess import PostprocessParams, postprocess
 from pipelines.config import JobConfig
-from pipelines.decode import DecodedBatch
+from pipelines.decode import DecodedBatch, preload_dali
 from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent, ProcessedBatch, probe_processes
 from pipelines.preprocess import PreprocessSpec
 from pipelines.progress import FileFailure, JobSummary, Progress
@@ -180,6 +180,7 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
     device = resolve_device(cfg.engine.device)
     # probing needs only the file list: it runs while the model loads, compiles and warms up
     probe = BackgroundProbe([f.path for f in files], processes=probe_processes(cfg.decode.sessions))
+    preload_dali()  # off the job's clock too (the first pipeline build would import it)
     with contextlib.ExitStack() as stack:
         stage = open_stage(cfg, device, stack)
         if device.startswith("cuda") and stage.engine.device == "cpu":  # engine fell back (logged)

@@ -65,3 +65,22 @@ def test_stretch_fills_the_input() -> None:
     out, g = _run(frames, (64, 64), PreprocessSpec(), mode="stretch")
     assert (g.pad_x, g.pad_y) == (0, 0)
     assert np.allclose(out, 1.0, atol=1e-3)
+
+
+
+def test_preload_dali_imports_dali_in_a_thread() -> None:
+    """``fovea run`` imports DALI while the model loads (a fresh interpreter: nothing else
+    has imported it): the thread ends with DALI imported, and importing our decode module
+    alone does not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipelines.decode import preload_dali\n"
+        "assert 'nvidia.dali' not in sys.modules, 'imported too early'\n"
+        "t = preload_dali()\n"
+        "t.join(60)\n"
+        "assert not t.is_alive() and 'nvidia.dali.fn' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
