@@ -6,12 +6,8 @@ mapping back to source pixels through each row's letterbox geometry, clipped to 
 -> one device-to-host copy of a ``[K, 7]`` table -> split per row, keeping the
 ``max_detections`` best of each.
 
-Host synchronizations: on a CUDA device (YOLO layouts), only the final copy: decoding and
-NMS run per frame in fixed shapes (:mod:`operators.fixed_nms`), and the rare frame that
-path cannot do exactly (more candidates than it takes, or an NMS that did not converge in
-its iterations) is redone by the variable-length path, whose host synchronizations are the
-``nonzero`` of the confidence filter and those of :func:`operators.nms.batched_nms` (a few,
-none per box). On the CPU the variable-length path runs (there is nothing to wait for).
+Host synchronizations: the ``nonzero`` of the confidence filter, those of
+:func:`operators.nms.batched_nms` (a few, none per box) and the final copy.
 
 Usage::
 
@@ -24,7 +20,6 @@ Usage::
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +35,6 @@ from operators.decode import (
     decode_yolov5,
     decode_yolov8,
 )
-from operators.fixed_nms import DEFAULT_CANDIDATES, DEFAULT_ITERATIONS, fixed_yolo_nms, pack, unpack
 from operators.nms import batched_nms
 from streams.detections import Detections
 from streams.errors import ShapeError
@@ -90,8 +84,6 @@ def postprocess(
     geometries: Sequence[LetterboxGeometry | None],
     params: PostprocessParams | None = None,
     class_names: Sequence[str] = (),
-    *,
-    fixed_shapes: bool | None = None,
 ) -> list[Detections | None]:
     """Turn a batch of raw detector outputs into one :class:`Detections` per frame.
 
@@ -105,10 +97,6 @@ def postprocess(
             ignored.
         params: thresholds (defaults: :class:`PostprocessParams`).
         class_names: names indexed by class id, attached to every ``Detections``.
-        fixed_shapes: decode and suppress YOLO outputs per frame in fixed shapes
-            (:mod:`operators.fixed_nms`: the final copy is the only host synchronization;
-            frames it cannot do exactly are redone by the variable-length path). Default:
-            on CUDA devices.
 
     Returns:
         One entry per batch row: ``None`` for padding rows, otherwise ``Detections`` in
@@ -153,8 +141,6 @@ def postprocess(
         order = torch.sort(cands.scores, descending=True, stable=True).indices
     else:
         pred = _take_rows(outputs[0], sel)
-        if fixed_shapes if fixed_shapes is not None else device.type == "cuda":
-            return _postprocess_fixed(pred, layout, rows, valid_geoms, p, names, result)
         if layout == "yolov8":
             cands = decode_yolov8(pred, p.conf_threshold)
             num_classes = pred.shape[1] - 4
@@ -184,51 +170,6 @@ def postprocess(
             class_names=names,
         )
     return result
-
-
-def _postprocess_fixed(
-    pred: torch.Tensor,
-    layout: OutputLayout,
-    rows: list[int],
-    geoms: list[LetterboxGeometry],
-    p: PostprocessParams,
-    names: tuple[str, ...],
-    result: list[Detections | None],
-) -> list[Detections | None]:
-    """The fixed-shape path for the valid ``rows`` of a batch (``pred`` holds only them)."""
-    pad, scale, size = geometry_tensors(geoms, pred.device)
-    table, count, ok = fixed_yolo_nms(pred, layout, pad, scale, size, p.conf_threshold, p.iou_threshold,
-                                      p.max_detections, p.class_agnostic, p.max_candidates)
-    m = table.shape[1]
-    host_table, host_count, host_ok = unpack(pack(table, count, ok).cpu(), m)  # the one copy
-    tab = host_table.numpy()
-    redo = [j for j in range(len(rows)) if not bool(host_ok[j])]
-    for j, r in enumerate(rows):
-        if not host_ok[j]:
-            continue
-        part = tab[j, : int(host_count[j])]
-        result[r] = Detections(
-            xyxy=np.ascontiguousarray(part[:, :4]),
-            confidence=np.ascontiguousarray(part[:, 4]),
-            class_id=part[:, 5].astype(np.int64),
-            class_names=names,
-        )
-    if redo:
-        _log_exact_path()
-        logger.debug("postprocess: %d of %d frames redone by the exact path", len(redo), len(rows))
-        sub = pred.index_select(0, torch.tensor(redo, dtype=torch.int64, device=pred.device))
-        exact = postprocess([sub], layout, [geoms[j] for j in redo], p, names, fixed_shapes=False)
-        for j, d in zip(redo, exact, strict=True):
-            result[rows[j]] = d
-    return result
-
-
-@functools.cache
-def _log_exact_path() -> None:
-    logger.info("postprocess: some frames have more candidates above the threshold than the "
-                "fixed-shape path takes (%d) or an NMS longer than its %d iterations; such frames take "
-                "the exact variable-length path, with host synchronizations (logged once; the counts "
-                "at debug level)", DEFAULT_CANDIDATES, DEFAULT_ITERATIONS)
 
 
 def _source_table(
