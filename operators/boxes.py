@@ -218,10 +218,6 @@ def geometry_tensors(
         src = to_source_pixels(boxes, pad[frame_idx], scale[frame_idx], size[frame_idx])
     """
     rows = [(g.pad_x, g.pad_y, g.scale_x, g.scale_y, g.src_w, g.src_h) for g in geoms]
-    table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6).to(torch.float32)
-    if device is not None and torch.device(device).type == "cuda":
-        # from pinned memory, ordered on the current stream: no wait for the GPU's queued work
-        table = table.pin_memory().to(device, non_blocking=True)
-    else:
-        table = table.to(device)
+    table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6)
+    table = table.to(device=device, dtype=torch.float32)
     return table[:, 0:2], table[:, 2:4], table[:, 4:6]

@@ -3,8 +3,8 @@
 :func:`batched_nms` returns exactly what greedy NMS run separately on every group returns
 (the same kept boxes as ``torchvision.ops.batched_nms``, ties in score broken by the lower
 index). It is vectorized for the GPU: the only host synchronizations are one read of the
-block boundaries, one read of a convergence flag and the final ``nonzero``, whatever the
-number of boxes, blocks or iterations; there is no per-box host work.
+block boundaries, one convergence check per Cluster-NMS iteration and the final
+``nonzero``; there is no per-box host work.
 
 Algorithm (Cluster-NMS, Zheng et al. 2020, "Enhancing Geometric Factors in Model Learning
 and Inference for Object Detection and Instance Segmentation"): order the boxes by group,
@@ -16,16 +16,6 @@ longest chain of boxes suppressing each other). ``S`` is built in row blocks who
 start at the block's first group, so memory is ``O(K * (block + largest group))`` rather
 than ``O(K^2)`` when there are many groups; blocks are solved in order, each one
 using the final decisions of the blocks before it.
-
-Each block runs a fixed burst of iterations (``burst``, 8 by default) and one more
-evaluation that tells, on the device, whether the burst reached the fixed point; the host
-reads one flag for all blocks at the end. Iterating past the fixed point changes nothing,
-so a settled result is exact. When some block needed more iterations (a chain of boxes
-longer than the burst), the decisions are computed again with four times the burst, until
-every block settles (a block of ``n`` boxes settles within ``n`` iterations). A host round
-trip per iteration, as a plain convergence loop makes, idles the stream while the host
-waits and wins the GIL back; with decoding threads beside it that cost more than the
-iterations themselves.
 
 Groups are kept apart by masking ``S`` with ``group[i] == group[j]`` rather than by the
 coordinate-offset trick: adding ``group * max_coordinate`` to float32 coordinates rounds
@@ -42,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 
@@ -54,7 +43,6 @@ __all__ = ["batched_nms"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 2048
-DEFAULT_BURST = 8  # Cluster-NMS iterations per block between convergence checks
 
 
 def batched_nms(
@@ -65,7 +53,6 @@ def batched_nms(
     max_candidates: int = 30000,
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    burst: int = DEFAULT_BURST,
 ) -> torch.Tensor:
     """Greedy NMS applied independently within each group.
 
@@ -80,9 +67,6 @@ def batched_nms(
         iou_threshold: suppress when IoU > this.
         max_candidates: at most this many boxes (the highest scores) are considered.
         block_size: rows of the suppression matrix built at a time (memory knob).
-        burst: iterations per block before the one deferred convergence check (see the
-            module docstring); chains of suppression longer than this take the slower
-            path with a check per iteration.
 
     Returns:
         ``Tensor[M]`` int64 indices into ``boxes`` of the kept boxes, sorted by decreasing
@@ -102,8 +86,6 @@ def batched_nms(
         raise ValueError(f"batched_nms: max_candidates must be >= 1, got {max_candidates}")
     if block_size < 1:
         raise ValueError(f"batched_nms: block_size must be >= 1, got {block_size}")
-    if burst < 1:
-        raise ValueError(f"batched_nms: burst must be >= 1, got {burst}")
     device = boxes.device
     if k == 0:
         return torch.zeros((0,), dtype=torch.int64, device=device)
@@ -116,7 +98,7 @@ def batched_nms(
     # Group-major, decreasing score within each group (stable sorts keep index order on ties).
     perm = order[torch.sort(groups[order], stable=True).indices]
     keep = _greedy_keep(
-        boxes[perm].to(torch.float32), groups[perm], float(iou_threshold), block_size, burst
+        boxes[perm].to(torch.float32), groups[perm], float(iou_threshold), block_size
     )
     kept = perm[keep]
     # Back to decreasing score, ties by increasing index.
@@ -125,7 +107,7 @@ def batched_nms(
 
 
 def _greedy_keep(
-    boxes: torch.Tensor, groups: torch.Tensor, iou_threshold: float, block_size: int, burst: int
+    boxes: torch.Tensor, groups: torch.Tensor, iou_threshold: float, block_size: int
 ) -> torch.Tensor:
     """``bool[K]`` greedy-NMS decisions for boxes sorted by (group, decreasing score)."""
     k = boxes.shape[0]
@@ -138,48 +120,19 @@ def _greedy_keep(
     row_starts = list(range(0, k, block_size))
     col_starts = group_start[row_starts].tolist()  # one host sync for all blocks
 
-    def suppression(r0: int, c0: int, r1: int) -> torch.Tensor:
-        """``bool[rows, cols]``: row box ``i`` is suppressed by column box ``j`` if ``j`` is kept."""
+    keep = torch.ones(k, dtype=torch.bool, device=device)
+    for r0, c0 in zip(row_starts, col_starts, strict=True):
+        r1 = min(r0 + block_size, k)
         iou = box_iou(boxes[r0:r1], boxes[c0:r1])
         same_group = groups[r0:r1, None] == groups[None, c0:r1]
         ranked_before = pos[None, c0:r1] < pos[r0:r1, None]
-        return (iou > iou_threshold) & same_group & ranked_before
-
-    cap = min(block_size, k)  # rows of the largest block: a burst this long settles every block
-    while True:
-        keep, unsettled = _keep_in_bursts(suppression, row_starts, col_starts, k, block_size, burst, device)
-        if burst >= cap or not bool(unsettled):  # one read of the flag per round, for all blocks
-            return keep
-        logger.debug("batched_nms: a chain of suppression longer than %d boxes; again with %d iterations "
-                     "per block", burst, 4 * burst)
-        burst *= 4
-
-
-def _keep_in_bursts(
-    suppression: Callable[[int, int, int], torch.Tensor],
-    row_starts: list[int],
-    col_starts: list[int],
-    k: int,
-    block_size: int,
-    burst: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every block iterated ``burst`` times: ``(keep bool[K], unsettled bool[])``, on the device.
-
-    ``unsettled`` is true when some block had not reached its fixed point after ``burst``
-    iterations (then ``keep`` is not final). A block of ``n`` rows settles within ``n``.
-    """
-    keep = torch.ones(k, dtype=torch.bool, device=device)
-    unsettled = torch.zeros((), dtype=torch.bool, device=device)
-    for r0, c0 in zip(row_starts, col_starts, strict=True):
-        r1 = min(r0 + block_size, k)
-        suppresses = suppression(r0, c0, r1)
+        suppresses = (iou > iou_threshold) & same_group & ranked_before  # [rows, cols]
         # Columns before r0 belong to finished blocks: their decisions are final.
         current = keep[c0:r1].clone()
-        for _ in range(min(burst, r1 - r0)):
-            current[r0 - c0 :] = ~(suppresses & current[None, :]).any(dim=1)
-        fixed = ~(suppresses & current[None, :]).any(dim=1)  # one more step: a no-op at the fixed point
-        unsettled |= (fixed != current[r0 - c0 :]).any()
+        for _ in range(r1 - r0 + 1):
+            rows = ~(suppresses & current[None, :]).any(dim=1)
+            if torch.equal(rows, current[r0 - c0 :]):
+                break
+            current[r0 - c0 :] = rows
         keep[r0:r1] = current[r0 - c0 :]
-    return keep, unsettled
-
+    return keep
