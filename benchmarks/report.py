@@ -6,8 +6,10 @@ utilisation) and the ratios the issue sets targets for:
 * ``e2e / min(decode ceiling, engine ceiling) >= 0.90`` (:data:`TARGET_CEILING`),
 * ``e2e / (PyAV + torch FP32) >= 10`` (:data:`TARGET_BASELINE`),
 
-plus ``e2e`` over each other baseline (no target). A ratio whose inputs were not measured
-is ``None`` ("n/a"), and so is its pass/fail.
+plus ``e2e`` over each other baseline (no target), and the steady end-to-end rate (records
+between 10 % and 90 % of the frames: without the job's start-up and tail) over the ceiling,
+also without a target: it shows how much of a short run the fixed start and tail take. A
+ratio whose inputs were not measured is ``None`` ("n/a"), and so is its pass/fail.
 
 Usage::
 
@@ -50,6 +52,8 @@ class CodecSummary:
     ratio_baseline: float | None  # e2e / pyav_fp32
     pass_baseline: bool | None
     ratios: dict[str, float | None] = field(default_factory=dict)  # e2e / each baseline
+    steady_fps: float | None = None  # e2e between 10 % and 90 % of the frames
+    ratio_ceiling_steady: float | None = None  # steady / ceiling (no target)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +69,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def summarize_codec(results: BenchResults, codec: str) -> CodecSummary:
     """Ratios and pass/fail of ``codec`` (see the module docstring)."""
-    e2e = _fps(results.get("e2e", codec))
+    e2e_m = results.get("e2e", codec)
+    e2e = _fps(e2e_m)
+    steady = e2e_m.extra.get("steady_fps") if e2e is not None and e2e_m is not None else None
     decode = _fps(results.get("decode", codec))
     engine = _fps(results.get("engine", codec))
     ceiling = min(decode, engine) if decode is not None and engine is not None else None
@@ -76,7 +82,7 @@ def summarize_codec(results: BenchResults, codec: str) -> CodecSummary:
         codec=codec, e2e_fps=e2e, decode_fps=decode, engine_fps=engine, ceiling_fps=ceiling,
         ratio_ceiling=r_ceiling, pass_ceiling=None if r_ceiling is None else r_ceiling >= TARGET_CEILING,
         ratio_baseline=r_base, pass_baseline=None if r_base is None else r_base >= TARGET_BASELINE,
-        ratios=ratios,
+        ratios=ratios, steady_fps=steady, ratio_ceiling_steady=_ratio(steady, ceiling),
     )
 
 
@@ -187,6 +193,8 @@ def _section(results: BenchResults, codec: str) -> list[str]:
     lines += ["", "| ratio | value | target | result |", "|---|---:|---:|---|",
               f"| end to end / min(decode ceiling, engine ceiling) | {_num(s.ratio_ceiling, 3)} | "
               f">= {TARGET_CEILING:.2f} | {_verdict(s.pass_ceiling)} |",
+              f"| steady end to end (10-90 % of the frames: no start-up, no tail) / min(ceilings) | "
+              f"{_num(s.ratio_ceiling_steady, 3)} | | |",
               f"| end to end / PyAV + torch FP32 | {_times(s.ratio_baseline)} | >= {TARGET_BASELINE:.0f}x | "
               f"{_verdict(s.pass_baseline)} |"]
     for b in BASELINES[1:]:

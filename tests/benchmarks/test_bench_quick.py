@@ -162,17 +162,21 @@ def test_report_ratios_and_targets() -> None:
                  "dali_legacy": 920.0},
         "hevc": {"decode": 7000.0, "e2e": 5600.0, "pyav_fp32": 560.0, "pyav_fp16": None, "dali_legacy": 700.0},
     })
+    r.get("e2e", "h264").extra["steady_fps"] = 4800.0  # type: ignore[union-attr]
     h = summarize_codec(r, "h264")
     assert h.ceiling_fps == 5000.0 and h.ratio_ceiling == pytest.approx(0.92) and h.pass_ceiling is True
+    assert h.steady_fps == 4800.0 and h.ratio_ceiling_steady == pytest.approx(0.96)
     assert h.ratio_baseline == pytest.approx(11.5) and h.pass_baseline is True
     assert h.ratios["pyav_fp16"] == pytest.approx(10.0) and h.ratios["dali_legacy"] == pytest.approx(5.0)
     v = summarize_codec(r, "hevc")  # the engine ceiling (codec None) serves every codec
     assert v.ceiling_fps == 7000.0 and v.ratio_ceiling == pytest.approx(0.8) and v.pass_ceiling is False
     assert v.ratio_baseline == pytest.approx(10.0) and v.pass_baseline is True  # the target is inclusive
     assert v.ratios["pyav_fp16"] is None
+    assert v.steady_fps is None and v.ratio_ceiling_steady is None  # not measured: n/a, not 0
     assert not targets_met(r)
     md = to_markdown(r)
     assert md.count("**PASS**") == 3 and md.count("**FAIL**") == 1 and "skipped: needs a CUDA GPU" in md
+    assert "no start-up, no tail) / min(ceilings) | 0.960 | | |" in md
     doc = json.loads(json.dumps(to_json(r)))
     assert doc["summary"]["h264"]["pass_ceiling"] is True and doc["summary"]["hevc"]["pass_ceiling"] is False
     again = BenchResults.from_dict(doc)
