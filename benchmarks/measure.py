@@ -376,9 +376,9 @@ def measure_engine(
             stage.operator(bufs[k], layout, handles[k])
 
         with UtilSampler(device) as sampler:
-            for k in range(len(handles)):  # warm-up
+            if not on_cuda:  # on CUDA prepare_inference has warmed every stream up
                 for _ in range(3):
-                    infer(k)
+                    infer(0)
             _sync(device)
             best = (0.0, 0, 0.0)
             for n in counts:

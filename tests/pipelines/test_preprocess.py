@@ -67,7 +67,6 @@ def test_stretch_fills_the_input() -> None:
     assert np.allclose(out, 1.0, atol=1e-3)
 
 
-
 def test_preload_dali_imports_dali_in_a_thread() -> None:
     """``fovea run`` imports DALI while the model loads (a fresh interpreter: nothing else
     has imported it): the thread ends with DALI imported, and importing our decode module
