@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from operators.transfer import upload
 from streams.errors import ShapeError
 
 ResizeMode = Literal["letterbox", "stretch"]
@@ -218,6 +219,6 @@ def geometry_tensors(
         src = to_source_pixels(boxes, pad[frame_idx], scale[frame_idx], size[frame_idx])
     """
     rows = [(g.pad_x, g.pad_y, g.scale_x, g.scale_y, g.src_w, g.src_h) for g in geoms]
-    table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6)
-    table = table.to(device=device, dtype=torch.float32)
+    table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6).to(torch.float32)
+    table = upload(table, device)  # no wait for the GPU (a pageable copy would wait)
     return table[:, 0:2], table[:, 2:4], table[:, 4:6]

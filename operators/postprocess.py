@@ -1,13 +1,23 @@
 """Postprocessing: raw detector outputs -> per-frame :class:`streams.detections.Detections`.
 
-The whole batch is processed at once on the outputs' device: decode and confidence filter
--> batched class-aware NMS (skipped for ``efficient_nms``, which is already suppressed) ->
-mapping back to source pixels through each row's letterbox geometry, clipped to the frame
--> one device-to-host copy of a ``[K, 7]`` table -> split per row, keeping the
-``max_detections`` best of each.
+The whole batch is processed at once on the outputs' device, by one of two paths that give
+the same detections:
 
-Host synchronizations: the ``nonzero`` of the confidence filter, those of
-:func:`operators.nms.batched_nms` (a few, none per box) and the final copy.
+- **fused** (YOLOv8 / YOLOv5 layouts; by default on CUDA with Triton): every frame's
+  ``frame_capacity`` best candidates in fixed shapes -> greedy class-aware NMS per frame
+  (:mod:`operators.frame_nms`, one Triton kernel) -> mapping back to source pixels ->
+  compaction into a ``[B, D, 6]`` table (``D = min(max_detections, frame_capacity)``).
+  No shape depends on the data, so the host waits for the GPU only at the one copy of that
+  table. Frames with more than ``frame_capacity`` candidates above the threshold (and
+  whole batches with more than ``max_candidates``) are redone by the exact path, with a
+  warning logged once.
+- **exact** (any layout, any device): decode and confidence filter -> batched
+  class-aware NMS (skipped for ``efficient_nms``, which is already suppressed) -> mapping
+  back to source pixels through each row's letterbox geometry, clipped to the frame -> one
+  device-to-host copy of a ``[K, 7]`` table -> split per row, keeping the
+  ``max_detections`` best of each. Host synchronizations: the ``nonzero`` of the
+  confidence filter, those of :func:`operators.nms.batched_nms` (a few, none per box) and
+  the final copy.
 
 Usage::
 
@@ -23,6 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,7 +46,15 @@ from operators.decode import (
     decode_yolov5,
     decode_yolov8,
 )
+from operators.frame_nms import (
+    FrameCandidates,
+    frame_nms,
+    top_candidates_yolov5,
+    top_candidates_yolov8,
+    triton_available,
+)
 from operators.nms import batched_nms
+from operators.transfer import upload
 from streams.detections import Detections
 from streams.errors import ShapeError
 
@@ -56,6 +75,12 @@ class PostprocessParams:
         max_detections: at most this many detections per frame (the highest scores).
         class_agnostic: NMS across classes (boxes of different classes suppress each other).
         max_candidates: at most this many candidates per batch enter NMS (the highest scores).
+        fused: ``"auto"``: the fused path for YOLOv8/YOLOv5 outputs on CUDA where Triton is
+            importable (else the exact path, with a warning logged once on CUDA); ``"on"``:
+            the fused path on any device (on the CPU its NMS is a torch loop); ``"off"``:
+            always the exact path.
+        frame_capacity: candidates per frame the fused path holds; frames with more are
+            redone by the exact path.
     """
 
     conf_threshold: float = 0.25
@@ -63,6 +88,14 @@ class PostprocessParams:
     max_detections: int = 300
     class_agnostic: bool = False
     max_candidates: int = 30000
+    fused: Literal["auto", "on", "off"] = "auto"
+    frame_capacity: int = 512
+
+    def __post_init__(self) -> None:
+        if self.fused not in ("auto", "on", "off"):
+            raise ValueError(f"PostprocessParams.fused: expected 'auto', 'on' or 'off', got {self.fused!r}")
+        if self.frame_capacity < 1:
+            raise ValueError(f"PostprocessParams.frame_capacity: expected >= 1, got {self.frame_capacity}")
 
 
 def _row_selector(rows: list[int]) -> slice | list[int]:
@@ -75,7 +108,7 @@ def _row_selector(rows: list[int]) -> slice | list[int]:
 def _take_rows(t: torch.Tensor, sel: slice | list[int]) -> torch.Tensor:
     if isinstance(sel, slice):
         return t[sel]
-    return t.index_select(0, torch.tensor(sel, dtype=torch.int64, device=t.device))
+    return t.index_select(0, upload(torch.tensor(sel, dtype=torch.int64), t.device))
 
 
 def postprocess(
@@ -131,8 +164,163 @@ def postprocess(
     rows = [i for i, g in enumerate(geoms) if g is not None]
     if not rows:
         return result
+    if layout != "efficient_nms" and _use_fused(p, first.device):
+        redo = _postprocess_fused(outputs[0], layout, geoms, rows, p, names, result)
+        if not redo:
+            return result
+        geoms = [g if i in redo else None for i, g in enumerate(geoms)]
+        rows = sorted(redo)
+    _postprocess_exact(outputs, layout, geoms, rows, p, names, result)
+    return result
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: object) -> None:
+    """Log a fallback once per process, as a warning (the guide: no silent fallbacks)."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+def _use_fused(p: PostprocessParams, device: torch.device) -> bool:
+    if p.fused == "off":
+        return False
+    if p.fused == "on":
+        return True
+    if device.type != "cuda":
+        return False
+    if not triton_available():
+        _warn_once(
+            "no-triton",
+            "postprocess: Triton is not importable, so the fused per-frame NMS is off: the "
+            "exact path waits for the GPU a few times per batch (install the triton package "
+            "that matches torch to remove those waits)",
+        )
+        return False
+    return True
+
+
+def _postprocess_fused(
+    output: torch.Tensor,
+    layout: str,
+    geoms: list[LetterboxGeometry | None],
+    rows: list[int],
+    p: PostprocessParams,
+    names: tuple[str, ...],
+    result: list[Detections | None],
+) -> set[int]:
+    """The fused path: fills ``result`` for its rows; returns the rows the exact path must redo."""
+    valid_geoms = [g for g in geoms if g is not None]
+    packed, k, d = fused_device_table(output, layout, rows, valid_geoms, p)
+    host = packed.cpu().numpy()  # the one device-to-host copy: the host's only wait
+    counts = host[:, -1].astype(np.int64)
+    kept = host[:, -2].astype(np.int64)
+    if int(counts.sum()) > p.max_candidates:
+        _warn_once(
+            "max-candidates",
+            "postprocess: a batch had %d candidates above conf_threshold, more than "
+            "max_candidates=%d: such batches go through the exact path, which waits for the GPU",
+            int(counts.sum()), p.max_candidates,
+        )
+        return set(rows)
+    redo: set[int] = set()
+    table = host[:, : d * 6].reshape(len(rows), d, 6)
+    for j, r in enumerate(rows):
+        if counts[j] > k:
+            redo.add(r)
+            continue
+        part = table[j, : kept[j]]
+        result[r] = Detections(
+            xyxy=np.ascontiguousarray(part[:, :4]),
+            confidence=np.ascontiguousarray(part[:, 4]),
+            class_id=part[:, 5].astype(np.int64),
+            class_names=names,
+        )
+    if redo:
+        _warn_once(
+            "frame-capacity",
+            "postprocess: %d frame(s) had more than frame_capacity=%d candidates above "
+            "conf_threshold (most: %d): such frames go through the exact path, which waits "
+            "for the GPU (raise postprocess.frame_capacity to keep them on the fused path)",
+            len(redo), k, int(counts.max()),
+        )
+    return redo
+
+
+def fused_device_table(
+    output: torch.Tensor,
+    layout: str,
+    rows: list[int],
+    geoms: Sequence[LetterboxGeometry],
+    p: PostprocessParams,
+) -> tuple[torch.Tensor, int, int]:
+    """The device half of the fused path; queues GPU work only, never waits for it.
+
+    Args:
+        output: ``Tensor[B, 4+nc, N]`` (yolov8) or ``Tensor[B, N, 5+nc]`` (yolov5).
+        layout: ``"yolov8"`` or ``"yolov5"``.
+        rows: the batch rows to process (the others are padding).
+        geoms: the letterbox geometry of each of ``rows``.
+        p: thresholds.
+
+    Returns:
+        ``(table, K, D)``: ``table`` is ``float32[len(rows), D * 6 + 2]`` (see
+        :func:`_compact`), ``K`` the candidate slots per frame, ``D`` the detection slots.
+    """
+    pred = _take_rows(output, _row_selector(rows))
+    top = top_candidates_yolov8 if layout == "yolov8" else top_candidates_yolov5
+    cands = top(pred, p.conf_threshold, p.frame_capacity)
+    k = cands.scores.shape[1]
+    keep = frame_nms(cands.boxes, cands.class_id, cands.num_candidates, p.iou_threshold,
+                     p.class_agnostic, impl="auto" if pred.is_cuda else "torch")
+    d = min(p.max_detections, k)
+    return _compact(cands, keep, d, geoms), k, d
+
+
+def _compact(
+    cands: FrameCandidates, keep: torch.Tensor, d: int, geoms: Sequence[LetterboxGeometry]
+) -> torch.Tensor:
+    """``float32[R, d * 6 + 2]``: per row, ``d`` slots of (x1, y1, x2, y2 in source px,
+    score, class) by decreasing score, then the number of kept detections in those slots
+    and the frame's candidate count. Fixed shapes only: no host synchronization.
+    """
+    r, k = keep.shape
+    device = keep.device
+    slot = keep.cumsum(dim=1) - 1
+    take = keep & (slot < d)
+    dest = torch.where(take, slot, torch.full_like(slot, d))  # slot d: the discarded ones
+    pad, scale, size = geometry_tensors(geoms, device)
+    row = torch.arange(r, device=device)[:, None].expand(r, k).reshape(r * k)  # no sizing sync
+    boxes = to_source_pixels(cands.boxes.reshape(r * k, 4), pad[row], scale[row], size[row])
+    values = torch.cat(
+        [boxes.reshape(r, k, 4), cands.scores[..., None],
+         cands.class_id.to(torch.float32)[..., None]],
+        dim=2,
+    )
+    table = torch.zeros((r, d + 1, 6), dtype=torch.float32, device=device)
+    table.scatter_(1, dest[..., None].expand(-1, -1, 6), values)
+    return torch.cat(
+        [table[:, :d].reshape(r, d * 6), take.sum(dim=1, dtype=torch.float32)[:, None],
+         cands.num_candidates.to(torch.float32)[:, None]],
+        dim=1,
+    )
+
+
+def _postprocess_exact(
+    outputs: Sequence[torch.Tensor],
+    layout: OutputLayout,
+    geoms: list[LetterboxGeometry | None],
+    rows: list[int],
+    p: PostprocessParams,
+    names: tuple[str, ...],
+    result: list[Detections | None],
+) -> None:
+    """The exact path: fills ``result`` for ``rows`` (those whose geometry is not None)."""
     valid_geoms = [g for g in geoms if g is not None]
     sel = _row_selector(rows)
+    first = outputs[0] if layout != "efficient_nms" else outputs[1]
     device = first.device
 
     if layout == "efficient_nms":
@@ -169,7 +357,6 @@ def postprocess(
             class_id=part[:, 5].astype(np.int64),
             class_names=names,
         )
-    return result
 
 
 def _source_table(

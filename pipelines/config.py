@@ -149,6 +149,8 @@ class PostprocessConfig:
     iou_threshold: float = 0.45
     max_detections: int = 300
     class_agnostic: bool = False
+    fused: Literal["auto", "on", "off"] = "auto"  # see operators.postprocess.PostprocessParams
+    frame_capacity: int = 512
 
     def validate(self, key: str) -> None:
         for name in ("conf_threshold", "iou_threshold"):
@@ -157,6 +159,8 @@ class PostprocessConfig:
                 raise ConfigError(f"{key}.{name}", f"expected a number in [0, 1], got {v}")
         if self.max_detections < 1:
             raise ConfigError(f"{key}.max_detections", f"expected >= 1, got {self.max_detections}")
+        if not 1 <= self.frame_capacity <= 16384:
+            raise ConfigError(f"{key}.frame_capacity", f"expected 1..16384, got {self.frame_capacity}")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stag
         log.info("model output layout: %s", layout)
     p = cfg.postprocess
     params = PostprocessParams(conf_threshold=p.conf_threshold, iou_threshold=p.iou_threshold,
-                               max_detections=p.max_detections, class_agnostic=p.class_agnostic)
+                               max_detections=p.max_detections, class_agnostic=p.class_agnostic,
+                               fused=p.fused, frame_capacity=p.frame_capacity)
     return Stage(engine, info, layout, params, InPlaceInference(engine))
 
 

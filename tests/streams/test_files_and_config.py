@@ -60,6 +60,8 @@ def test_source_ids_are_unique(tmp_path: Path) -> None:
     ({"sources": ["a.mp4"], "engine": {"tensorrt": {"workspace_mb": "big"}}}, "engine.tensorrt.workspace_mb"),
     ({"sources": ["a.mp4"], "preprocess": {"pad_value": 300}}, "preprocess.pad_value"),
     ({"sources": ["a.mp4"], "postprocess": {"conf_threshold": 1.5}}, "postprocess.conf_threshold"),
+    ({"sources": ["a.mp4"], "postprocess": {"fused": "yes"}}, "postprocess.fused"),
+    ({"sources": ["a.mp4"], "postprocess": {"frame_capacity": 0}}, "postprocess.frame_capacity"),
     ({"sources": ["a.mp4"], "decode": {"backend": "nvdec"}}, "decode.backend"),
     ({"sources": ["a.mp4"], "sinks": [{"type": "csv", "path": "x", "colour": 1}]}, "sinks[0].colour"),
     ({"sources": [{"path": "a", "uri": "rtsp://x"}]}, "sources[0]"),
