@@ -89,7 +89,7 @@ class PostprocessParams:
     class_agnostic: bool = False
     max_candidates: int = 30000
     fused: Literal["auto", "on", "off"] = "auto"
-    frame_capacity: int = 512
+    frame_capacity: int = 1024
 
     def __post_init__(self) -> None:
         if self.fused not in ("auto", "on", "off"):

@@ -150,7 +150,7 @@ class PostprocessConfig:
     max_detections: int = 300
     class_agnostic: bool = False
     fused: Literal["auto", "on", "off"] = "auto"  # see operators.postprocess.PostprocessParams
-    frame_capacity: int = 512
+    frame_capacity: int = 1024
 
     def validate(self, key: str) -> None:
         for name in ("conf_threshold", "iou_threshold"):
