@@ -135,6 +135,47 @@ def test_engine_reads_dalis_buffer_in_place(gpu_clips: Path, layout: str, dtype:
         assert n == info.num_frames
 
 
+def test_inference_waits_for_the_gpu_once_per_batch(gpu_clips: Path) -> None:
+    """The runner's inference stage (in-place operator, graph replay, fused postprocess) on
+    NVDEC batches, under torch's sync debug mode: every operation that makes the host wait
+    for the GPU warns. The steady state must have exactly one per batch: the detections
+    copy."""
+    import warnings
+
+    from engines.factory import ModelInfo
+    from operators.postprocess import PostprocessParams
+    from pipelines.runner import Stage
+
+    path = gpu_clips / "landscape.mp4"
+    info = probe_video(path)
+    geom = letterbox_geometry(info.width, info.height, 320, 320)
+    spec = PreprocessSpec(dtype="float16", layout="NHWC")
+    stream = torch.cuda.Stream()
+    engine = TorchEngine(BrightSpotDetector(), device="cuda:0", precision="fp16", input_size=(320, 320),
+                         cuda_graphs=True)
+    segment = Segment(VideoFile(path, "a"), info, geom, 0, info.num_frames)
+    waits: list[int] = []
+    frames = 0
+    with engine, SegmentDecoder([segment], spec, 8, "dali-gpu", device_id=0, stream=stream.cuda_stream) as dec:
+        stage = Stage(engine, ModelInfo(("bright", "dark"), (320, 320), "yolov8"), "yolov8",
+                      PostprocessParams(conf_threshold=0.05), InPlaceInference(engine))
+        for ev in dec:
+            if not isinstance(ev, SegmentBatch):
+                continue
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    results = stage.process(ev.batch)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            waits.append(sum("synchronizing" in str(w.message) for w in caught))
+            frames += len(results)
+    assert frames == info.num_frames
+    assert sum(len(r.detections) for r in results) > 0  # the postprocess found something
+    assert len(waits) >= 4 and waits[1:] == [1] * (len(waits) - 1), waits  # the first batch captures a graph
+
+
 def test_onnx_without_gpu_engines_runs_on_the_cpu(gpu_clips: Path, tmp_path: Path) -> None:
     """This H200 has neither tensorrt nor onnxruntime-gpu: an ONNX model with device cuda
     falls back to ONNX Runtime on the CPU (decode too) and still processes every frame."""
