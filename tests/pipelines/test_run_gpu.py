@@ -158,7 +158,7 @@ def test_inference_waits_for_the_gpu_once_per_batch(gpu_clips: Path) -> None:
     frames = 0
     with engine, SegmentDecoder([segment], spec, 8, "dali-gpu", device_id=0, stream=stream.cuda_stream) as dec:
         stage = Stage(engine, ModelInfo(("bright", "dark"), (320, 320), "yolov8"), "yolov8",
-                      PostprocessParams(conf_threshold=0.05), InPlaceInference(engine))
+                      PostprocessParams(conf_threshold=0.05, frame_capacity=2048), InPlaceInference(engine))
         for ev in dec:
             if not isinstance(ev, SegmentBatch):
                 continue
