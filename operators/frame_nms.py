@@ -49,6 +49,7 @@ __all__ = [
     "top_candidates_yolov5",
     "top_candidates_yolov8",
     "triton_available",
+    "triton_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def frame_nms_torch(
     return alive
 
 
+@functools.cache
 def triton_available() -> bool:
     """Whether the ``triton`` package can be imported (it ships with CUDA builds of torch)."""
     try:
@@ -234,6 +236,35 @@ def triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def triton_problem(device: str) -> str | None:
+    """Why the Triton kernel cannot serve ``device`` (``None``: it can). Checked once per device.
+
+    Compiles the kernel (Triton needs a C compiler for its launcher and a GPU it supports)
+    and compares its decisions with the torch loop's on a small batch with overlaps.
+    Usage::
+
+        if (why := triton_problem("cuda:0")) is not None:
+            log.warning("fused NMS off: %s", why)
+    """
+    if not triton_available():
+        return "the 'triton' package is not importable"
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(4, 64, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 20 + torch.rand(4, 64, 2, generator=g) * 60], dim=2)
+    classes = torch.randint(0, 3, (4, 64), generator=g)
+    count = torch.tensor([64, 0, 17, 80])
+    expected = frame_nms_torch(boxes, classes, count, 0.45)
+    try:
+        got = _frame_nms_triton(boxes.to(dev), classes.to(dev), count.to(dev), 0.45, False).cpu()
+    except Exception as e:  # compiler missing, unsupported GPU, ...: the reason is logged by the caller
+        return f"the Triton kernel failed to build or run on {device}: {type(e).__name__}: {e}"
+    if not torch.equal(got, expected):
+        return f"the Triton kernel disagreed with the torch loop on {device}"
+    return None
 
 
 @functools.cache

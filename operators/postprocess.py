@@ -51,7 +51,7 @@ from operators.frame_nms import (
     frame_nms,
     top_candidates_yolov5,
     top_candidates_yolov8,
-    triton_available,
+    triton_problem,
 )
 from operators.nms import batched_nms
 from operators.transfer import upload
@@ -191,12 +191,13 @@ def _use_fused(p: PostprocessParams, device: torch.device) -> bool:
         return True
     if device.type != "cuda":
         return False
-    if not triton_available():
+    why = triton_problem(str(device))
+    if why is not None:
         _warn_once(
             "no-triton",
-            "postprocess: Triton is not importable, so the fused per-frame NMS is off: the "
-            "exact path waits for the GPU a few times per batch (install the triton package "
-            "that matches torch to remove those waits)",
+            "postprocess: %s, so the fused per-frame NMS is off: the exact path waits for the "
+            "GPU a few times per batch (a working triton package, the one that matches torch, "
+            "removes those waits)", why,
         )
         return False
     return True

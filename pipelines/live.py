@@ -44,7 +44,7 @@ from pipelines.config import JobConfig
 from pipelines.ingest import IngestPool, IngestSettings, ring_frames_for
 from pipelines.live_decode import LiveBatchPipeline
 from pipelines.preprocess import PreprocessSpec
-from pipelines.runner import Stage, gil_switch_interval, open_sinks, open_stage
+from pipelines.runner import Stage, gil_switch_interval, open_sinks, open_stage, warm_postprocess
 from streams.errors import ConfigError, DecodeError, FoveaError
 from streams.frames import FrameResult
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
@@ -141,6 +141,8 @@ class LiveRunner:
                 batch = min(batch, stage.engine.max_batch_size)
             device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
             workers = self.live.workers if device_id is not None else 1
+            if device_id is not None:  # the fused postprocess's kernel builds now, not on the first frames
+                warm_postprocess(stage, batch, torch.cuda.Stream(device=device))
             sources = [s for s in self.cfg.sources if s.uri is not None]
             factory = None
             pool: IngestPool | None = None

@@ -22,6 +22,8 @@ from operators.frame_nms import (
     frame_nms_torch,
     top_candidates_yolov5,
     top_candidates_yolov8,
+    triton_available,
+    triton_problem,
 )
 from operators.postprocess import PostprocessParams, fused_device_table, postprocess
 from operators.reference import nms_np
@@ -189,7 +191,30 @@ def test_bad_arguments() -> None:
         top_candidates_yolov8(torch.zeros(2, 4, 10), 0.25, 8)
 
 
+@pytest.mark.skipif(triton_available(), reason="checks the machine without triton")
+def test_without_triton_auto_uses_the_exact_path_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    import operators.postprocess as pp_mod
+
+    assert "not importable" in (triton_problem("cuda:0") or "")
+    pp_mod._warned.discard("no-triton")
+    with caplog.at_level(logging.WARNING, logger="operators.postprocess"):
+        assert not pp_mod._use_fused(PostprocessParams(), torch.device("cuda:0"))
+        assert not pp_mod._use_fused(PostprocessParams(), torch.device("cuda:0"))
+    assert [r.getMessage() for r in caplog.records if "fused per-frame NMS is off" in r.getMessage()] == [
+        "postprocess: the 'triton' package is not importable, so the fused per-frame NMS is off: the exact "
+        "path waits for the GPU a few times per batch (a working triton package, the one that matches "
+        "torch, removes those waits)"
+    ]
+    assert not pp_mod._use_fused(PostprocessParams(), torch.device("cpu"))  # the CPU: exact, no warning
+    assert pp_mod._use_fused(PostprocessParams(fused="on"), torch.device("cpu"))
+
+
 # --- GPU: the Triton kernel and the absence of host synchronizations -------------------------
+
+
+@pytest.mark.gpu
+def test_triton_kernel_builds_and_agrees_on_this_gpu() -> None:
+    assert triton_problem("cuda:0") is None
 
 
 @pytest.mark.gpu
