@@ -58,7 +58,7 @@ from operators.transfer import upload
 from streams.detections import Detections
 from streams.errors import ShapeError
 
-__all__ = ["PostprocessParams", "postprocess"]
+__all__ = ["PostprocessParams", "fused_device_table", "postprocess"]
 
 logger = logging.getLogger(__name__)
 
