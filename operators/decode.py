@@ -39,6 +39,8 @@ __all__ = [
     "decode_yolov8",
     "detect_layout",
     "select_outputs",
+    "yolov5_best_class",
+    "yolov8_best_class",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,23 +92,74 @@ def decode_yolov8(
 
         cands = decode_yolov8(out["output0"], conf_threshold=0.25)
     """
-    if pred.ndim != 3 or pred.shape[1] < 5:
-        raise ShapeError(
-            f"decode_yolov8: expected shape (B, 4 + nc, N) with nc >= 1, got {tuple(pred.shape)}"
-        )
-    cls = pred[:, 4:, :]  # [B, nc, N], in the model's dtype: only what is kept becomes fp32
     if multi_label:
-        cls = cls.to(torch.float32)
+        _check_yolov8(pred, "decode_yolov8")
+        cls = pred[:, 4:, :].to(torch.float32)
         b, c, n = (cls > conf_threshold).nonzero(as_tuple=True)
         scores = cls[b, c, n]
     else:
-        best, best_cls = cls.max(dim=1)  # [B, N]; exact in fp16 too
-        best = best.to(torch.float32)  # the threshold compares in fp32 whatever the model's dtype
-        b, n = (best > conf_threshold).nonzero(as_tuple=True)
+        best, best_cls, ok = yolov8_best_class(pred, conf_threshold, "decode_yolov8")
+        b, n = ok.nonzero(as_tuple=True)
         scores = best[b, n]
         c = best_cls[b, n]
     boxes = cxcywh_to_xyxy(pred[b, :4, n].to(torch.float32))  # advanced indices around a slice: [K, 4]
     return Candidates(b, boxes, scores, c.to(torch.int64))
+
+
+def _check_yolov8(pred: torch.Tensor, caller: str) -> None:
+    if pred.ndim != 3 or pred.shape[1] < 5:
+        raise ShapeError(
+            f"{caller}: expected shape (B, 4 + nc, N) with nc >= 1, got {tuple(pred.shape)}"
+        )
+
+
+def yolov8_best_class(
+    pred: torch.Tensor, conf_threshold: float, caller: str = "yolov8_best_class"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each anchor's best class of a YOLOv8 output ``Tensor[B, 4 + nc, N]``.
+
+    Shared by the exact decoder and :mod:`operators.frame_nms`, so that both select the
+    same candidates.
+
+    Returns:
+        ``(score float32[B, N], class [B, N] (ties: the lowest id), candidate bool[B, N])``;
+        an anchor is a candidate when its score is ``> conf_threshold`` (compared in fp32).
+
+    Usage::
+
+        score, cls, ok = yolov8_best_class(pred, 0.25)
+    """
+    _check_yolov8(pred, caller)
+    best, best_cls = pred[:, 4:, :].max(dim=1)  # in the model's dtype (exact in fp16 too)
+    best = best.to(torch.float32)  # the threshold compares in fp32 whatever the model's dtype
+    return best, best_cls, best > conf_threshold
+
+
+def yolov5_best_class(
+    pred: torch.Tensor, conf_threshold: float, caller: str = "yolov5_best_class"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each anchor's best class of a YOLOv5 output ``Tensor[B, N, 5 + nc]``.
+
+    Shared by the exact decoder and :mod:`operators.frame_nms`, so that both select the
+    same candidates.
+
+    Returns:
+        ``(score float32[B, N], class [B, N] (ties: the lowest id), candidate bool[B, N])``:
+        the score is ``objectness * class_probability`` in fp32; a candidate needs
+        ``objectness > conf_threshold`` and ``score > conf_threshold``.
+
+    Usage::
+
+        score, cls, ok = yolov5_best_class(pred, 0.25)
+    """
+    if pred.ndim != 3 or pred.shape[2] < 6:
+        raise ShapeError(
+            f"{caller}: expected shape (B, N, 5 + nc) with nc >= 1, got {tuple(pred.shape)}"
+        )
+    p = pred.to(torch.float32)
+    obj = p[..., 4]  # [B, N]
+    best, best_cls = (p[..., 5:] * obj[..., None]).max(dim=2)  # [B, N]
+    return best, best_cls, (obj > conf_threshold) & (best > conf_threshold)
 
 
 def decode_yolov5(pred: torch.Tensor, conf_threshold: float) -> Candidates:
@@ -120,15 +173,9 @@ def decode_yolov5(pred: torch.Tensor, conf_threshold: float) -> Candidates:
 
         cands = decode_yolov5(out["output0"], conf_threshold=0.25)
     """
-    if pred.ndim != 3 or pred.shape[2] < 6:
-        raise ShapeError(
-            f"decode_yolov5: expected shape (B, N, 5 + nc) with nc >= 1, got {tuple(pred.shape)}"
-        )
-    p = pred.to(torch.float32)
-    obj = p[..., 4]  # [B, N]
-    best, best_cls = (p[..., 5:] * obj[..., None]).max(dim=2)  # [B, N]
-    b, n = ((obj > conf_threshold) & (best > conf_threshold)).nonzero(as_tuple=True)
-    boxes = cxcywh_to_xyxy(p[b, n, :4])
+    best, best_cls, ok = yolov5_best_class(pred, conf_threshold, "decode_yolov5")
+    b, n = ok.nonzero(as_tuple=True)
+    boxes = cxcywh_to_xyxy(pred[b, n, :4].to(torch.float32))
     return Candidates(b, boxes, best[b, n], best_cls[b, n].to(torch.int64))
 
 

@@ -39,6 +39,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from operators.boxes import cxcywh_to_xyxy
+from operators.decode import yolov5_best_class, yolov8_best_class
 from streams.errors import ShapeError
 
 __all__ = [
@@ -107,20 +108,15 @@ def top_candidates_yolov8(pred: torch.Tensor, conf_threshold: float, capacity: i
     """The ``capacity`` best candidates of each frame of a YOLOv8 output ``Tensor[B, 4+nc, N]``.
 
     Each anchor is a candidate for its best class (ties: the lowest class id) when that
-    score is ``> conf_threshold``, as in :func:`operators.decode.decode_yolov8`.
+    score is ``> conf_threshold``: :func:`operators.decode.yolov8_best_class`, as in
+    :func:`operators.decode.decode_yolov8`.
 
     Usage::
 
         cands = top_candidates_yolov8(out["output0"], 0.25, capacity=512)
     """
-    if pred.ndim != 3 or pred.shape[1] < 5:
-        raise ShapeError(
-            f"top_candidates_yolov8: expected shape (B, 4 + nc, N) with nc >= 1, "
-            f"got {tuple(pred.shape)}"
-        )
-    best, best_cls = pred[:, 4:, :].max(dim=1)  # [B, N], in the model's dtype (exact)
-    best = best.to(torch.float32)
-    index, count = _top(best, best > conf_threshold, capacity)
+    best, best_cls, ok = yolov8_best_class(pred, conf_threshold, "top_candidates_yolov8")
+    index, count = _top(best, ok, capacity)
     xywh = pred[:, :4, :].gather(2, index[:, None, :].expand(-1, 4, -1))  # [B, 4, K]
     boxes = cxcywh_to_xyxy(xywh.to(torch.float32).transpose(1, 2))
     return FrameCandidates(
@@ -131,22 +127,16 @@ def top_candidates_yolov8(pred: torch.Tensor, conf_threshold: float, capacity: i
 def top_candidates_yolov5(pred: torch.Tensor, conf_threshold: float, capacity: int) -> FrameCandidates:
     """The ``capacity`` best candidates of each frame of a YOLOv5 output ``Tensor[B, N, 5+nc]``.
 
-    Score and filter are those of :func:`operators.decode.decode_yolov5`.
+    Score and filter are those of :func:`operators.decode.decode_yolov5`
+    (:func:`operators.decode.yolov5_best_class`).
 
     Usage::
 
         cands = top_candidates_yolov5(out["output0"], 0.25, capacity=512)
     """
-    if pred.ndim != 3 or pred.shape[2] < 6:
-        raise ShapeError(
-            f"top_candidates_yolov5: expected shape (B, N, 5 + nc) with nc >= 1, "
-            f"got {tuple(pred.shape)}"
-        )
-    p = pred.to(torch.float32)
-    obj = p[..., 4]
-    best, best_cls = (p[..., 5:] * obj[..., None]).max(dim=2)  # [B, N]
-    index, count = _top(best, (obj > conf_threshold) & (best > conf_threshold), capacity)
-    boxes = cxcywh_to_xyxy(p[..., :4].gather(1, index[..., None].expand(-1, -1, 4)))
+    best, best_cls, ok = yolov5_best_class(pred, conf_threshold, "top_candidates_yolov5")
+    index, count = _top(best, ok, capacity)
+    boxes = cxcywh_to_xyxy(pred[..., :4].gather(1, index[..., None].expand(-1, -1, 4)).to(torch.float32))
     return FrameCandidates(boxes.contiguous(), best.gather(1, index), best_cls.gather(1, index), count)
 
 

@@ -161,17 +161,21 @@ def postprocess(
             f"postprocess: expected one geometry per batch row ({batch}), got {len(geoms)}"
         )
     result: list[Detections | None] = [None] * batch
-    rows = [i for i, g in enumerate(geoms) if g is not None]
-    if not rows:
+    if all(g is None for g in geoms):
         return result
     if layout != "efficient_nms" and _use_fused(p, first.device):
-        redo = _postprocess_fused(outputs[0], layout, geoms, rows, p, names, result)
+        redo = _postprocess_fused(outputs[0], layout, geoms, p, names, result)
         if not redo:
             return result
         geoms = [g if i in redo else None for i, g in enumerate(geoms)]
-        rows = sorted(redo)
-    _postprocess_exact(outputs, layout, geoms, rows, p, names, result)
+    _postprocess_exact(outputs, layout, geoms, p, names, result)
     return result
+
+
+def _valid_rows(geoms: Sequence[LetterboxGeometry | None]) -> tuple[list[int], list[LetterboxGeometry]]:
+    """The non-padding rows and their geometries."""
+    rows = [i for i, g in enumerate(geoms) if g is not None]
+    return rows, [g for g in geoms if g is not None]
 
 
 _warned: set[str] = set()
@@ -207,13 +211,13 @@ def _postprocess_fused(
     output: torch.Tensor,
     layout: str,
     geoms: list[LetterboxGeometry | None],
-    rows: list[int],
     p: PostprocessParams,
     names: tuple[str, ...],
     result: list[Detections | None],
 ) -> set[int]:
-    """The fused path: fills ``result`` for its rows; returns the rows the exact path must redo."""
-    valid_geoms = [g for g in geoms if g is not None]
+    """The fused path: fills ``result`` for the rows with a geometry; returns the rows the
+    exact path must redo."""
+    rows, valid_geoms = _valid_rows(geoms)
     packed, k, d = fused_device_table(output, layout, rows, valid_geoms, p)
     host = packed.cpu().numpy()  # the one device-to-host copy: the host's only wait
     counts = host[:, -1].astype(np.int64)
@@ -232,13 +236,7 @@ def _postprocess_fused(
         if counts[j] > k:
             redo.add(r)
             continue
-        part = table[j, : kept[j]]
-        result[r] = Detections(
-            xyxy=np.ascontiguousarray(part[:, :4]),
-            confidence=np.ascontiguousarray(part[:, 4]),
-            class_id=part[:, 5].astype(np.int64),
-            class_names=names,
-        )
+        result[r] = _detections(table[j, : kept[j]], names)
     if redo:
         _warn_once(
             "frame-capacity",
@@ -313,13 +311,12 @@ def _postprocess_exact(
     outputs: Sequence[torch.Tensor],
     layout: OutputLayout,
     geoms: list[LetterboxGeometry | None],
-    rows: list[int],
     p: PostprocessParams,
     names: tuple[str, ...],
     result: list[Detections | None],
 ) -> None:
-    """The exact path: fills ``result`` for ``rows`` (those whose geometry is not None)."""
-    valid_geoms = [g for g in geoms if g is not None]
+    """The exact path: fills ``result`` for the rows with a geometry."""
+    rows, valid_geoms = _valid_rows(geoms)
     sel = _row_selector(rows)
     first = outputs[0] if layout != "efficient_nms" else outputs[1]
     device = first.device
@@ -351,13 +348,17 @@ def _postprocess_exact(
     for j, r in enumerate(rows):
         lo = int(bounds[j])
         hi = min(int(bounds[j + 1]), lo + p.max_detections)
-        part = host[lo:hi]
-        result[r] = Detections(
-            xyxy=np.ascontiguousarray(part[:, :4]),
-            confidence=np.ascontiguousarray(part[:, 4]),
-            class_id=part[:, 5].astype(np.int64),
-            class_names=names,
-        )
+        result[r] = _detections(host[lo:hi], names)
+
+
+def _detections(part: np.ndarray, names: tuple[str, ...]) -> Detections:
+    """One frame's rows of a host table (x1, y1, x2, y2, score, class, ...) as :class:`Detections`."""
+    return Detections(
+        xyxy=np.ascontiguousarray(part[:, :4]),
+        confidence=np.ascontiguousarray(part[:, 4]),
+        class_id=part[:, 5].astype(np.int64),
+        class_names=names,
+    )
 
 
 def _source_table(
