@@ -219,6 +219,23 @@ class RemoteSource:
         self._ended.set()
 
 
+def close_write_end(events: Any) -> None:
+    """Close this process's copy of the write end of a ``multiprocessing`` queue that only a
+    child process puts on, once the child has started (it holds its own copy).
+
+    While any write end of the pipe is open, a reader cannot tell a dead writer from a slow
+    one: a child killed in the middle of a message (a batch of frames is larger than the pipe's
+    buffer) leaves half a message, and ``get()`` waits forever for the rest, so the stream of
+    that process would stay "live" and never be restarted. With the child's copy the only one,
+    its death closes the pipe: ``get()`` raises ``EOFError`` (between messages) or ``OSError``
+    (in the middle of one) at once, and the receiver restarts the process.
+    """
+    writer = getattr(events, "_writer", None)  # multiprocessing.queues.Queue's write Connection
+    if writer is None:
+        raise TypeError(f"expected a multiprocessing queue, got {type(events).__name__}")
+    writer.close()
+
+
 class IngestPool:
     """Ingest processes and the streams placed on them; see the module docstring.
 
@@ -319,14 +336,16 @@ class _Shard:
         self.process = mp.Process(target=_ingest_main, name=f"fovea-ingest-{self.index}", daemon=True,
                                   args=(self.index, st, self._commands, self._events, self.flags))
         self.process.start()
+        close_write_end(self._events)  # the child has its own copy now
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
             try:
                 msg = self._events.get(timeout=0.5)
-            except queue.Empty:
-                if not self.process.is_alive():
+            except (queue.Empty, EOFError, OSError) as e:
+                if not isinstance(e, queue.Empty) or not self.process.is_alive():
+                    self.process.join(1.0)  # EOF: it is exiting; its exit code comes with it
                     raise SourceError(f"ingest-{self.index}", f"the ingest process exited while starting "
                                       f"(code {self.process.exitcode})") from None
                 if time.monotonic() > deadline:
@@ -427,6 +446,7 @@ class _Shard:
 
     def _restart(self) -> None:
         """The process died: report it on its streams, restart it (with a backoff), re-add them."""
+        self.process.join(1.0)  # reaped, for its exit code (its pipe may close a moment before)
         code = self.process.exitcode
         reason = f"ingest process {self.index} exited (code {code}); restarting it"
         log.error("%s with its %d streams", reason, len(self.sources))

@@ -9,7 +9,9 @@ import ctypes
 import json
 import multiprocessing
 import os
+import queue
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 import torch
 
 from pipelines.config import parse_config
-from pipelines.ingest import IngestPool, IngestSettings, SharedSurface, _SlotRing, ring_frames_for
+from pipelines.ingest import IngestPool, IngestSettings, SharedSurface, _SlotRing, close_write_end, ring_frames_for
 from pipelines.live import run_live
 from streams.errors import ConfigError
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
@@ -25,6 +27,7 @@ from streams.live.manager import StreamManager
 from streams.live.types import StreamSpec, StreamState, StreamStats
 from tests.live.helpers import Consumer, max_gap, wait_state, wait_until
 from tests.media import write_clip
+from tests.pipelines.ingest_child import put_forever
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +73,39 @@ def test_ingest_processes_setting() -> None:
     assert ring_frames_for(_live(ingest={"ring_frames": 100}), 25, 64, 2) == 100
     with pytest.raises(ConfigError, match=r"live\.ingest\.processes"):
         parse_live_config({"ingest": {"processes": 100}})
+
+
+def test_a_child_killed_in_the_middle_of_a_message_is_seen_at_once() -> None:
+    """The flake of the test below, made certain: a child killed while writing a message
+    larger than the pipe's buffer. With this process's write end open, ``get()`` waited
+    forever for the rest of the message (the receiver never noticed the death, and the
+    process's streams stayed "live"); with it closed, ``get()`` fails at once."""
+    mp = multiprocessing.get_context("spawn")
+    events = mp.Queue(maxsize=8)
+    child = mp.Process(target=put_forever, args=(events, 1 << 20), daemon=True)
+    child.start()
+    close_write_end(events)
+    assert events.get(timeout=60)[0] == "frames"  # running; not read meanwhile: it blocks mid-write
+    time.sleep(0.5)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    outcome: list[str] = []
+
+    def drain() -> None:
+        try:
+            while True:
+                events.get(timeout=5)
+        except queue.Empty:
+            outcome.append("empty")
+        except (EOFError, OSError) as e:
+            outcome.append(type(e).__name__)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert outcome and outcome[0] in ("EOFError", "OSError"), f"get() after the kill: {outcome or 'still waiting'}"
+    with pytest.raises(TypeError, match="multiprocessing queue"):
+        close_write_end(queue.Queue())
 
 
 def test_streams_in_two_processes_survive_a_killed_process_and_runtime_changes(clips: list[Path]) -> None:
