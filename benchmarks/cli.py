@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", choices=["h264", "hevc", "both"], default="both", help="which clips (default both)")
     p.add_argument("--files", type=int, metavar="N", help="generated clips per codec (default 6; quick 2)")
     p.add_argument("--seconds", type=float, metavar="S",
-                   help="time budget per measurement (default 8; quick 2); the looped workload holds about "
+                   help="time budget per measurement (default 12; quick 2); the looped workload holds about "
                         "--expect-fps x S frames")
     p.add_argument("--sessions", type=_int_list, metavar="LIST",
                    help="decode sessions to sweep, e.g. 1,7,10,14 (default; quick 1)")
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode sessions of the end-to-end run (default: the sweep's best)")
     p.add_argument("--streams", type=int, default=2, metavar="N",
                    help="inference threads (one CUDA stream each) of the end-to-end run (default 2)")
-    p.add_argument("--batch", type=int, metavar="B", help="engine batch = frames per decoded sequence (default 32)")
+    p.add_argument("--batch", type=int, metavar="B", help="engine batch = frames per decoded sequence (default 64; quick 8)")
     p.add_argument("--model", default="yolov8n",
                    help="yolov8n (built here, random weights; default), default (the bundled detector) or a "
                         ".pt/.pt2/.onnx file")
