@@ -13,8 +13,11 @@ CUDA graphs and zero copy
     those streams is then copied into that stream's buffer (one device copy, about 0.1 ms
     for 64 frames of 640x640 FP16 on an H200) and the graph replayed: a few host calls per
     batch instead of hundreds of kernel launches, which leaves the GIL to the decode
-    threads. Other batches run eagerly on the caller's buffer (logged once). The TensorRT
-    engine needs no graphs and binds DALI's buffer in place.
+    threads. A smaller batch (a live job's partial batch) is copied into the buffer's
+    first rows and the whole graph replayed; its outputs are those rows (the other rows'
+    work is wasted, which costs less than running eagerly). Larger batches, or other
+    frame shapes, run eagerly on the caller's buffer (logged once). The TensorRT engine
+    needs no graphs and binds DALI's buffer in place.
 
     Without :meth:`close_captures` (tests, single-threaded use) the engine captures on
     demand, one graph per (stream, input address, shape, strides), reading that buffer in
@@ -340,11 +343,16 @@ class TorchEngine:
         stream is assumed (Fovea's decode sessions each own a stream).
         """
         sg = self._static.get(s.cuda_stream)
-        if sg is not None and sg.input is not None and sg.input.shape == x.shape:
+        if sg is not None and sg.input is not None and x.shape[1:] == sg.input.shape[1:] \
+                and x.shape[0] <= sg.input.shape[0]:
+            n, full = x.shape[0], sg.input.shape[0]
             if x.data_ptr() != sg.input.data_ptr():
-                sg.input.copy_(x)  # ordered on s, like the replay
+                sg.input[:n].copy_(x)  # ordered on s, like the replay
             sg.graph.replay()
-            return sg.outputs
+            if n == full:
+                return sg.outputs
+            # a partial batch: its rows of the batch-first outputs (rows past n hold stale work)
+            return tuple(o[:n] if o.dim() > 0 and o.shape[0] == full else o for o in sg.outputs)
         if self._captures_closed is not None:
             if not self._eager_noted:
                 self._eager_noted = True

@@ -44,7 +44,14 @@ from pipelines.config import JobConfig
 from pipelines.ingest import IngestPool, IngestSettings, ring_frames_for
 from pipelines.live_decode import LiveBatchPipeline
 from pipelines.preprocess import PreprocessSpec
-from pipelines.runner import Stage, gil_switch_interval, open_sinks, open_stage, warm_postprocess
+from pipelines.runner import (
+    Stage,
+    gil_switch_interval,
+    open_sinks,
+    open_stage,
+    prepare_inference,
+    warm_postprocess,
+)
 from streams.errors import ConfigError, DecodeError, FoveaError
 from streams.frames import FrameResult
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
@@ -141,8 +148,14 @@ class LiveRunner:
                 batch = min(batch, stage.engine.max_batch_size)
             device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
             workers = self.live.workers if device_id is not None else 1
-            if device_id is not None:  # the fused postprocess's kernel builds now, not on the first frames
-                warm_postprocess(stage, batch, torch.cuda.Stream(device=device))
+            infer_streams: list[torch.cuda.Stream | None] = [None] * workers
+            if device_id is not None:
+                # before any stream (in this process: NVDEC sessions, DALI) touches the GPU: the
+                # engine's CUDA graphs, one per worker stream, are captured now (a capture must not
+                # overlap other threads' CUDA work); the fused postprocess's kernel builds now too
+                infer_streams = list(prepare_inference(stage.engine, batch, stage.info.input_size, workers,
+                                                       device))
+                warm_postprocess(stage, batch, infer_streams[0])  # type: ignore[arg-type]
             sources = [s for s in self.cfg.sources if s.uri is not None]
             factory = None
             pool: IngestPool | None = None
@@ -169,7 +182,7 @@ class LiveRunner:
                                   options=self.cfg.preprocess)
             for i in range(workers):
                 t = threading.Thread(target=self._worker, name=f"live-worker-{i}", daemon=True,
-                                     args=(stage, mode, spec, items_per_batch, device_id))
+                                     args=(stage, mode, spec, items_per_batch, device_id, infer_streams[i]))
                 self._workers.append(t)
                 t.start()
             start = time.monotonic()
@@ -227,9 +240,10 @@ class LiveRunner:
                 s.latencies.append(now - r.frame.arrival_time)
 
     def _worker(self, stage: Stage, mode: str, spec: PreprocessSpec, items_per_batch: int,
-                device_id: int | None) -> None:
+                device_id: int | None, cuda_stream: torch.cuda.Stream | None) -> None:
+        """Batches from the manager -> model input -> engine -> postprocess, on ``cuda_stream``
+        (the stream the engine's graph for this worker was captured on; ``None`` on the CPU)."""
         assert self.manager is not None
-        cuda_stream = torch.cuda.Stream(device=device_id) if device_id is not None else None
         handle = cuda_stream.cuda_stream if cuda_stream is not None else None
         pipe = LiveBatchPipeline(mode, spec, stage.info.input_size, items_per_batch,  # type: ignore[arg-type]
                                  device_id, handle, num_threads=2)

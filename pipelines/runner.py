@@ -67,8 +67,8 @@ class Stage:
 GRAPHS_WITH_DALI = (
     "a CUDA graph capture while DALI decodes in other threads invalidates DALI's work "
     "(cudaErrorStreamCaptureIsolation, seen on an H200) or the capture; graphs are captured "
-    "only before decoding starts (fovea run: one per inference stream; fovea live runs eagerly; "
-    "engine: tensorrt needs no graphs)"
+    "only before decoding starts (one per inference stream of fovea run, per worker of fovea "
+    "live; engine: tensorrt needs no graphs)"
 )
 
 

@@ -52,10 +52,21 @@ def test_pre_captured_graphs_replay_new_inputs_per_stream(caplog: pytest.LogCapt
                 with torch.inference_mode():
                     want = ref(x)
                 assert torch.allclose(out.float(), want.float(), atol=1e-2), f"replay {step} differs from eager"
-        # another batch size has no graph and captures are closed: eager, said once
+        # a partial batch replays the graph on the buffer's first rows: no eager run, its rows out
+        with caplog.at_level(logging.WARNING, logger="engines.torch_engine"):
+            for n in (3, 1, 7):
+                x = torch.rand(n, 3, 64, 64, device="cuda").half()
+                streams[1].wait_stream(torch.cuda.current_stream())
+                out = engine.infer({"images": x}, stream=streams[1].cuda_stream)["output0"]
+                torch.cuda.synchronize()
+                assert out.shape[0] == n
+                with torch.inference_mode():
+                    assert torch.allclose(out.float(), ref(x).float(), atol=1e-2), f"partial batch {n}"
+        assert not [r for r in caplog.records if "run eagerly" in r.getMessage()]
+        # a larger batch has no graph and captures are closed: eager, said once
         with caplog.at_level(logging.WARNING, logger="engines.torch_engine"):
             for _ in range(2):
-                x = torch.rand(3, 3, 64, 64, device="cuda").half()
+                x = torch.rand(12, 3, 64, 64, device="cuda").half()
                 streams[0].wait_stream(torch.cuda.current_stream())
                 out = engine.infer({"images": x}, stream=streams[0].cuda_stream)["output0"]
                 torch.cuda.synchronize()
