@@ -5,6 +5,7 @@ by an NVDEC session per stream (``decode: gpu``) or in batches of GOPs by DALI
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("decode,mode,processes", [("gpu", "packets", 0), ("gpu", "packets", 2), ("gop", "gop", 0)])
 def test_gpu_decode_of_paced_streams(tmp_path: Path, bright_model: Path, decode: str, mode: str,
-                                     processes: int) -> None:
+                                     processes: int, caplog: pytest.LogCaptureFixture) -> None:
     """``processes: 2``: the streams are read by two ingest processes and their NVDEC frames
-    reach the engine through GPU rings shared with the job's process (CUDA IPC)."""
+    reach the engine through GPU rings shared with the job's process (CUDA IPC). Every batch
+    (partial ones included) replays a CUDA graph captured before the streams started."""
     clips = [write_clip(tmp_path / f"c{i}.mp4", "libx264", frames=60, width=w, height=h,
                         options={"g": "15", "bf": "0"})
              for i, (w, h) in enumerate([(320, 240), (640, 360), (360, 640)])]
@@ -32,7 +34,11 @@ def test_gpu_decode_of_paced_streams(tmp_path: Path, bright_model: Path, decode:
                  "ingest": {"processes": processes}},
         "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
     })
-    summary = run_live(cfg, duration_s=11, warmup_s=4)  # warm-up: pipeline builds, graph capture
+    with caplog.at_level(logging.INFO, logger="engines.torch_engine"):
+        summary = run_live(cfg, duration_s=11, warmup_s=4)  # warm-up: pipeline builds
+    engine_log = [r.getMessage() for r in caplog.records if r.name == "engines.torch_engine"]
+    assert any(m.startswith("captured 2 CUDA graph(s) for batches of 64") for m in engine_log), engine_log  # 2 workers
+    assert not [m for m in engine_log if "eagerly" in m or "disabled" in m], engine_log
     assert summary.mode == mode
     assert summary.batch_errors == 0
     records = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
