@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode sessions of the end-to-end run (default: the sweep's best)")
     p.add_argument("--streams", type=int, default=2, metavar="N",
                    help="inference threads (one CUDA stream each) of the end-to-end run (default 2)")
-    p.add_argument("--batch", type=int, metavar="B", help="engine batch = frames per decoded sequence (default 64; quick 8)")
+    p.add_argument("--batch", type=int, metavar="B",
+                   help="engine batch = frames per decoded sequence (default 64; quick 8)")
     p.add_argument("--model", default="yolov8n",
                    help="yolov8n (built here, random weights; default), default (the bundled detector) or a "
                         ".pt/.pt2/.onnx file")

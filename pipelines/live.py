@@ -148,14 +148,13 @@ class LiveRunner:
                 batch = min(batch, stage.engine.max_batch_size)
             device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
             workers = self.live.workers if device_id is not None else 1
-            infer_streams: list[torch.cuda.Stream | None] = [None] * workers
+            infer_streams: list[torch.cuda.Stream] = []
             if device_id is not None:
                 # before any stream (in this process: NVDEC sessions, DALI) touches the GPU: the
                 # engine's CUDA graphs, one per worker stream, are captured now (a capture must not
                 # overlap other threads' CUDA work); the fused postprocess's kernel builds now too
-                infer_streams = list(prepare_inference(stage.engine, batch, stage.info.input_size, workers,
-                                                       device))
-                warm_postprocess(stage, batch, infer_streams[0])  # type: ignore[arg-type]
+                infer_streams = prepare_inference(stage.engine, batch, stage.info.input_size, workers, device)
+                warm_postprocess(stage, batch, infer_streams[0])
             sources = [s for s in self.cfg.sources if s.uri is not None]
             factory = None
             pool: IngestPool | None = None
@@ -182,7 +181,8 @@ class LiveRunner:
                                   options=self.cfg.preprocess)
             for i in range(workers):
                 t = threading.Thread(target=self._worker, name=f"live-worker-{i}", daemon=True,
-                                     args=(stage, mode, spec, items_per_batch, device_id, infer_streams[i]))
+                                     args=(stage, mode, spec, items_per_batch, device_id,
+                                           infer_streams[i] if infer_streams else None))
                 self._workers.append(t)
                 t.start()
             start = time.monotonic()
