@@ -23,11 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from streams.errors import SinkError
 from streams.frames import FrameResult
+from streams.registry import PluginConfig
 from streams.sinks import SINKS
+from streams.sinks.process import ProcessSink
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,16 @@ class _FileSink:
 
 @dataclass(frozen=True)
 class JsonlConfig:
-    """``type: jsonl``: one JSON record per frame (frames without detections included)."""
+    """``type: jsonl``: one JSON record per frame (frames without detections included).
+
+    ``writer``: ``process`` formats and writes in a process of its own
+    (:class:`streams.sinks.process.ProcessSink`: off the job's GIL); ``inline`` in the
+    calling thread.
+    """
 
     path: str
     append: bool = False
+    writer: Literal["process", "inline"] = "process"
 
 
 class JsonlSink(_FileSink):
@@ -156,10 +164,12 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class CsvConfig:
-    """``type: csv``: one row per detection (frames without detections have no row)."""
+    """``type: csv``: one row per detection (frames without detections have no row);
+    ``writer`` as for :class:`JsonlConfig`."""
 
     path: str
     append: bool = False
+    writer: Literal["process", "inline"] = "process"
 
 
 class CsvSink(_FileSink):
@@ -184,10 +194,14 @@ class CsvSink(_FileSink):
 
 
 @SINKS.register("jsonl", JsonlConfig)
-def _jsonl(config: JsonlConfig) -> JsonlSink:
+def _jsonl(config: JsonlConfig) -> JsonlSink | ProcessSink:
+    if config.writer == "process":
+        return ProcessSink(PluginConfig("jsonl", config))
     return JsonlSink(config.path, config.append)
 
 
 @SINKS.register("csv", CsvConfig)
-def _csv(config: CsvConfig) -> CsvSink:
+def _csv(config: CsvConfig) -> CsvSink | ProcessSink:
+    if config.writer == "process":
+        return ProcessSink(PluginConfig("csv", config))
     return CsvSink(config.path, config.append)

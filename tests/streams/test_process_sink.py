@@ -1,0 +1,125 @@
+"""The sink process (``writer: process``): same output as inline, errors surface, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.detections import Detections
+from streams.errors import SinkError
+from streams.frames import FrameMeta, FrameResult
+from streams.sinks import SINKS
+from streams.sinks.process import ProcessSink, decode_results, encode_results
+
+NAMES = tuple(f"class {i}" for i in range(80))
+
+
+def _batch(k: int, n: int = 16, seed: int = 0) -> list[FrameResult]:
+    rng = np.random.default_rng(seed + k)
+    out = []
+    for i in range(n):
+        m = int(rng.integers(0, 30)) if i % 5 else 0  # every fifth frame has no detections
+        d = Detections(rng.uniform(0, 1900, (m, 4)).astype(np.float32), rng.uniform(0, 1, m).astype(np.float32),
+                       rng.integers(0, 90, m), NAMES)  # ids past the names: labelled by number
+        pts = None if i == 3 else (k * n + i) * 512
+        out.append(FrameResult(FrameMeta(f"src{k % 2}", f"/v/é {k % 2}.mp4", k * n + i, pts, (1, 12800), 1920, 1080,
+                                         arrival_time=1.5 * i if k % 2 else None), d))
+    return out
+
+
+def _sink(kind: str, path: Path, writer: str) -> object:
+    return SINKS.create(SINKS.parse({"type": kind, "path": str(path), "writer": writer}, "sinks[0]"))
+
+
+def test_encode_decode_round_trip() -> None:
+    results = _batch(1)
+    back = decode_results(encode_results(results))
+    assert [r.frame for r in back] == [r.frame for r in results]
+    for a, b in zip(back, results, strict=True):
+        np.testing.assert_array_equal(a.detections.xyxy, b.detections.xyxy)
+        np.testing.assert_array_equal(a.detections.confidence, b.detections.confidence)
+        np.testing.assert_array_equal(a.detections.class_id, b.detections.class_id)
+        assert a.detections.class_names == NAMES
+    assert decode_results(encode_results([])) == []
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_process_writer_output_equals_inline(tmp_path: Path, kind: str) -> None:
+    batches = [_batch(k) for k in range(12)]
+    for writer in ("inline", "process"):
+        with _sink(kind, tmp_path / f"{writer}.{kind}", writer) as sink:  # type: ignore[attr-defined]
+            for b in batches:
+                sink.write(b)
+    inline = (tmp_path / f"inline.{kind}").read_bytes()
+    assert (tmp_path / f"process.{kind}").read_bytes() == inline
+    if kind == "jsonl":
+        assert len(inline.splitlines()) == 12 * 16
+        assert json.loads(inline.splitlines()[3])["pts"] is None
+
+
+def test_default_writer_is_the_process() -> None:
+    sink = SINKS.create(SINKS.parse({"type": "jsonl", "path": "x.jsonl"}, "sinks[0]"))
+    assert isinstance(sink, ProcessSink)
+
+
+def test_unwritable_path_fails_at_enter_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SinkError, match=r"cannot open .*file/out\.jsonl"), \
+            _sink("jsonl", blocker / "out.jsonl", "process"):  # type: ignore[attr-defined]
+        pass
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_write_error_in_the_process_reaches_the_job() -> None:
+    with pytest.raises(SinkError, match="cannot write /dev/full"):  # noqa: SIM117
+        with _sink("jsonl", Path("/dev/full"), "process") as sink:  # type: ignore[attr-defined]
+            for k in range(50):
+                sink.write(_batch(k))
+                time.sleep(0.01)
+
+
+def test_a_killed_sink_process_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    sink = _sink("jsonl", tmp_path / "out.jsonl", "process")
+    assert isinstance(sink, ProcessSink)
+    with pytest.raises(SinkError, match="exited"), sink:
+        sink.write(_batch(0))
+        assert sink._process is not None
+        os.kill(sink._process.pid, signal.SIGKILL)
+        sink._process.wait(10)
+        t = time.monotonic()
+        for k in range(1, 100):  # the pipe breaks at once: no write waits on a dead reader
+            sink.write(_batch(k, n=64))
+    assert time.monotonic() - t < 10
+
+
+def test_records_sent_before_the_job_dies_are_written(tmp_path: Path) -> None:
+    """The job's process exits abruptly (no close) after 5 batches: the sink process still
+    writes all 80 records, whole lines. The script has no ``__main__`` guard on purpose."""
+    out = tmp_path / "out.jsonl"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_process_sink import _batch, _sink
+        sink = _sink("jsonl", __import__("pathlib").Path({str(out)!r}), "process").__enter__()
+        for k in range(5):
+            sink.write(_batch(k))
+        os._exit(0)
+    """))
+    subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 80):
+        time.sleep(0.05)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 80
+    assert [json.loads(x)["frame_index"] for x in lines] == list(range(80))
