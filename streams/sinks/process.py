@@ -13,7 +13,9 @@ lines, so a crash of either process leaves a valid file.
 Errors: a child that cannot open its output fails :meth:`ProcessSink.__enter__` with the
 child's :class:`~streams.errors.SinkError` message; a write error in the child, or the
 child's death, raises :class:`~streams.errors.SinkError` at the next :meth:`write` or at
-exit. Nothing is retried: a file sink that cannot write cannot go on either.
+exit. Nothing is retried: a file sink that cannot write cannot go on either. The process
+ignores Ctrl-C and SIGTERM (they reach the whole process group): it ends when the job closes
+the sink or its process is gone, after writing every batch it received.
 
 Usage (what the ``jsonl`` and ``csv`` plugins do with ``writer: process``, the default)::
 
@@ -30,6 +32,7 @@ import logging
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -252,6 +255,10 @@ def _child_main(data_fd: int, reply_fd: int) -> int:
 
 
 if __name__ == "__main__":
+    # Ctrl-C and SIGTERM reach the whole process group: the job's process handles them and
+    # closes this sink, which ends this process once it has written everything it was sent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=int(sys.argv[3]),
                         format="%(asctime)s %(levelname)s %(name)s [sink process] %(message)s")
     sys.exit(_child_main(int(sys.argv[1]), int(sys.argv[2])))

@@ -123,3 +123,20 @@ def test_records_sent_before_the_job_dies_are_written(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert len(lines) == 80
     assert [json.loads(x)["frame_index"] for x in lines] == list(range(80))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_to_the_group_does_not_lose_records(tmp_path: Path, sig: int) -> None:
+    """A terminal's Ctrl-C (or a service manager's SIGTERM) reaches the sink process too: it
+    keeps going, and the job's close still gets every record written."""
+    out = tmp_path / "out.jsonl"
+    sink = _sink("jsonl", out, "process")
+    assert isinstance(sink, ProcessSink)
+    with sink:
+        sink.write(_batch(0))
+        assert sink._process is not None
+        os.kill(sink._process.pid, sig)
+        time.sleep(0.3)
+        for k in range(1, 5):
+            sink.write(_batch(k))
+    assert len(out.read_text().splitlines()) == 5 * 16
