@@ -108,7 +108,8 @@ class ProcessSink:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "streams.sinks.process", str(data_r), str(reply_w),
                  str(logging.getLogger().getEffectiveLevel())],
-                pass_fds=(data_r, reply_w), stdin=subprocess.DEVNULL)
+                pass_fds=(data_r, reply_w), stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})  # imports as here
         except OSError as e:
             for fd in (data_r, data_w, reply_r, reply_w):
                 os.close(fd)
