@@ -231,9 +231,12 @@ def _child_main(data_fd: int, reply_fd: int) -> int:
             pass  # the job's process is gone (or died mid-message): write what arrived whole
         batches.put(None)
 
-    written = 0
     try:
         plugin = pickle.loads(recv.recv_bytes())
+    except (EOFError, OSError):
+        return 1  # the job's process is gone before sending the config
+    written = 0
+    try:
         with SINKS.create(plugin) as sink:
             answer("ready", None)
             threading.Thread(target=receive, name="sink-receive", daemon=True).start()
@@ -241,10 +244,6 @@ def _child_main(data_fd: int, reply_fd: int) -> int:
                 results = decode_results(data)
                 sink.write(results)
                 written += len(results)
-    except (EOFError, OSError) as e:
-        if not isinstance(e, EOFError) and written == 0:
-            answer("error", f"sink process: {e}")
-        return 1
     except SinkError as e:
         answer("error", str(e))
         return 1
