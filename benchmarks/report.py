@@ -8,8 +8,11 @@ utilisation) and the ratios the issue sets targets for:
 
 plus ``e2e`` over each other baseline (no target), and the steady end-to-end rate (records
 between 10 % and 90 % of the frames: without the job's start-up and tail) over the ceiling,
-also without a target: it shows how much of a short run the fixed start and tail take. A
-ratio whose inputs were not measured is ``None`` ("n/a"), and so is its pass/fail.
+also without a target. The job's fixed cost, its seconds beyond what its frames take at the
+steady rate (the readers' start, the sessions' uneven finish), is reported in seconds: a job
+of ``T`` seconds at the steady rate ``S`` makes ``S x T / (T + fixed)``, so the ratio of a
+shorter or longer job can be judged from one run. A ratio whose inputs were not measured
+is ``None`` ("n/a"), and so is its pass/fail.
 
 Usage::
 
@@ -54,6 +57,8 @@ class CodecSummary:
     ratios: dict[str, float | None] = field(default_factory=dict)  # e2e / each baseline
     steady_fps: float | None = None  # e2e between 10 % and 90 % of the frames
     ratio_ceiling_steady: float | None = None  # steady / ceiling (no target)
+    fixed_seconds: float | None = None  # e2e seconds beyond frames / steady_fps (start-up + tail)
+    e2e_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,11 +83,15 @@ def summarize_codec(results: BenchResults, codec: str) -> CodecSummary:
     r_ceiling = _ratio(e2e, ceiling)
     ratios = {b: _ratio(e2e, _fps(results.get(b, codec))) for b in BASELINES}
     r_base = ratios["pyav_fp32"]
+    fixed = None
+    if e2e_m is not None and e2e is not None and steady:
+        fixed = e2e_m.seconds - e2e_m.frames / steady
     return CodecSummary(
         codec=codec, e2e_fps=e2e, decode_fps=decode, engine_fps=engine, ceiling_fps=ceiling,
         ratio_ceiling=r_ceiling, pass_ceiling=None if r_ceiling is None else r_ceiling >= TARGET_CEILING,
         ratio_baseline=r_base, pass_baseline=None if r_base is None else r_base >= TARGET_BASELINE,
         ratios=ratios, steady_fps=steady, ratio_ceiling_steady=_ratio(steady, ceiling),
+        fixed_seconds=fixed, e2e_seconds=e2e_m.seconds if e2e is not None and e2e_m is not None else None,
     )
 
 
@@ -195,6 +204,8 @@ def _section(results: BenchResults, codec: str) -> list[str]:
               f">= {TARGET_CEILING:.2f} | {_verdict(s.pass_ceiling)} |",
               f"| steady end to end (10-90 % of the frames: no start-up, no tail) / min(ceilings) | "
               f"{_num(s.ratio_ceiling_steady, 3)} | | |",
+              f"| the job's start-up and tail: seconds beyond its frames at the steady rate (of "
+              f"{_num(s.e2e_seconds, 1)} s) | {_num(s.fixed_seconds, 2)} | | |",
               f"| end to end / PyAV + torch FP32 | {_times(s.ratio_baseline)} | >= {TARGET_BASELINE:.0f}x | "
               f"{_verdict(s.pass_baseline)} |"]
     for b in BASELINES[1:]:
@@ -214,7 +225,8 @@ def to_markdown(results: BenchResults) -> str:
         f"{env.get('cpu_count')} CPU cores; torch {env.get('torch')}, DALI {env.get('dali')}, PyAV {env.get('pyav')}",
         f"- commit {commit}, {env.get('date')}; `{env.get('command', '')}`",
         f"- model: {cfg.get('model_description', cfg.get('model'))}; batch {cfg.get('batch')}, "
-        f"{cfg.get('precision')} on {cfg.get('device')}; {cfg.get('seconds')} s per measurement"
+        f"{cfg.get('precision')} on {cfg.get('device')}; {cfg.get('seconds')} s per ceiling and baseline"
+        + (f", end-to-end workload sized for {cfg['job_seconds']} s" if cfg.get("job_seconds") else "")
         + (" (quick)" if cfg.get("quick") else ""),
         "- utilisation columns: mean / max of 0.2 s NVML samples (n/a without NVML); CPU is the whole machine",
         "",

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.cli import config_from_args
 from benchmarks.clips import ClipSpec, default_specs, describe_clip, ensure_clips, loop_clip
 from benchmarks.report import summarize_codec, targets_met, to_json, to_markdown
 from benchmarks.results import BenchResults, Measurement
 from benchmarks.yolov8n import NUM_PARAMS, Detect, build_yolov8n, calibrate, export_torchscript, fuse
 from pipelines.cli import build_parser, main
+from streams.errors import ConfigError
 
 GPU_ONLY = {"decode", "source", "pyav_fp16", "dali_legacy"}
 
@@ -166,6 +168,7 @@ def test_report_ratios_and_targets() -> None:
     h = summarize_codec(r, "h264")
     assert h.ceiling_fps == 5000.0 and h.ratio_ceiling == pytest.approx(0.92) and h.pass_ceiling is True
     assert h.steady_fps == 4800.0 and h.ratio_ceiling_steady == pytest.approx(0.96)
+    assert h.fixed_seconds == pytest.approx(1.0 - 4600 / 4800)  # the 1 s job less its frames at 4,800 fps
     assert h.ratio_baseline == pytest.approx(11.5) and h.pass_baseline is True
     assert h.ratios["pyav_fp16"] == pytest.approx(10.0) and h.ratios["dali_legacy"] == pytest.approx(5.0)
     v = summarize_codec(r, "hevc")  # the engine ceiling (codec None) serves every codec
@@ -177,6 +180,8 @@ def test_report_ratios_and_targets() -> None:
     md = to_markdown(r)
     assert md.count("**PASS**") == 3 and md.count("**FAIL**") == 1 and "skipped: needs a CUDA GPU" in md
     assert "no start-up, no tail) / min(ceilings) | 0.960 | | |" in md
+    assert "seconds beyond its frames at the steady rate (of 1.0 s) | 0.04 | | |" in md
+    assert v.fixed_seconds is None  # no steady rate: n/a
     doc = json.loads(json.dumps(to_json(r)))
     assert doc["summary"]["h264"]["pass_ceiling"] is True and doc["summary"]["hevc"]["pass_ceiling"] is False
     again = BenchResults.from_dict(doc)
@@ -217,6 +222,12 @@ def test_bench_arguments() -> None:
     assert args.input_size == (320, 320) and args.codec == "hevc" and args.func.__name__ == "cmd_bench"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--input-size", "300"])  # not a multiple of 32
+    cfg = config_from_args(build_parser().parse_args(["bench", "--job-seconds", "90"])).resolved()
+    assert (cfg.job_seconds, cfg.seconds) == (90.0, 12.0)
+    default = config_from_args(build_parser().parse_args(["bench"])).resolved()
+    assert (default.job_seconds, default.seconds) == (60.0, 12.0)  # a sustained end-to-end run by default
+    with pytest.raises(ConfigError, match=r"--job-seconds: expected > 0, got 0\.0"):
+        config_from_args(build_parser().parse_args(["bench", "--job-seconds", "0"]))
 
 
 class _FakeReader:
