@@ -8,6 +8,13 @@ dealt out longest first to the least-loaded session (LPT scheduling), and each s
 reads its segments through one reader (a ``file_list`` with ``start end`` frame ranges).
 Cutting at keyframes means no frame is decoded twice.
 
+LPT leaves the loads up to about one segment apart (on the 28-file H.264 benchmark workload:
+25,440-26,280 frames a session, 3 % of an 87 s job, which the sessions then finish apart).
+A rebalancing pass then cuts the most-loaded session's segments at a keyframe and hands the
+piece to the least-loaded one, counting each extra segment as ``switch_cost`` frames (a
+reader opening another file range costs about that much decoding time), until no move
+shortens the longest session.
+
 The plan is fixed before decoding, one pipeline per session, because reader pipelines are
 expensive beyond their own build: on an H200 (benchmarks/RESULTS.md, session 6) fourteen
 sessions decoding eight pipelines each in turn made 2,727 fps against 3,846 with one each,
@@ -23,6 +30,7 @@ Usage::
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +74,8 @@ def plan_segments(
     sessions: int,
     chunk: int | None = None,
     min_chunk: int = 512,
+    min_piece: int = 64,
+    switch_cost: int = 32,
 ) -> list[list[Segment]]:
     """Deal keyframe-aligned segments of ``files`` out to ``sessions`` sessions.
 
@@ -75,9 +85,12 @@ def plan_segments(
             segments than sessions.
         chunk: target segment length in frames; default: a quarter of a session's share,
             at least ``min_chunk``.
+        min_piece: the shortest piece the rebalancing pass cuts off or leaves behind.
+        switch_cost: what one more segment in a session's list weighs, in frames.
 
     Returns:
-        One list of segments per session, loads within about one segment of each other.
+        One list of segments per session, loads within about a GOP of each other where the
+        files' keyframes allow (each extra segment counted as ``switch_cost`` frames).
         Within a list, segments are ordered by geometry (a pipeline per geometry), then
         job order, then start frame.
     """
@@ -102,9 +115,59 @@ def plan_segments(
         load, k = heapq.heappop(heap)
         plans[k].append(seg)
         heapq.heappush(heap, (load + seg.frames, k))
+    _rebalance(plans, min_piece, switch_cost)
     for p in plans:
         p.sort(key=lambda s: (_geom_key(s.geometry), order[s.file.source_id], s.start))
     return plans
+
+
+def _rebalance(plans: list[list[Segment]], min_piece: int, switch_cost: int) -> None:
+    """Move keyframe-aligned pieces off the most-loaded session while that shortens it
+    without making another session as long (in place; see the module docstring)."""
+    n = len(plans)
+    if n < 2:
+        return
+    loads = [sum(s.frames for s in p) + switch_cost * (len(p) - 1) for p in plans]
+    for _ in range(4 * n):
+        hi = max(range(n), key=loads.__getitem__)
+        best: tuple[int, int, int, int] | None = None  # (the pair's new max load, receiver, segment, cut)
+        for lo in sorted(range(n), key=loads.__getitem__):
+            if loads[lo] + switch_cost >= loads[hi] or (best is not None and loads[lo] >= best[0]):
+                break  # receivers are sorted: none further on can do better
+            geoms = {s.geometry for s in plans[lo]}
+            target = (loads[hi] - loads[lo] - switch_cost) // 2  # frames to move for equal loads
+            for j, seg in enumerate(plans[hi]):
+                if geoms and seg.geometry not in geoms:  # another geometry: another pipeline for ``lo``
+                    continue
+                for cut in _cuts_near(seg, seg.end - target, min_piece):
+                    moved = seg.end - cut
+                    whole = cut == seg.start  # the segment moves: ``hi`` also has one segment less
+                    worst = max(loads[hi] - moved - (switch_cost if whole else 0), loads[lo] + moved + switch_cost)
+                    if worst < loads[hi] and (best is None or worst < best[0]):
+                        best = (worst, lo, j, cut)
+        if best is None:
+            return
+        _, lo, j, cut = best
+        seg = plans[hi][j]
+        moved = seg.end - cut
+        if cut == seg.start:
+            plans[hi].pop(j)
+            loads[hi] -= moved + switch_cost
+        else:
+            plans[hi][j] = Segment(seg.file, seg.info, seg.geometry, seg.start, cut)
+            loads[hi] -= moved
+        plans[lo].append(Segment(seg.file, seg.info, seg.geometry, cut, seg.end))
+        loads[lo] += moved + switch_cost
+
+
+def _cuts_near(seg: Segment, at: int, min_piece: int) -> list[int]:
+    """Where ``seg`` can be cut near frame ``at``: the nearest keyframes on either side that
+    leave both pieces at least ``min_piece`` long, and the segment's own start (moving it whole)."""
+    keys = seg.info.keyframes
+    lo = bisect.bisect_left(keys, seg.start + min_piece)
+    hi = bisect.bisect_right(keys, seg.end - min_piece)
+    i = min(max(bisect.bisect_left(keys, at, lo, hi), lo), hi)
+    return [*keys[max(lo, i - 1):min(hi, i + 1)], seg.start]
 
 
 def _geom_key(g: LetterboxGeometry) -> tuple[int, ...]:

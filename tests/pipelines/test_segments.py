@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.boxes import letterbox_geometry
+from operators.boxes import LetterboxGeometry, letterbox_geometry
 from pipelines.config import PreprocessConfig
 from pipelines.decode import SegmentBatch, SegmentDecoder, SegmentDone
 from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
 from pipelines.preprocess import PreprocessSpec
-from pipelines.segments import cut_points, plan_segments
+from pipelines.segments import Segment, _rebalance, cut_points, plan_segments
 from streams.files import VideoFile
 from streams.probe import BackgroundProbe, VideoInfo, probe_video
 from tests.media import pyav_frames, write_clip
@@ -52,6 +52,53 @@ def test_plan_covers_every_frame_once_and_balances_sessions() -> None:
     biggest = max(s.frames for segs in plans for s in segs)
     assert max(loads) - min(loads) <= biggest, loads
     assert max(loads) < 1.25 * sum(lengths) / 5, loads
+
+
+def _looped_workload(loops: int) -> list[tuple[VideoFile, VideoInfo, LetterboxGeometry]]:
+    """The benchmark's 28 files: six clips (frames, GOP) looped ``loops`` times, cycled."""
+    clips = [(600, 240), (300, 30), (450, 240), (150, 30), (540, 240), (240, 30)]
+    files = []
+    for i in range(28):
+        n, gop = clips[i % 6]
+        info = replace(_info(n * loops, gop, str(i)), keyframes=tuple(
+            loop * n + g for loop in range(loops) for g in range(0, n, gop)))  # each loop restarts its GOPs
+        files.append((VideoFile(Path(f"/v/{i}.mp4"), f"f{i:02d}"), info, GEOM))
+    return sorted(files, key=lambda f: -f[1].num_frames)
+
+
+@pytest.mark.parametrize(("loops", "spread"), [(7, 90), (34, 90)])
+def test_rebalancing_evens_the_sessions_out_at_keyframes(loops: int, spread: int) -> None:
+    """LPT alone left 5,220-5,400 and 25,440-26,280 frames a session on these workloads
+    (the loads the H200 runs logged); cutting pieces off at keyframes evens them out."""
+    files = _looped_workload(loops)
+    plans = plan_segments(files, sessions=14, min_chunk=512)
+    loads = [sum(s.frames for s in p) for p in plans]
+    assert sum(loads) == sum(f[1].num_frames for f in files)
+    assert max(loads) - min(loads) <= spread, loads
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for p in plans:
+        for s in p:
+            assert s.start in (0, *s.info.keyframes) and s.frames >= 64  # keyframe cuts, no sliver
+            spans.setdefault(s.file.source_id, []).append((s.start, s.end))
+    for f, info, _ in files:
+        cover = sorted(spans[f.source_id])
+        assert cover[0][0] == 0 and cover[-1][1] == info.num_frames
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(cover))
+    assert max(len(p) for p in plans) <= 6  # a few more segments, not a work pool
+
+
+def test_rebalancing_does_not_give_a_session_another_geometry() -> None:
+    other = letterbox_geometry(640, 480, 64, 64)
+    a = _info(3000, 30, "a")
+    b = replace(_info(300, 30, "b"), width=640, height=480)
+    plans = [[Segment(VideoFile(a.path, "a"), a, GEOM, 0, 3000)],
+             [Segment(VideoFile(b.path, "b"), b, other, 0, 300)]]
+    _rebalance(plans, min_piece=64, switch_cost=32)  # a second pipeline would cost more than it evens out
+    assert [[(s.start, s.end) for s in p] for p in plans] == [[(0, 3000)], [(0, 300)]]
+    plans[1][0] = Segment(VideoFile(b.path, "b"), b, GEOM, 0, 300)
+    _rebalance(plans, min_piece=64, switch_cost=32)
+    loads = [sum(s.frames for s in p) for p in plans]
+    assert sum(loads) == 3300 and max(loads) - min(loads) <= 30 + 32, loads
 
 
 def test_plan_with_more_sessions_than_segments() -> None:
