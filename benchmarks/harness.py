@@ -71,7 +71,7 @@ class BenchConfig:
     out: Path
     codecs: tuple[str, ...] = CODECS
     files: int | None = None  # generated clips per codec: 6 (quick: 2)
-    seconds: float | None = None  # budget per measurement: 12 (quick: 2)
+    seconds: float | None = None  # budget of the ceilings and baselines: 12 (quick: 2)
     job_seconds: float | None = None  # sizes the end-to-end workload: 60 (quick: 2)
     sessions: tuple[int, ...] | None = None  # decode sweep: 1, 7, 10, 14 (quick: 1)
     batch: int | None = None  # engine batch: 64, the best end to end on the H200 (quick: 8)

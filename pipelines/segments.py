@@ -10,10 +10,11 @@ Cutting at keyframes means no frame is decoded twice.
 
 LPT leaves the loads up to about one segment apart (on the 28-file H.264 benchmark workload:
 25,440-26,280 frames a session, 3 % of an 87 s job, which the sessions then finish apart).
-A rebalancing pass then cuts the most-loaded session's segments at a keyframe and hands the
-piece to the least-loaded one, counting each extra segment as ``switch_cost`` frames (a
-reader opening another file range costs about that much decoding time), until no move
-shortens the longest session.
+A rebalancing pass then cuts a piece off one of the most-loaded session's segments at a
+keyframe and hands it to a lighter session reading the same geometry (the piece and the
+receiver chosen so the pair ends up most even), counting each extra segment as
+``switch_cost`` frames (a reader opening another file range costs about that much decoding
+time), until no move shortens the longest session.
 
 The plan is fixed before decoding, one pipeline per session, because reader pipelines are
 expensive beyond their own build: on an H200 (benchmarks/RESULTS.md, session 6) fourteen
