@@ -35,7 +35,7 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -500,6 +500,11 @@ class _LineCounter:
         return rate_between(self.samples, lo, hi)
 
 
+def _span(values: Iterable[float]) -> list[float]:
+    v = list(values)
+    return [round(min(v), 2), round(max(v), 2)]
+
+
 def measure_e2e(
     files: Sequence[Path],
     expected_frames: int,
@@ -564,6 +569,10 @@ def measure_e2e(
         "wall_seconds": round(wall, 3), "cuda_graphs_disabled": graphs_off, "warnings": watch.messages[:20],
         "steady_fps": counter.rate_between(0.1 * expected_frames, 0.9 * expected_frames),
         "streams": engine.streams,
+        # the decode sessions: [min, max] of their first batch and finish (s after decoding started), frames
+        **({"session_first_batch_s": _span(x[0] for x in summary.sessions),
+            "session_finished_s": _span(x[1] for x in summary.sessions),
+            "session_frames": _span(x[2] for x in summary.sessions)} if summary.sessions else {}),
         **({"gpu_time": gpu_time, "profiled": True} if gpu_time is not None else {}),
         # seconds after the job started at which the JSONL held 1 / 10 / 50 / 90 / 100 % of the frames
         "timeline_s": {f"{int(q * 100)}%": counter.time_at(max(1, int(q * expected_frames)), t0)

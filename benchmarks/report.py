@@ -163,8 +163,12 @@ def _note(m: Measurement) -> str:
             f"FRAME MISMATCH: {x.get('jsonl_records')} records, {x.get('expected_frames')} expected")
         graphs = "; CUDA graphs disabled" if x.get("cuda_graphs_disabled") else ""
         steady = f", steady {x['steady_fps']:,.0f} fps" if x.get("steady_fps") else ""
+        spans = ""
+        if x.get("session_first_batch_s") and x.get("session_finished_s"):
+            (a, b), (c, d) = x["session_first_batch_s"], x["session_finished_s"]
+            spans = f"; sessions' first batches after {a:.2f}-{b:.2f} s, finished after {c:.2f}-{d:.2f} s"
         return (f"{x.get('sessions')} sessions, {x.get('files')} files, batch {x.get('batch')}, "
-                f"{x.get('detections_per_frame')} det/frame{steady}; {ok}{graphs}")
+                f"{x.get('detections_per_frame')} det/frame{steady}{spans}; {ok}{graphs}")
     return f"batch {x.get('batch')}, {x.get('detections_per_frame')} det/frame"
 
 

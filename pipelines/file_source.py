@@ -230,6 +230,12 @@ class FileBatchSource:
             for k, v in seconds.items():
                 self._acct[k] += v
 
+    @property
+    def session_timings(self) -> list[tuple[float, float, int]]:
+        """Per finished decode session: (first batch, finished) in seconds after entering, frames."""
+        with self._lock:
+            return list(self._timings)
+
     def read(self) -> DecodedBatch | ProcessedBatch | FileEvent | None:
         """The next batch (or processed batch) or file event; ``None`` once all files are done."""
         if self._early:

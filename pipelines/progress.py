@@ -43,6 +43,8 @@ class JobSummary:
     engine: str = ""
     device: str = ""
     outputs: list[str] = field(default_factory=list)
+    # per decode session: (first batch, finished) in seconds after decoding started, frames
+    sessions: list[tuple[float, float, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -217,6 +217,7 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
         sink_s = 0.0
         if device.startswith("cuda"):
             stack.enter_context(gil_switch_interval(cfg.engine.gil_switch_interval_ms / 1000))
+        source: FileBatchSource | None = None
         try:
             # engine + postprocess run in plan.workers inference threads, one CUDA stream each
             source = stack.enter_context(FileBatchSource(files, plan, process=stage.process,
@@ -235,6 +236,8 @@ def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
                 progress.frames_done(len(results))
         finally:
             summary.seconds = time.monotonic() - start
+            if source is not None:
+                summary.sessions = source.session_timings
             progress.close()
             log.info("sinks took %.1f s of the job's %.1f s", sink_s, summary.seconds)
     return summary

@@ -65,6 +65,8 @@ def test_quick_bench_accounts_for_every_frame(quick_run: tuple[int, Path, float]
         assert e2e.frames == clip_frames == results.workload[codec]["frames"]
         assert e2e.extra["jsonl_records"] == clip_frames and e2e.extra["frames_ok"] is True
         assert e2e.fps is not None and e2e.fps > 0
+        first, finished = e2e.extra["session_first_batch_s"], e2e.extra["session_finished_s"]
+        assert 0 <= first[0] <= first[1] <= finished[1] and 0 < e2e.extra["session_frames"][1] <= clip_frames
         base = results.get("pyav_fp32", codec)
         assert base is not None and base.ok and base.frames > 0
         for name in GPU_ONLY:

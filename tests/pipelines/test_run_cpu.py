@@ -84,6 +84,8 @@ def test_bad_files_reported_and_skipped(clip_dir: Path, bright_model: Path, tmp_
     assert "not a video" in failed["notes.mkv"] or "corrupt" in failed["notes.mkv"]
     assert summary.files_done == 3
     assert summary.frames == 40 + 30 + 21
+    assert summary.sessions and sum(n for _, _, n in summary.sessions) == summary.frames  # every session reported
+    assert all(0 <= first <= end for first, end, _ in summary.sessions)
     text = summary.to_text()
     assert "FAILED" in text and "corrupt.mp4" in text
 
