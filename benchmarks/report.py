@@ -76,22 +76,21 @@ def summarize_codec(results: BenchResults, codec: str) -> CodecSummary:
     """Ratios and pass/fail of ``codec`` (see the module docstring)."""
     e2e_m = results.get("e2e", codec)
     e2e = _fps(e2e_m)
-    steady = e2e_m.extra.get("steady_fps") if e2e is not None and e2e_m is not None else None
+    run = e2e_m if e2e is not None else None  # the end-to-end measurement, when it made a rate
+    steady = run.extra.get("steady_fps") if run is not None else None
     decode = _fps(results.get("decode", codec))
     engine = _fps(results.get("engine", codec))
     ceiling = min(decode, engine) if decode is not None and engine is not None else None
     r_ceiling = _ratio(e2e, ceiling)
     ratios = {b: _ratio(e2e, _fps(results.get(b, codec))) for b in BASELINES}
     r_base = ratios["pyav_fp32"]
-    fixed = None
-    if e2e_m is not None and e2e is not None and steady:
-        fixed = e2e_m.seconds - e2e_m.frames / steady
+    fixed = run.seconds - run.frames / steady if run is not None and steady else None
     return CodecSummary(
         codec=codec, e2e_fps=e2e, decode_fps=decode, engine_fps=engine, ceiling_fps=ceiling,
         ratio_ceiling=r_ceiling, pass_ceiling=None if r_ceiling is None else r_ceiling >= TARGET_CEILING,
         ratio_baseline=r_base, pass_baseline=None if r_base is None else r_base >= TARGET_BASELINE,
         ratios=ratios, steady_fps=steady, ratio_ceiling_steady=_ratio(steady, ceiling),
-        fixed_seconds=fixed, e2e_seconds=e2e_m.seconds if e2e is not None and e2e_m is not None else None,
+        fixed_seconds=fixed, e2e_seconds=run.seconds if run is not None else None,
     )
 
 
