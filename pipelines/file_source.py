@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -44,6 +45,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from operators.boxes import letterbox_geometry
+from pipelines.batch_queue import BehindFirstQueue
 from pipelines.decode import (
     DecodedBatch,
     DecoderKind,
@@ -140,7 +142,8 @@ class FileBatchSource:
         self._infer_streams = list(infer_streams)  # torch.cuda.Stream per inference thread (else its own)
         self._queue_size = queue_size or max(2, 2 * plan.sessions)
         self._out: queue.Queue[object] = queue.Queue(maxsize=self._queue_size)
-        self._decoded: queue.Queue[object] = queue.Queue(maxsize=self._queue_size)
+        # decoded batches waiting for inference: a free slot goes to the session furthest behind
+        self._decoded = BehindFirstQueue(maxsize=self._queue_size)
         self._early: list[FileEvent] = []
         self._whole: queue.Queue[VideoFile] = queue.Queue()
         self._state: dict[str, _FileState] = {}
@@ -263,6 +266,15 @@ class FileBatchSource:
                 continue
         return False
 
+    def _put_decoded(self, item: object, left: float) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._decoded.put(item, timeout=0.1, left=left)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _put_batch(self, batch: DecodedBatch) -> bool:
         if batch.stream is not None and self.process is not None:
             import torch
@@ -274,7 +286,10 @@ class FileBatchSource:
             self._local.first = time.monotonic() - self._t0
         self._local.frames += batch.num_valid
         t = time.monotonic()
-        ok = self._put(batch, self._decoded if self.process is not None else self._out)
+        if self.process is not None:
+            ok = self._put_decoded(batch, left=self._local.planned - self._local.frames)
+        else:
+            ok = self._put(batch)
         self._local.blocked += time.monotonic() - t
         return ok
 
@@ -292,6 +307,7 @@ class FileBatchSource:
         stream, keep = self._own_stream()
         self._local.first = None
         self._local.frames = 0
+        self._local.planned = sum(s.frames for s in segments)  # grows by the whole files it takes
         self._local.blocked = 0.0
         cpu0 = time.thread_time()
         try:
@@ -301,6 +317,7 @@ class FileBatchSource:
                     f = self._whole.get_nowait()
                 except queue.Empty:
                     break
+                self._local.planned += self._state[f.source_id].info.num_frames
                 self._decode_whole(f, stream)
         except BaseException as e:  # a bug or a stop-the-job error: carried to the consumer
             self._put(_WorkerCrash(e))
@@ -322,8 +339,8 @@ class FileBatchSource:
                     self._out.put(_END)
             elif last:
                 for _ in range(max(1, self.plan.workers)):
-                    if not self._put(_END, self._decoded):
-                        self._decoded.put(_END)
+                    if not self._put_decoded(_END, left=-math.inf):
+                        self._decoded.put(_END, left=-math.inf)
             del keep
 
     def _decode_segments(self, segments: list[Segment], stream: int | None) -> None:
