@@ -12,7 +12,9 @@
    file, and the sessions finish together instead of idling behind the longest file.
    Files only PyAV decodes are taken whole, one at a time, by sessions that are free.
 3. Decoded batches go into one bounded queue, so decoding runs ahead of inference by a
-   bounded amount. With a ``process`` callback (engine + postprocess), ``plan.workers``
+   bounded amount; a free slot goes to the session with the most frames left
+   (:class:`pipelines.batch_queue.BehindFirstQueue`), so that when inference is the slower
+   side the sessions still finish together. With a ``process`` callback (engine + postprocess), ``plan.workers``
    inference threads take batches from it, each on its own CUDA stream (``infer_streams``,
    when the caller captured the engine's CUDA graphs on them) made to wait for the
    decode stream (no host synchronisation), and hand back :class:`ProcessedBatch`
