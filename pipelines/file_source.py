@@ -258,20 +258,19 @@ class FileBatchSource:
         return None
 
     # -- plumbing -----------------------------------------------------------------------
-    def _put(self, item: object, q: queue.Queue[object] | None = None) -> bool:
-        q = self._out if q is None else q
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _put(self, item: object) -> bool:
+        """To the consumer (:meth:`read`); ``False`` if the source stopped first."""
+        return self._until_stopped(lambda: self._out.put(item, timeout=0.1))
 
     def _put_decoded(self, item: object, left: float) -> bool:
+        """To the inference threads, ranked by the session's frames ``left``; ``False`` if stopped first."""
+        return self._until_stopped(lambda: self._decoded.put(item, timeout=0.1, left=left))
+
+    def _until_stopped(self, put: Callable[[], None]) -> bool:
+        """Retry ``put`` (raising :class:`queue.Full` on its timeout) until it succeeds or the source stops."""
         while not self._stop.is_set():
             try:
-                self._decoded.put(item, timeout=0.1, left=left)
+                put()
                 return True
             except queue.Full:
                 continue
