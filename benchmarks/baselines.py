@@ -60,8 +60,8 @@ def sample_frames(path: str | Path, count: int, input_size: tuple[int, int]) -> 
     """
 
     from engines.tensorrt.calibrator import read_video_frames
-    from pipelines.config import PreprocessConfig
     from pipelines.preprocess import HostPreprocessor
+    from streams.config import PreprocessConfig
 
     frames = list(read_video_frames([path], count))
     if not frames:
@@ -94,7 +94,7 @@ class _Runner:
     def flush(self) -> None:
         if not self.pending:
             return
-        from operators.decode import select_outputs
+        from operators.output_decoding import select_outputs
 
         x = torch.cat(self.pending)
         out = self.model(x)

@@ -405,7 +405,7 @@ def describe_clip(path: str | Path) -> ClipInfo:
     """Probe ``path`` (frames as the pipeline counts them) and its GOP/B-frame structure."""
     import av
 
-    from streams.probe import probe_video
+    from streams.sources.probe import probe_video
 
     path = Path(path)
     info = probe_video(path)
@@ -430,10 +430,10 @@ def describe_clip(path: str | Path) -> ClipInfo:
 
 def user_clips(sources: Sequence[str]) -> dict[str, list[Path]]:
     """User files (files, globs, folders, ``@list.txt``) grouped by codec; unreadable ones skipped."""
-    from pipelines.config import SourceEntry
+    from streams.config import SourceEntry
     from streams.errors import SourceError
-    from streams.files import expand_sources
-    from streams.probe import probe_video
+    from streams.sources.files import expand_sources
+    from streams.sources.probe import probe_video
 
     entries = [SourceEntry(list=s[1:]) if s.startswith("@") else SourceEntry(path=s) for s in sources]
     files, problems = expand_sources(entries)

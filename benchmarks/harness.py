@@ -49,7 +49,7 @@ from torch import nn
 
 from benchmarks.clips import CODECS, build_workload, default_specs, describe_clip, ensure_clips, user_clips
 from benchmarks.results import BASELINES, LABELS, NAMES, BenchResults, Measurement
-from pipelines.config import EngineConfig, ModelConfig
+from streams.config import EngineConfig, ModelConfig
 from streams.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def prepare_model(cfg: BenchConfig, sample: torch.Tensor | None, work_dir: Path)
 
 def _eager_layout(model: nn.Module, size: tuple[int, int]) -> str:
     from engines.torch_engine import eval_mode
-    from operators.decode import detect_layout
+    from operators.output_decoding import detect_layout
 
     with torch.inference_mode():
         out = eval_mode(model)(torch.zeros(1, 3, *size))
@@ -242,7 +242,7 @@ def _workload(
     shared queue balances their lengths), each clip looped so that the set holds about
     ``expect_fps x job_seconds`` frames. User files too long for that are not all used.
     """
-    from streams.probe import probe_video
+    from streams.sources.probe import probe_video
 
     assert cfg.job_seconds is not None and cfg.clips_dir is not None
     target = cfg.expect_fps * cfg.job_seconds

@@ -277,8 +277,8 @@ def model_section(model: str, input_size: int) -> dict[str, Any]:
 
 
 def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.config import parse_config
     from pipelines.live import run_live
+    from streams.config import parse_config
 
     out = Path(args.out)
     cfg = parse_config({

@@ -44,7 +44,7 @@ import torch
 
 from benchmarks.results import Measurement
 from benchmarks.sampler import UtilSampler
-from pipelines.config import DecodeConfig, EngineConfig, JobConfig, ModelConfig, PostprocessConfig, SourceEntry
+from streams.config import DecodeConfig, EngineConfig, JobConfig, ModelConfig, PostprocessConfig, SourceEntry
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +186,11 @@ def measure_source(
     Runs to the end of the files, or ``max_seconds``. GPU work is waited for before the
     clock stops.
     """
-    from pipelines.config import PreprocessConfig
-    from pipelines.decode import DecodedBatch
     from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
     from pipelines.preprocess import PreprocessSpec
-    from streams.files import VideoFile
+    from pipelines.video_decoding import DecodedBatch
+    from streams.config import PreprocessConfig
+    from streams.sources.files import VideoFile
 
     on_cuda = device.startswith("cuda")
     plan = DecodePlan(
@@ -349,10 +349,10 @@ def measure_engine(
     ``(width, height)`` of the source frames (for the postprocess geometry).
     """
     from operators.boxes import letterbox_geometry
-    from pipelines.decode import DecodedBatch
     from pipelines.runner import open_stage, prepare_inference
-    from streams.files import VideoFile
+    from pipelines.video_decoding import DecodedBatch
     from streams.frames import FrameMeta
+    from streams.sources.files import VideoFile
 
     cfg = job_config([], [], model, engine)
     on_cuda = device.startswith("cuda")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import Engine
-from pipelines.config import EngineConfig, ModelConfig, PostprocessConfig, PreprocessConfig
+from streams.config import EngineConfig, ModelConfig, PostprocessConfig, PreprocessConfig
 from streams.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)

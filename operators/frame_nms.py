@@ -1,6 +1,6 @@
 """Per-frame candidates and greedy NMS in fixed shapes: a batch's postprocess without waits.
 
-The exact path (:func:`operators.decode.decode_yolov8` + :func:`operators.nms.batched_nms`)
+The exact path (:func:`operators.output_decoding.decode_yolov8` + :func:`operators.nms.batched_nms`)
 sizes its tensors by the data, so the host waits for the GPU several times per batch (the
 confidence filter's ``nonzero``, NMS convergence checks). Here no shape depends on the data:
 
@@ -39,7 +39,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from operators.boxes import cxcywh_to_xyxy
-from operators.decode import yolov5_best_class, yolov8_best_class
+from operators.output_decoding import yolov5_best_class, yolov8_best_class
 from streams.errors import ShapeError
 
 __all__ = [
@@ -108,8 +108,8 @@ def top_candidates_yolov8(pred: torch.Tensor, conf_threshold: float, capacity: i
     """The ``capacity`` best candidates of each frame of a YOLOv8 output ``Tensor[B, 4+nc, N]``.
 
     Each anchor is a candidate for its best class (ties: the lowest class id) when that
-    score is ``> conf_threshold``: :func:`operators.decode.yolov8_best_class`, as in
-    :func:`operators.decode.decode_yolov8`.
+    score is ``> conf_threshold``: :func:`operators.output_decoding.yolov8_best_class`, as in
+    :func:`operators.output_decoding.decode_yolov8`.
 
     Usage::
 
@@ -127,8 +127,8 @@ def top_candidates_yolov8(pred: torch.Tensor, conf_threshold: float, capacity: i
 def top_candidates_yolov5(pred: torch.Tensor, conf_threshold: float, capacity: int) -> FrameCandidates:
     """The ``capacity`` best candidates of each frame of a YOLOv5 output ``Tensor[B, N, 5+nc]``.
 
-    Score and filter are those of :func:`operators.decode.decode_yolov5`
-    (:func:`operators.decode.yolov5_best_class`).
+    Score and filter are those of :func:`operators.output_decoding.decode_yolov5`
+    (:func:`operators.output_decoding.yolov5_best_class`).
 
     Usage::
 

@@ -39,13 +39,6 @@ import numpy as np
 import torch
 
 from operators.boxes import LetterboxGeometry, geometry_tensors, to_source_pixels
-from operators.decode import (
-    Candidates,
-    OutputLayout,
-    decode_efficient_nms,
-    decode_yolov5,
-    decode_yolov8,
-)
 from operators.frame_nms import (
     FrameCandidates,
     frame_nms,
@@ -54,6 +47,13 @@ from operators.frame_nms import (
     triton_problem,
 )
 from operators.nms import batched_nms
+from operators.output_decoding import (
+    Candidates,
+    OutputLayout,
+    decode_efficient_nms,
+    decode_yolov5,
+    decode_yolov8,
+)
 from operators.transfer import upload
 from streams.detections import Detections
 from streams.errors import ShapeError
@@ -121,7 +121,7 @@ def postprocess(
     """Turn a batch of raw detector outputs into one :class:`Detections` per frame.
 
     Args:
-        outputs: the decoder's tensors in order (see :func:`operators.decode.select_outputs`):
+        outputs: the decoder's tensors in order (see :func:`operators.output_decoding.select_outputs`):
             ``[Tensor[B, 4+nc, N]]`` (yolov8), ``[Tensor[B, N, 5+nc]]`` (yolov5) or
             ``[num_dets [B,1], boxes [B,K,4], scores [B,K], classes [B,K]]`` (efficient_nms),
             on any device, fp16 or fp32.

@@ -27,7 +27,7 @@ from operators.boxes import LetterboxGeometry
 from streams.detections import Detections
 
 if TYPE_CHECKING:
-    from operators.decode import OutputLayout
+    from operators.output_decoding import OutputLayout
     from operators.postprocess import PostprocessParams
 
 __all__ = [
@@ -47,7 +47,7 @@ I64 = npt.NDArray[np.int64]
 
 
 class CandidatesNp(NamedTuple):
-    """NumPy twin of :class:`operators.decode.Candidates`."""
+    """NumPy twin of :class:`operators.output_decoding.Candidates`."""
 
     batch_index: I64
     boxes: F32

@@ -60,8 +60,8 @@ def _sources_from_flags(values: Sequence[str] | None) -> list[object] | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
     from pipelines.runner import run_job
+    from streams.config import load_config
 
     if args.config is None and not args.source:
         raise ConfigError("sources", "give a CONFIG file or at least one --source")

@@ -48,8 +48,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from pipelines.config import parse_config
     from pipelines.evaluation import evaluate, load_ground_truth, load_predictions_jsonl
+    from streams.config import parse_config
     from streams.synthetic import SceneSpec, gt_path_for, write_clip
 
     out = Path(args.out)

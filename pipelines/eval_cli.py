@@ -43,9 +43,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
     from pipelines.evaluation import evaluate, load_ground_truth_dir, load_predictions_jsonl
     from pipelines.runner import run_job
+    from streams.config import load_config
     from streams.errors import ConfigError
 
     clips = Path(args.clips)

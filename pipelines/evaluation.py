@@ -13,7 +13,7 @@ Ground truth, one dict per clip (the format ``streams/synthetic.py`` writes to
 
 Frames ``0 .. num_frames-1`` are evaluated; a frame missing from ``frames`` has no objects.
 
-Predictions, per source id: Fovea's JSONL records (:func:`streams.sinks.files.frame_record`),
+Predictions, per source id: Fovea's JSONL records (:func:`streams.sinks.records.frame_record`),
 ``(frame_index, Detections)`` pairs or :class:`~streams.frames.FrameResult` objects.
 Sources are matched to ground truth by source id (the clip's file stem), frames by
 ``frame_index``; every ground-truth frame needs exactly one prediction record (a frame

@@ -1,14 +1,14 @@
 """The archived-files source: balanced decode sessions feeding a few inference threads.
 
 1. Every file is probed (PyAV; in worker processes for large sets) before decoding starts
-   (or by a :class:`streams.probe.BackgroundProbe` the caller started earlier, as ``fovea
+   (or by a :class:`streams.sources.probe.BackgroundProbe` the caller started earlier, as ``fovea
    run`` does while it loads the model): unreadable files
    become ``FileEvent(kind="failed")`` at once, the others ``started`` with their frame
    count.
 2. Files DALI's reader decodes (NVDEC on the GPU, VP8/VP9/MJPEG on the CPU) are cut at
    keyframes into segments dealt out evenly to ``plan.sessions`` decode sessions
    (:mod:`pipelines.segments`). Each session reads its segments through one long-lived
-   reader pipeline (:class:`pipelines.decode.SegmentDecoder`): no pipeline build per
+   reader pipeline (:class:`pipelines.video_decoding.SegmentDecoder`): no pipeline build per
    file, and the sessions finish together instead of idling behind the longest file.
    Files only PyAV decodes are taken whole, one at a time, by sessions that are free.
 3. Decoded batches go into one bounded queue, so decoding runs ahead of inference by a
@@ -48,7 +48,9 @@ from typing import Any, Literal
 
 from operators.boxes import letterbox_geometry
 from pipelines.batch_queue import BehindFirstQueue
-from pipelines.decode import (
+from pipelines.preprocess import PreprocessSpec
+from pipelines.segments import Segment, plan_segments
+from pipelines.video_decoding import (
     DecodedBatch,
     DecoderKind,
     FileDecoder,
@@ -57,12 +59,10 @@ from pipelines.decode import (
     SegmentDecoder,
     choose_decoder,
 )
-from pipelines.preprocess import PreprocessSpec
-from pipelines.segments import Segment, plan_segments
 from streams.errors import DecodeError, EngineError, FoveaError, SourceError
-from streams.files import VideoFile
 from streams.frames import FrameResult
-from streams.probe import BackgroundProbe, VideoInfo
+from streams.sources.files import VideoFile
+from streams.sources.probe import BackgroundProbe, VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class DecodePlan:
 
 
 def probe_processes(sessions: int) -> int:
-    """Probe worker processes for ``sessions`` decode sessions (:func:`streams.probe.probe_many`
+    """Probe worker processes for ``sessions`` decode sessions (:func:`streams.sources.probe.probe_many`
     decides whether the files are worth workers)."""
     return max(1, min(8, sessions))
 

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from engines.factory import resolve_device
-from pipelines.config import JobConfig
 from pipelines.ingest import IngestPool, IngestSettings, ring_frames_for
 from pipelines.live_decode import LiveBatchPipeline
 from pipelines.preprocess import PreprocessSpec
@@ -52,6 +51,7 @@ from pipelines.runner import (
     prepare_inference,
     warm_postprocess,
 )
+from streams.config import JobConfig
 from streams.errors import ConfigError, DecodeError, FoveaError
 from streams.frames import FrameResult
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config

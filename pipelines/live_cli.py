@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
     from pipelines.live import run_live
+    from streams.config import load_config
     from streams.errors import ConfigError
 
     if args.config is None and not args.source:

@@ -39,8 +39,8 @@ from typing import Any, Literal
 import numpy as np
 
 from operators.boxes import LetterboxGeometry, letterbox_geometry
-from pipelines.decode import DecodedBatch
 from pipelines.preprocess import PreprocessSpec, per_sample_inputs, preprocess_per_sample
+from pipelines.video_decoding import DecodedBatch
 from streams.errors import DecodeError
 from streams.frames import FrameMeta
 
@@ -54,9 +54,9 @@ def _surfaces_to_input(items: Sequence[Any], spec: PreprocessSpec, size: tuple[i
     """NVDEC surfaces (already at their letterbox size) of ``items`` -> model input, in torch."""
     import torch
 
+    from engines.inplace import on_stream
     from operators.boxes import even_letterbox_geometry
     from operators.color import nv12_letterbox, standard_of
-    from operators.inplace import on_stream
 
     h, w = size
     opts = spec.options

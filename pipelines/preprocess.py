@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from operators.boxes import LetterboxGeometry, letterbox_geometry
-from pipelines.config import PreprocessConfig
+from streams.config import PreprocessConfig
 
 
 @dataclass(frozen=True)

@@ -24,20 +24,20 @@ import torch
 
 from engines.base import Engine
 from engines.factory import ModelInfo, open_engine, resolve_device
+from engines.inplace import InPlaceInference, on_stream
 from operators.boxes import LetterboxGeometry, letterbox_geometry
-from operators.decode import detect_layout, select_outputs
-from operators.inplace import InPlaceInference, on_stream
+from operators.output_decoding import detect_layout, select_outputs
 from operators.postprocess import PostprocessParams, postprocess
-from pipelines.config import JobConfig
-from pipelines.decode import DecodedBatch, preload_dali
 from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent, ProcessedBatch, probe_processes
 from pipelines.preprocess import PreprocessSpec
 from pipelines.progress import FileFailure, JobSummary, Progress
+from pipelines.video_decoding import DecodedBatch, preload_dali
+from streams.config import JobConfig
 from streams.errors import ConfigError
-from streams.files import expand_sources
 from streams.frames import FrameResult
-from streams.probe import BackgroundProbe
 from streams.sinks import SINKS, Sink
+from streams.sources.files import expand_sources
+from streams.sources.probe import BackgroundProbe
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from operators.boxes import LetterboxGeometry
-from streams.files import VideoFile
-from streams.probe import VideoInfo
+from streams.sources.files import VideoFile
+from streams.sources.probe import VideoInfo
 
 
 @dataclass(frozen=True)

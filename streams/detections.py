@@ -92,7 +92,7 @@ class Detections:
 
         Boxes are rounded to ``decimals`` and confidences to 4 with Python's correctly
         rounded ``round`` (what ``"%.2f"`` prints), so these records equal the JSONL lines
-        of :func:`streams.sinks.files.frame_json` parsed back.
+        of :func:`streams.sinks.records.frame_json` parsed back.
         """
         boxes = [[round(v, decimals) for v in box] for box in self.xyxy.astype(np.float64).tolist()]
         confs = [round(c, 4) for c in self.confidence.astype(np.float64).tolist()]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from engines.tensorrt.builder import BuildSpec
     from engines.tensorrt.cache import CachedPlan
     from engines.tensorrt.runtime import CudaOps, TensorRTEngine
-    from pipelines.config import EngineConfig, PostprocessConfig, PreprocessConfig
+    from streams.config import EngineConfig, PostprocessConfig, PreprocessConfig
 
 __all__ = ["load_or_build", "open_tensorrt_engine"]
 

@@ -53,7 +53,7 @@ from engines.tensorrt.onnx_utils import (
     model_input,
     resolve_input_shape,
 )
-from pipelines.config import EngineConfig, PostprocessConfig, PreprocessConfig
+from streams.config import EngineConfig, PostprocessConfig, PreprocessConfig
 from streams.errors import ConfigError, EngineError, ShapeError
 
 log = logging.getLogger(__name__)

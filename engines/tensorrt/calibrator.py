@@ -34,7 +34,7 @@ import numpy as np
 from engines.tensorrt._cuda import DeviceStaging
 from engines.tensorrt._fs import atomic_write_bytes
 from engines.tensorrt._imports import tensorrt_major, tensorrt_version
-from pipelines.config import PreprocessConfig
+from streams.config import PreprocessConfig
 from streams.errors import EngineError, MissingDependencyError, ShapeError
 
 log = logging.getLogger(__name__)

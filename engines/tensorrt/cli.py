@@ -34,7 +34,7 @@ from typing import Any
 from engines.tensorrt._cuda import device_index
 from engines.tensorrt._fs import atomic_write_bytes
 from engines.tensorrt._imports import import_tensorrt
-from pipelines.config import EngineConfig, PostprocessConfig, TensorRTConfig
+from streams.config import EngineConfig, PostprocessConfig, TensorRTConfig
 from streams.errors import ConfigError, EngineError, FoveaError, MissingDependencyError
 
 log = logging.getLogger(__name__)

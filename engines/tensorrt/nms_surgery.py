@@ -13,7 +13,7 @@ TensorRT runs NMS inside the engine::
                                       det_classes int32   [B, max]
 
 The four outputs replace the graph's output and carry the names
-``operators.decode.detect_layout`` recognises as the EfficientNMS layout. The plugin
+``operators.output_decoding.detect_layout`` recognises as the EfficientNMS layout. The plugin
 node uses the default domain (``""``): TensorRT's ONNX parser hands any operator it does
 not know to the plugin registry by ``op_type``, ``plugin_version`` and the node's
 attributes (register the plugins with ``trt.init_libnvinfer_plugins(logger, "")``).

@@ -85,7 +85,7 @@ class StreamSpec:
 
     @classmethod
     def from_source(cls, entry: Any, index: int) -> StreamSpec:
-        """Build from a ``sources:`` entry (:class:`pipelines.config.SourceEntry` or alike).
+        """Build from a ``sources:`` entry (:class:`streams.config.SourceEntry` or alike).
 
         The id is ``entry.id`` or ``cam<index>``.
         """

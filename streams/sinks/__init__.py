@@ -48,7 +48,7 @@ class _SinkRegistry(Registry[Sink]):
         if not self._loaded:
             self._loaded = True
             from streams.sinks import (
-                files,  # noqa: F401  (registers jsonl, csv)
+                records,  # noqa: F401  (registers jsonl, csv)
                 video,  # noqa: F401  (registers video)
             )
 

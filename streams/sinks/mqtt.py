@@ -1,4 +1,4 @@
-"""MQTT sink: one JSON message per frame (:func:`streams.sinks.files.frame_json`, the JSONL line).
+"""MQTT sink: one JSON message per frame (:func:`streams.sinks.records.frame_json`, the JSONL line).
 
 ``paho-mqtt`` (2.x, ``pip install 'fovea[live]'``) is imported only when the sink opens,
 so :mod:`streams.sinks` imports without it.
@@ -55,7 +55,7 @@ from streams.detections import Detections
 from streams.errors import ConfigError, SinkError
 from streams.frames import FrameResult
 from streams.sinks import SINKS
-from streams.sinks.files import frame_json
+from streams.sinks.records import frame_json
 
 log = logging.getLogger(__name__)
 

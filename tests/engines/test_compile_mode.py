@@ -15,7 +15,7 @@ import torch
 
 from engines import factory
 from engines.factory import compile_mode
-from pipelines.config import EngineConfig
+from streams.config import EngineConfig
 from streams.errors import ConfigError
 from tests.models import BrightSpotDetector
 
@@ -65,7 +65,7 @@ def test_without_triton(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptu
 
 
 def test_bad_compile_value_is_rejected(tmp_path: Path) -> None:
-    from pipelines.config import load_config
+    from streams.config import load_config
 
     cfg = tmp_path / "job.yaml"
     cfg.write_text("sources: [x.mp4]\nengine:\n  compile: fast\n")

@@ -10,8 +10,8 @@ import torch
 
 from engines.onnxruntime_engine import OnnxRuntimeEngine
 from engines.torch_engine import TorchEngine
-from pipelines.config import load_config
 from pipelines.runner import run_job
+from streams.config import load_config
 from streams.errors import EngineError, ShapeError
 from tests.models import BrightSpotDetector
 
@@ -90,7 +90,7 @@ def test_auto_engine_for_onnx_without_tensorrt_is_onnxruntime(bright_onnx: Path,
     import logging
 
     from engines.factory import open_engine
-    from pipelines.config import EngineConfig, ModelConfig
+    from streams.config import EngineConfig, ModelConfig
 
     with caplog.at_level(logging.INFO):
         engine, info = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(), "cpu")
@@ -101,7 +101,7 @@ def test_auto_engine_for_onnx_without_tensorrt_is_onnxruntime(bright_onnx: Path,
 
 def test_tensorrt_engine_without_tensorrt_names_what_to_install(bright_onnx: Path) -> None:
     from engines.factory import open_engine
-    from pipelines.config import EngineConfig, ModelConfig
+    from streams.config import EngineConfig, ModelConfig
     from streams.errors import MissingDependencyError
 
     pytest.importorskip("torch")
@@ -127,7 +127,7 @@ def test_onnx_on_a_gpu_without_gpu_engines_falls_back_to_the_cpu_loudly(bright_o
 
     from engines.factory import open_engine
     from engines.onnxruntime_engine import cuda_provider_available
-    from pipelines.config import EngineConfig, ModelConfig
+    from streams.config import EngineConfig, ModelConfig
 
     if cuda_provider_available():
         pytest.skip("onnxruntime-gpu is installed here")

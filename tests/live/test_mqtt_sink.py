@@ -15,8 +15,8 @@ from streams.detections import Detections
 from streams.errors import ConfigError
 from streams.frames import FrameMeta, FrameResult
 from streams.sinks import SINKS
-from streams.sinks.files import frame_record
 from streams.sinks.mqtt import MqttSink, topic_messages
+from streams.sinks.records import frame_record
 from tests.live.helpers import wait_until
 from tests.servers.helpers import MosquittoProcess
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from operators.decode import OutputLayout, decode_yolov5, decode_yolov8
 from operators.frame_nms import (
     _rank_keys,
     frame_nms,
@@ -25,6 +24,7 @@ from operators.frame_nms import (
     triton_available,
     triton_problem,
 )
+from operators.output_decoding import OutputLayout, decode_yolov5, decode_yolov8
 from operators.postprocess import PostprocessParams, fused_device_table, postprocess
 from operators.reference import nms_np
 from streams.errors import ShapeError

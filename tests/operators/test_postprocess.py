@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from operators.boxes import LetterboxGeometry, letterbox_geometry
-from operators.decode import OutputLayout
+from operators.output_decoding import OutputLayout
 from operators.postprocess import PostprocessParams, postprocess
 from operators.reference import postprocess_np
 from streams.detections import Detections

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.config import parse_config
 from pipelines.evaluation import evaluate, load_ground_truth_dir, load_predictions_jsonl
 from pipelines.runner import run_job
+from streams.config import parse_config
 from streams.synthetic import make_clips
 
 SIZES = ((640, 360), (480, 360), (360, 640))  # 16:9, 4:3, portrait

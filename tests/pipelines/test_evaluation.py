@@ -19,7 +19,7 @@ from pipelines.evaluation import (
 from streams.detections import Detections
 from streams.errors import SourceError
 from streams.frames import FrameMeta, FrameResult
-from streams.sinks.files import JsonlSink
+from streams.sinks.records import JsonlSink
 
 NAMES = ["car", "person"]
 

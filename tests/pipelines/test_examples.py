@@ -7,8 +7,8 @@ from pathlib import Path
 
 import av
 
-from pipelines.config import load_config
 from pipelines.runner import run_job
+from streams.config import load_config
 from streams.synthetic import SceneSpec, write_clip
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.config import parse_config
 from pipelines.ingest import IngestPool, IngestSettings, SharedSurface, _SlotRing, close_write_end, ring_frames_for
 from pipelines.live import run_live
+from streams.config import parse_config
 from streams.errors import ConfigError
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
 from streams.live.manager import StreamManager

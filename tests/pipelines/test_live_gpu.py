@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import parse_config
 from pipelines.live import run_live
+from streams.config import parse_config
 from tests.media import write_clip
 
 pytestmark = pytest.mark.gpu

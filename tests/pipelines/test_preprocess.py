@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from operators.boxes import letterbox_geometry
-from pipelines.config import PreprocessConfig
 from pipelines.preprocess import PreprocessSpec, preprocess
+from streams.config import PreprocessConfig
 
 
 def _run(frames: np.ndarray, dst: tuple[int, int], spec: PreprocessSpec, mode: str = "letterbox"):
@@ -76,7 +76,7 @@ def test_preload_dali_imports_dali_in_a_thread() -> None:
 
     code = (
         "import sys\n"
-        "from pipelines.decode import preload_dali\n"
+        "from pipelines.video_decoding import preload_dali\n"
         "assert 'nvidia.dali' not in sys.modules, 'imported too early'\n"
         "t = preload_dali()\n"
         "t.join(60)\n"

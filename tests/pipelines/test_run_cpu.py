@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from pipelines.config import load_config
 from pipelines.runner import run_job
+from streams.config import load_config
 from tests.media import SQUARE, pyav_frames, square_position
 
 GOOD = {"landscape": "landscape.mp4", "vp9": "vp9.webm", "portrait": "nested/portrait.mp4"}

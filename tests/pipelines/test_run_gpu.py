@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from engines.inplace import InPlaceInference
 from engines.torch_engine import TorchEngine
 from operators.boxes import letterbox_geometry
-from operators.inplace import InPlaceInference
-from pipelines.config import load_config
-from pipelines.decode import SegmentBatch, SegmentDecoder
 from pipelines.preprocess import PreprocessSpec
 from pipelines.runner import run_job
 from pipelines.segments import Segment
-from streams.files import VideoFile
-from streams.probe import probe_video
+from pipelines.video_decoding import SegmentBatch, SegmentDecoder
+from streams.config import load_config
+from streams.sources.files import VideoFile
+from streams.sources.probe import probe_video
 from tests.media import pyav_frames, write_clip
 from tests.models import BrightSpotDetector
 
@@ -124,7 +124,7 @@ def test_engine_reads_dalis_buffer_in_place(gpu_clips: Path, layout: str, dtype:
             out = op(batch.images, batch.layout, batch.stream)
             assert engine.seen[-1] == dali_ptr, "the engine must read DALI's own buffer"
             with torch.cuda.stream(torch.cuda.ExternalStream(batch.stream)):
-                from operators.inplace import dali_to_torch
+                from engines.inplace import dali_to_torch
 
                 x = dali_to_torch(batch.images, batch.layout, batch.stream)
                 ref = eager(x.float())

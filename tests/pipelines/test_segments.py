@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from operators.boxes import LetterboxGeometry, letterbox_geometry
-from pipelines.config import PreprocessConfig
-from pipelines.decode import SegmentBatch, SegmentDecoder, SegmentDone
 from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
 from pipelines.preprocess import PreprocessSpec
 from pipelines.segments import Segment, _rebalance, cut_points, plan_segments
-from streams.files import VideoFile
-from streams.probe import BackgroundProbe, VideoInfo, probe_video
+from pipelines.video_decoding import SegmentBatch, SegmentDecoder, SegmentDone
+from streams.config import PreprocessConfig
+from streams.sources.files import VideoFile
+from streams.sources.probe import BackgroundProbe, VideoInfo, probe_video
 from tests.media import pyav_frames, write_clip
 
 GEOM = letterbox_geometry(320, 240, 64, 64)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import SourceEntry, load_config, parse_config
+from streams.config import SourceEntry, load_config, parse_config
 from streams.detections import Detections
 from streams.errors import ConfigError, ShapeError
-from streams.files import expand_sources
 from streams.frames import FrameMeta
+from streams.sources.files import expand_sources
 
 
 def _touch(p: Path) -> Path:
@@ -120,7 +120,7 @@ def test_jsonl_lines_parse_back_to_the_frame_record_exactly() -> None:
     import json
 
     from streams.frames import FrameResult
-    from streams.sinks.files import frame_json, frame_record
+    from streams.sinks.records import frame_json, frame_record
 
     rng = np.random.default_rng(0)
     halves = np.array([0.125, 2.675, 1.005, 0.335, -0.001, 1e-9, 1919.995, 0.045])

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-import streams.probe as probe_module
+import streams.sources.probe as probe_module
 from streams.errors import SourceError
-from streams.probe import BackgroundProbe, probe_many, probe_video
+from streams.sources.probe import BackgroundProbe, probe_many, probe_video
 from tests.media import write_clip
 
 
 def test_probe_many_in_worker_processes_matches_probe_video(tmp_path: Path) -> None:
-    """Many files: probed in ``python -m streams.probe`` workers, errors carried back per file."""
+    """Many files: probed in ``python -m streams.sources.probe`` workers, errors carried back per file."""
     clip = write_clip(tmp_path / "a.mp4", frames=30)
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"nope" * 100)
@@ -34,7 +34,7 @@ def test_probe_many_falls_back_to_this_process_when_workers_fail(
     """A worker that cannot start is logged, and its files are probed here: nothing lost."""
     clip = write_clip(tmp_path / "a.mp4", frames=12)
     monkeypatch.setattr(probe_module.sys, "executable", str(tmp_path / "no-python"))
-    with caplog.at_level(logging.WARNING, logger="streams.probe"):
+    with caplog.at_level(logging.WARNING, logger="streams.sources.probe"):
         got = probe_many([clip] * 4 + [tmp_path / "missing.mp4"], processes=2, parallel_bytes=0)
     assert got[:4] == [probe_video(clip)] * 4
     assert isinstance(got[4], SourceError) and "no such file" in str(got[4])
@@ -43,7 +43,7 @@ def test_probe_many_falls_back_to_this_process_when_workers_fail(
 
 def test_probe_module_entry_point_prints_one_json_line_per_path(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "a.mp4", frames=12)
-    out = subprocess.run([sys.executable, "-m", "streams.probe", str(clip), str(tmp_path / "nope.mp4")],
+    out = subprocess.run([sys.executable, "-m", "streams.sources.probe", str(clip), str(tmp_path / "nope.mp4")],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(out) == 2
     assert json.loads(out[0])["pts"] == list(probe_video(clip).pts)

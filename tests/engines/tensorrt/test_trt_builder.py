@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from engines.tensorrt.builder import BuildSpec, EfficientNMSOptions, build_engine
-from pipelines.config import EngineConfig, PostprocessConfig, TensorRTConfig
+from streams.config import EngineConfig, PostprocessConfig, TensorRTConfig
 from streams.errors import ConfigError, EngineError, ShapeError
 from tests.engines.tensorrt.trt_standin import (
     PLAN_MAGIC,

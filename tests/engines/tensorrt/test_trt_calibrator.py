@@ -20,7 +20,7 @@ from engines.tensorrt.calibrator import (
     rebatch,
     video_calibration_source,
 )
-from pipelines.config import PreprocessConfig
+from streams.config import PreprocessConfig
 from streams.errors import ShapeError
 from tests.engines.tensorrt.trt_standin import CpuStaging, FakeTensorRT
 

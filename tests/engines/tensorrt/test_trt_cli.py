@@ -27,7 +27,7 @@ from engines.tensorrt.builder import BuildSpec, build_engine
 from engines.tensorrt.cache import build_cached_plan
 from engines.tensorrt.cli import add_build_engine_parser, build_engine_command, main
 from engines.tensorrt.runtime import TensorRTEngine
-from pipelines.config import EngineConfig, PostprocessConfig, TensorRTConfig
+from streams.config import EngineConfig, PostprocessConfig, TensorRTConfig
 from streams.errors import MissingDependencyError
 from tests.engines.tensorrt.trt_standin import (
     PLAN_MAGIC,

@@ -43,9 +43,9 @@ from operators.boxes import LetterboxGeometry
 from pipelines.preprocess import PreprocessSpec, preprocess
 from pipelines.segments import Segment
 from streams.errors import DecodeError, SourceError
-from streams.files import VideoFile
 from streams.frames import FrameMeta
-from streams.probe import DALI_CPU_CODECS, DALI_GPU_CODECS, VideoInfo
+from streams.sources.files import VideoFile
+from streams.sources.probe import DALI_CPU_CODECS, DALI_GPU_CODECS, VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.inplace import dali_to_torch
+from engines.inplace import dali_to_torch
 
 
 def _dali_batch(arr: np.ndarray):  # type: ignore[no-untyped-def]

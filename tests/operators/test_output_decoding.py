@@ -1,4 +1,4 @@
-"""Tests of operators.decode: the three decoders, layout detection and output selection."""
+"""Tests of operators.output_decoding: the three decoders, layout detection and output selection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.decode import (
+from operators.output_decoding import (
     Candidates,
     decode_efficient_nms,
     decode_yolov5,

@@ -145,7 +145,7 @@ def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 512 
     70k packets, 0.98 s; 0.46 GB of HEVC, 70k packets, 0.18 s), mostly under the GIL. When
     four or more files hold at least ``parallel_bytes`` together (default 512 MiB, where
     workers start to pay), the probes run in up to ``processes`` worker processes started
-    as ``python -m streams.probe``: they import PyAV and this module only (0.6 s on a 2-core
+    as ``python -m streams.sources.probe``: they import PyAV and this module only (0.6 s on a 2-core
     CPU machine), not the parent's ``__main__``, which ``multiprocessing``'s spawn would
     re-import (torch and DALI under ``fovea run`` or the benchmark: 2.6 s before the first
     probe). Measured: 1.1 GB in
@@ -204,7 +204,7 @@ class BackgroundProbe:
 
 
 def _probe_in_workers(paths: list[Path], n: int) -> list[VideoInfo | tuple[str, str]]:
-    """``n`` ``python -m streams.probe`` processes, each given every ``n``-th path."""
+    """``n`` ``python -m streams.sources.probe`` processes, each given every ``n``-th path."""
     from concurrent.futures import ThreadPoolExecutor
 
     chunks = [paths[k::n] for k in range(n)]
@@ -214,7 +214,7 @@ def _probe_in_workers(paths: list[Path], n: int) -> list[VideoInfo | tuple[str, 
 
     def run(chunk: list[Path]) -> list[VideoInfo | tuple[str, str]]:
         try:
-            done = subprocess.run([sys.executable, "-m", "streams.probe", *map(str, chunk)], env=env,
+            done = subprocess.run([sys.executable, "-m", "streams.sources.probe", *map(str, chunk)], env=env,
                                   capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"exit code {done.returncode}: {done.stderr.strip()[-300:]}")
@@ -249,7 +249,7 @@ def _from_json(d: dict[str, Any]) -> VideoInfo | tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.probe PATH...``: one JSON line per path (the probe workers' entry)."""
+    """``python -m streams.sources.probe PATH...``: one JSON line per path (the probe workers' entry)."""
     for a in sys.argv[1:] if argv is None else argv:
         sys.stdout.write(json.dumps(_to_json(_probe_or_reason(Path(a)))) + "\n")
     return 0

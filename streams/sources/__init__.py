@@ -1,0 +1,1 @@
+"""File sources: expanding ``sources:`` entries into video files, and probing them."""
