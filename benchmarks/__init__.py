@@ -4,7 +4,7 @@
 then measures on the same files:
 
 * the NVDEC decode ceiling (DALI's reader alone, a sweep of concurrent sessions),
-* the pipeline's own source (decode + preprocess, :class:`pipelines.file_source.FileBatchSource`),
+* the pipeline's own source (decode + preprocess, :class:`pipelines.file_source.FileDecodeSource`),
 * the engine ceiling (the engine on device-resident batches, with and without postprocess),
 * Fovea end to end (:func:`pipelines.runner.run_job`, every frame checked in the JSONL sink),
 * what users would otherwise write (PyAV + torch FP32/FP16, DALI's legacy reader + torch),

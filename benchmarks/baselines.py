@@ -36,7 +36,8 @@ from torch import nn
 from benchmarks.results import Measurement
 from benchmarks.sampler import UtilSampler
 from operators.boxes import LetterboxGeometry, letterbox_geometry
-from operators.postprocess import PostprocessParams, postprocess
+from operators.postprocess import postprocess
+from streams.config import PostprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def sample_frames(path: str | Path, count: int, input_size: tuple[int, int]) -> 
 class _Runner:
     """Batches letterboxed frames, runs the model and the postprocess; counts what is done."""
 
-    def __init__(self, model: nn.Module, layout: str, batch: int, params: PostprocessParams,
+    def __init__(self, model: nn.Module, layout: str, batch: int, params: PostprocessConfig,
                  names: Sequence[str]) -> None:
         self.model = model
         self.layout = layout
@@ -129,7 +130,7 @@ def measure_pyav(
     batch: int,
     seconds: float,
     input_size: tuple[int, int],
-    params: PostprocessParams | None = None,
+    params: PostprocessConfig | None = None,
     class_names: Sequence[str] = (),
     codec: str | None = None,
 ) -> Measurement:
@@ -138,7 +139,7 @@ def measure_pyav(
 
     dtype = torch.float16 if precision == "fp16" else torch.float32
     h, w = input_size
-    run = _Runner(_eager(model, device, dtype), layout, batch, params or PostprocessParams(), class_names)
+    run = _Runner(_eager(model, device, dtype), layout, batch, params or PostprocessConfig(), class_names)
     done = False
     with UtilSampler(device) as sampler, torch.inference_mode():
         t0 = time.perf_counter()
@@ -172,7 +173,7 @@ def measure_dali_legacy(
     batch: int,
     seconds: float,
     input_size: tuple[int, int],
-    params: PostprocessParams | None = None,
+    params: PostprocessConfig | None = None,
     class_names: Sequence[str] = (),
     codec: str | None = None,
     sequence_length: int = 16,
@@ -190,7 +191,7 @@ def measure_dali_legacy(
 
     h, w = input_size
     run = _Runner(_eager(model, device, torch.float16), layout, sequences * sequence_length,
-                  params or PostprocessParams(), class_names)
+                  params or PostprocessConfig(), class_names)
     done = False
     with UtilSampler(device) as sampler, torch.inference_mode():
         pipe = graph()

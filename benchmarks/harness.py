@@ -87,7 +87,7 @@ class BenchConfig:
     sequence_length: int = 32  # decode-ceiling reader
     precision: str = "fp16"
     jobs: int | None = None  # clip encoder processes
-    streams: int = 2  # inference threads of the end-to-end run (engine.streams)
+    streams: int = 2  # inference threads of the end-to-end run (engine.inference_threads)
     profile: bool = False  # e2e under torch.profiler: GPU time per stream class (benchmarks.gputime)
 
     def resolved(self) -> BenchConfig:
@@ -319,7 +319,7 @@ def run_bench(cfg: BenchConfig, on_update: Callable[[BenchResults], None] | None
         results.config["input_size"] = list(model.input_size)
         precision = cfg.precision if on_cuda else "fp32"
         results.config["precision"] = precision
-        engine_cfg = EngineConfig(kind="auto", device=device, precision=precision, streams=cfg.streams,  # type: ignore[arg-type]
+        engine_cfg = EngineConfig(kind="auto", device=device, precision=precision, inference_threads=cfg.streams,  # type: ignore[arg-type]
                                   batch_size=batch, cuda_graphs=True)
         concurrency = cfg.e2e_sessions or max(cfg.sessions)
         engine = guard("engine", None, lambda: measure_engine(model.config, engine_cfg, device, frames, src_size,

@@ -285,7 +285,7 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
         "sources": [{"uri": f"file://{clips[i % len(clips)].resolve()}", "id": f"s{i:03d}"} for i in range(n)],
         "model": model_section(args.model, args.input_size),
         "engine": {"device": "cuda", "batch_size": args.batch, "precision": "fp16"},
-        "live": {"decode": args.decode, "workers": args.workers, "log_interval_s": 10,
+        "live": {"decode": args.decode, "inference_threads": args.inference_threads, "log_interval_s": 10,
                  "gil_switch_interval_ms": args.gil_switch_ms,
                  "http": {"enabled": False},
                  "ingest": {"processes": args.ingest_processes if args.ingest_processes == "auto"
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="yolov8n", help="yolov8n | default | a model file")
     p.add_argument("--input-size", type=int, default=640)
     p.add_argument("--batch", type=int, default=128, help="engine frames per call (GOPs per call = batch // 32)")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--inference-threads", "--workers", dest="inference_threads", type=int, default=4,
+                   help="live.inference_threads (--workers: the old name)")
     p.add_argument("--ingest-processes", default="auto",
                    help="live.ingest.processes: reader processes (auto: one per 24 streams above 32; 0: none)")
     p.add_argument("--gil-switch-ms", type=float, default=0.1, help="live.gil_switch_interval_ms")

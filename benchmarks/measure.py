@@ -6,13 +6,13 @@
   still helps). Frames are counted exactly (frame numbers, padding excluded), in a
   window that starts once every pipeline is built and warm.
 * :func:`measure_source`: the pipeline's own source
-  (:class:`pipelines.file_source.FileBatchSource`: probe, per-file NVDEC pipelines,
+  (:class:`pipelines.file_source.FileDecodeSource`: probe, keyframe segments over NVDEC sessions,
   letterbox/normalise on the GPU) drained without inference: decode + preprocess.
 * :func:`measure_engine`: the engine alone on device-resident batches (the layout and
   dtype the engine asks preprocessing for, filled with real letterboxed frames), timed
   with CUDA events after warm-up (CUDA graphs captured), in 1 thread/stream and in as many
   threads, each with its own stream and buffer, as the pipeline has decode sessions (the
-  runner runs the engine in each session's thread); plus the runner's ``Stage.process``
+  runner runs the engine in each session's thread); plus the job's ``InferenceStage.process``
   (engine + postprocess) the same way, for reference.
 * :func:`measure_e2e`: :func:`pipelines.runner.run_job` on the workload with a JSONL sink;
   every frame is accounted for (JSONL lines = probed frames = ``summary.frames``).
@@ -181,12 +181,12 @@ def measure_source(
     max_seconds: float | None = None,
     codec: str | None = None,
 ) -> Measurement:
-    """Drain :class:`~pipelines.file_source.FileBatchSource` over ``files`` (no inference).
+    """Drain :class:`~pipelines.file_source.FileDecodeSource` over ``files`` (no inference).
 
     Runs to the end of the files, or ``max_seconds``. GPU work is waited for before the
     clock stops.
     """
-    from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
+    from pipelines.file_source import DecodePlan, FileDecodeSource, FileEvent
     from pipelines.preprocess import PreprocessSpec
     from pipelines.video_decoding import DecodedBatch
     from streams.config import PreprocessConfig
@@ -203,13 +203,13 @@ def measure_source(
     marks: list[tuple[float, int]] = []
     with UtilSampler(device) as sampler:
         t0 = time.perf_counter()
-        with FileBatchSource(videos, plan) as source:
+        with FileDecodeSource(videos, plan) as source:
             while (item := source.read()) is not None:
                 if isinstance(item, FileEvent):
                     if item.kind == "failed" and item.error is not None:
                         failures.append(str(item.error))
                     continue
-                assert isinstance(item, DecodedBatch)  # no process callback: decoded batches
+                assert isinstance(item, DecodedBatch)  # no inference pool: decoded batches
                 frames += item.num_valid
                 marks.append((time.perf_counter(), frames))
                 if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
@@ -344,12 +344,12 @@ def measure_engine(
 
     For each count ``n`` in ``streams``, ``n`` threads each feed their own buffer on their
     own CUDA stream, as the pipeline's decode sessions do; ``fps`` is the best.
-    ``extra["with_postprocess_fps"]`` is the runner's ``Stage.process`` (engine +
+    ``extra["with_postprocess_fps"]`` is the job's ``InferenceStage.process`` (engine +
     postprocess, its host syncs included) in as many threads. ``source_size`` is
     ``(width, height)`` of the source frames (for the postprocess geometry).
     """
     from operators.boxes import letterbox_geometry
-    from pipelines.runner import open_stage, prepare_inference
+    from pipelines.graph import open_inference_stage, prepare_inference
     from pipelines.video_decoding import DecodedBatch
     from streams.frames import FrameMeta
     from streams.sources.files import VideoFile
@@ -360,7 +360,7 @@ def measure_engine(
     budget = seconds / (len(counts) + 1)
     by_streams: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
-        stage = open_stage(cfg, device, stack)
+        stage = open_inference_stage(cfg, device, stack)
         eng = stage.engine
         batch = min(engine.batch_size, eng.max_batch_size or engine.batch_size)
         h, w = stage.info.input_size
@@ -368,7 +368,7 @@ def measure_engine(
         log.info("engine: %s on %s, %s %s, batch %d, streams %s", type(eng).__name__, device, dtype, layout, batch,
                  counts)
         # as the job does: one stream per thread, graphs captured on them, warmed up, before the clock
-        cuda_streams = prepare_inference(eng, batch, (h, w), max(counts), device) if on_cuda else []
+        cuda_streams = prepare_inference(stage, batch, max(counts)) if on_cuda else []
         handles: list[int | None] = [s.cuda_stream for s in cuda_streams] if on_cuda else [None]
         bufs = [_engine_input(frames, batch, dtype, layout, device) for _ in handles]
 
@@ -389,7 +389,7 @@ def measure_engine(
                     best = (fps, done, secs)
             engine_util = sampler.stats()
 
-        # the runner's Stage.process in every session thread: engine + postprocess, host syncs included
+        # the job's InferenceStage.process in every inference thread: engine + postprocess, host syncs included
         src_w, src_h = source_size
         geom = letterbox_geometry(src_w, src_h, w, h)
         video = VideoFile(Path("engine-bench"), "engine-bench")
@@ -568,7 +568,7 @@ def measure_e2e(
         "detections_per_frame": round(summary.detections / summary.frames, 2) if summary.frames else 0.0,
         "wall_seconds": round(wall, 3), "cuda_graphs_disabled": graphs_off, "warnings": watch.messages[:20],
         "steady_fps": counter.rate_between(0.1 * expected_frames, 0.9 * expected_frames),
-        "streams": engine.streams,
+        "streams": engine.inference_threads,
         # the decode sessions: [min, max] of their first batch and finish (s after decoding started), frames
         **({"session_first_batch_s": _span(x[0] for x in summary.sessions),
             "session_finished_s": _span(x[1] for x in summary.sessions),

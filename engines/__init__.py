@@ -1,13 +1,63 @@
 """Inference engines behind one small interface (:class:`engines.base.Engine`).
 
+- :mod:`engines.base`: the :class:`Engine` protocol and :class:`TensorSpec`.
+- :mod:`engines.factory`: :func:`open_engine` picks and opens the engine for a model.
 - :mod:`engines.torch_engine`: torch models (TorchScript, ExportedProgram, the bundled
   detector); CUDA FP16 channels_last with CUDA graphs, or CPU FP32.
 - :mod:`engines.onnxruntime_engine`: ONNX models where TensorRT is absent.
 - :mod:`engines.tensorrt`: the production engine (ONNX → TensorRT plan, run in place).
+- :mod:`engines.inplace`: runs an engine directly on DALI's GPU output buffers.
+- :mod:`engines.detector`: the bundled detector, its training and export.
 
-Nothing here is imported at package import time beyond the interface.
+Importing the package loads the interface and the factory (no torch, TensorRT or ONNX
+Runtime: the factory imports them when an engine is opened). The engine classes and the
+in-place operator need torch, so they are imported on first access.
 """
 
-from engines.base import Engine, TensorSpec
+from __future__ import annotations
 
-__all__ = ["Engine", "TensorSpec"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from engines.base import Engine, Layout, Precision, TensorSpec
+from engines.factory import ModelInfo, open_engine, resolve_device
+
+if TYPE_CHECKING:
+    from engines.inplace import InPlaceInference, on_stream
+    from engines.onnxruntime_engine import OnnxRuntimeEngine
+    from engines.torch_engine import TorchEngine
+
+_LAZY: dict[str, str] = {
+    "InPlaceInference": "engines.inplace",
+    "on_stream": "engines.inplace",
+    "OnnxRuntimeEngine": "engines.onnxruntime_engine",
+    "TorchEngine": "engines.torch_engine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engines' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "Engine",
+    "InPlaceInference",
+    "Layout",
+    "ModelInfo",
+    "OnnxRuntimeEngine",
+    "Precision",
+    "TensorSpec",
+    "TorchEngine",
+    "on_stream",
+    "open_engine",
+    "resolve_device",
+]

@@ -11,16 +11,30 @@ tensors on the engine's device, ordered on ``stream``.
 (``torch.cuda.ExternalStream(handle)``). ``None`` means the CPU, or the current torch
 stream on CUDA.
 
+Besides ``infer``, the caller (the job's set-up and its inference threads) uses three
+hooks, which every engine implements; engines without CUDA graphs inherit the no-op ones
+of :class:`NoGraphs`:
+
+- :meth:`Engine.capture_graphs` once, before any decoder runs: a CUDA-graph capture must
+  not overlap other threads' CUDA work (DALI's decoders);
+- :meth:`Engine.close_captures` when decoding may start: no capture after it;
+- :meth:`Engine.running` held around each batch's inference and postprocess, so that a
+  capture (the torch engine's, during warm-up) never overlaps them.
+
 Usage::
 
     with TorchEngine(model, device="cuda:0", precision="fp16") as engine:
-        out = engine.infer({engine.inputs[0].name: batch}, stream=handle)
-        preds = out[engine.outputs[0].name]         # torch.Tensor on cuda:0
+        engine.capture_graphs(16, streams)          # before decoding starts
+        engine.close_captures("decoders run from here on")
+        with engine.running():
+            out = engine.infer({engine.inputs[0].name: batch}, stream=handle)
+            preds = out[engine.outputs[0].name]     # torch.Tensor on cuda:0
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -97,3 +111,38 @@ class Engine(Protocol):
     ) -> dict[str, torch.Tensor]:
         """Run the model on ``inputs`` (read in place) and return its outputs by name."""
         ...
+
+    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream]) -> int:
+        """Capture one CUDA graph per stream for batches of ``batch`` frames; call it before
+        decoding starts (inside ``with``). Returns how many were captured: 0 for engines
+        without graphs, or where graphs are off (the CPU, ``cuda_graphs: false``)."""
+        ...
+
+    def close_captures(self, reason: str) -> None:
+        """No CUDA-graph capture after this; a batch that would need one runs without a graph
+        and ``reason`` (why captures are closed) is logged."""
+        ...
+
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """The section a caller holds around one batch's inference and postprocess (its own
+        GPU work on the engine's outputs): no capture overlaps it. Re-entrant per thread."""
+        ...
+
+
+class NoGraphs:
+    """The :class:`Engine` hooks of an engine without CUDA graphs: no captures, no section.
+
+    TensorRT binds the caller's buffer in place and ONNX Runtime runs on its own stream,
+    so neither replays graphs; they inherit these no-ops.
+    """
+
+    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream]) -> int:
+        """Nothing to capture: 0."""
+        return 0
+
+    def close_captures(self, reason: str) -> None:
+        """Nothing is ever captured, so there is nothing to close."""
+
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """No capture can overlap the caller's work: an empty section."""
+        return contextlib.nullcontext()

@@ -12,29 +12,48 @@ model file         engine: auto picks           also runs on
 
 ``auto`` logs its choice and the reason once.
 
+A model file that cannot be used is an :class:`~streams.errors.EngineError` whose one-line
+message names the file and what is wrong, found as early as possible: a missing file, a
+directory, an unknown type, an empty or unreadable file, a file that is not what its name
+says (a text file called ``.onnx``, a truncated or damaged archive, a ``torch.save``
+checkpoint instead of TorchScript), an input that is not an image batch ``[N, 3, H, W]``
+(ONNX: from the file; torch: when the engine's first run on a blank batch fails) and
+outputs that fit no layout Fovea decodes (:func:`output_layout`).
+
 Usage::
 
     device = resolve_device("auto")                   # "cuda:0" or "cpu"
     engine, info = open_engine(cfg.model, cfg.engine, device)
-    with engine: ...
+    with engine:
+        layout = output_layout(engine, info)          # "yolov8", "yolov5" or "efficient_nms"
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import logging
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from engines._messages import describe, reason
 from engines.base import Engine
 from streams.config import EngineConfig, ModelConfig, PostprocessConfig, PreprocessConfig
-from streams.errors import ConfigError, EngineError
+from streams.errors import ConfigError, EngineError, ShapeError
+
+if TYPE_CHECKING:
+    from engines.tensorrt.calibrator import FramePreprocessor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SIZE = (640, 640)
+ONNX_SUFFIXES = (".onnx",)
+TORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".pt2")
+_EXPORT_HINT = "export the model with torch.jit.script/trace (.pt), torch.export (.pt2) or to ONNX"
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,8 @@ class ModelInfo:
 
     class_names: tuple[str, ...]
     input_size: tuple[int, int]  # (height, width)
-    layout: str  # "auto" until resolved from the engine's outputs
+    layout: str  # "auto" until resolved from the engine's outputs (output_layout)
+    source: str = "the model"  # the model file (or "the bundled detector"), for messages
 
 
 def resolve_device(requested: str) -> str:
@@ -86,10 +106,21 @@ def load_class_names(spec: list[str] | str | None) -> tuple[str, ...] | None:
 
 
 def _onnx_metadata(path: Path) -> tuple[tuple[str, ...] | None, tuple[int, int] | None]:
-    """Class names (Ultralytics' ``names`` metadata) and static input size of an ONNX file."""
+    """Class names (Ultralytics' ``names`` metadata) and static input size of an ONNX file.
+
+    Raises EngineError when the file is not an ONNX model or its input is not one image
+    batch ``[N, 3, H, W]`` of floats.
+    """
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, and whatever else onnx raises
+        raise EngineError(f"{path}: not an ONNX model: it does not parse as one ({reason(e)}); "
+                          "the file is truncated or damaged, or in another format") from e
+    graph = model.graph
+    if not graph.node and not graph.input and not graph.output:
+        raise EngineError(f"{path}: not an ONNX model: it holds no graph (an empty or foreign file)")
     names: tuple[str, ...] | None = None
     for prop in model.metadata_props:
         if prop.key == "names":
@@ -104,14 +135,49 @@ def _onnx_metadata(path: Path) -> tuple[tuple[str, ...] | None, tuple[int, int] 
                 names = tuple(str(parsed[k]) for k in sorted(parsed, key=int))
             elif isinstance(parsed, list):
                 names = tuple(str(x) for x in parsed)
+    init_names = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in init_names]
+    if len(inputs) != 1:
+        raise EngineError(f"{path}: expected one input, an image batch [N, 3, H, W]; the model has "
+                          f"{len(inputs)}: {[i.name for i in inputs]}")
+    tensor = inputs[0].type.tensor_type
+    dims = tuple(d.dim_value if d.dim_value > 0 else None for d in tensor.shape.dim)
+    shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+    if tensor.HasField("shape") and (len(dims) != 4 or dims[1] not in (None, 3)):
+        raise EngineError(f"{path}: its input {inputs[0].name!r} has shape {shown}, not an image batch "
+                          "[N, 3, H, W]; Fovea feeds detectors 3-channel images")
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    if tensor.elem_type not in floats:
+        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+        raise EngineError(f"{path}: its input {inputs[0].name!r} is {dtype}; Fovea feeds float32 or "
+                          "float16 image batches [N, 3, H, W]")
     size: tuple[int, int] | None = None
-    init_names = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in init_names]
-    if inputs:
-        dims = inputs[0].type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[2].dim_value > 0 and dims[3].dim_value > 0:
-            size = (dims[2].dim_value, dims[3].dim_value)
+    if len(dims) == 4 and dims[2] is not None and dims[3] is not None:
+        size = (dims[2], dims[3])
     return names, size
+
+
+def model_file(path: str) -> Path:
+    """``path`` as a model file Fovea can open, or an EngineError saying why it is not one."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise EngineError(f"model file {path}: no such file")
+    if p.is_dir():
+        raise EngineError(f"model file {path}: a directory, not a model file")
+    if not p.is_file():
+        raise EngineError(f"model file {path}: not a regular file")
+    suffix = p.suffix.lower()
+    if suffix not in ONNX_SUFFIXES + TORCH_SUFFIXES:
+        raise EngineError(f"model file {path}: unsupported type {suffix or '(no extension)'!r}; expected .onnx, "
+                          ".pt, .pth, .torchscript (TorchScript) or .pt2 (torch.export)")
+    try:
+        with open(p, "rb") as f:
+            empty = not f.read(1)
+    except OSError as e:
+        raise EngineError(f"model file {path}: cannot be read ({e.strerror or e})") from e
+    if empty:
+        raise EngineError(f"model file {path}: empty (0 bytes)")
+    return p
 
 
 def _tensorrt_importable() -> tuple[bool, str]:
@@ -128,28 +194,30 @@ def open_engine(
     device: str,
     postprocess: PostprocessConfig | None = None,
     preprocess: PreprocessConfig | None = None,
+    frame_preprocessor: FramePreprocessor | None = None,
 ) -> tuple[Engine, ModelInfo]:
     """Build (but do not enter) the engine for ``model`` on ``device``, with model info.
 
-    ``postprocess`` and ``preprocess`` matter to TensorRT only: in-engine NMS thresholds
-    and the INT8 calibration frames' letterboxing follow the job's settings.
+    ``postprocess``, ``preprocess`` and ``frame_preprocessor`` matter to TensorRT only:
+    in-engine NMS thresholds follow the job's settings, and INT8 calibration frames go
+    through ``frame_preprocessor`` (the pipeline's preprocessing, configured by
+    ``preprocess``; see :data:`engines.tensorrt.calibrator.FramePreprocessor`). A model
+    that cannot be used raises EngineError (see the module docstring).
     """
-    extras = {"postprocess": postprocess, "preprocess": preprocess}
+    extras = {"postprocess": postprocess, "preprocess": preprocess, "frame_preprocessor": frame_preprocessor}
     names = load_class_names(model.class_names)
     path = model.path
     kind = engine.kind
     if path == "default":
         return _open_default(model, engine, device, names, extras)
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError("model.path", f"model file {path!r} does not exist")
+    p = model_file(path)
     suffix = p.suffix.lower()
-    if suffix == ".onnx":
+    if suffix in ONNX_SUFFIXES:
         meta_names, meta_size = _onnx_metadata(p)
         size = model.input_size or meta_size
         if size is None:
             raise ConfigError("model.input_size", f"{p.name} has a dynamic input size; set model.input_size")
-        info = ModelInfo(names or meta_names or (), size, model.layout)
+        info = ModelInfo(names or meta_names or (), size, model.layout, str(p))
         if kind == "auto":
             ok, why = _tensorrt_importable()
             if device.startswith("cuda") and ok:
@@ -157,8 +225,8 @@ def open_engine(
                 log.info("engine auto → tensorrt (%s)", why)
             else:
                 kind = "onnxruntime"
-                reason = why if device.startswith("cuda") else "device is the CPU"
-                log.warning("engine auto → onnxruntime for %s (%s)", p.name, reason)
+                because = why if device.startswith("cuda") else "device is the CPU"
+                log.warning("engine auto → onnxruntime for %s (%s)", p.name, because)
         if kind == "torch":
             raise ConfigError("engine.kind", "the torch engine runs torch models (.pt/.pt2); for "
                               "ONNX use onnxruntime or tensorrt")
@@ -174,24 +242,61 @@ def open_engine(
             )
             device = "cpu"
         return OnnxRuntimeEngine(p, device=device), info
-    if suffix in (".pt", ".pth", ".torchscript", ".pt2"):
-        if kind not in ("auto", "torch"):
-            raise ConfigError("engine.kind", f"{kind} runs ONNX models; export {p.name} to ONNX first")
-        module = _load_torch_model(p)
-        size = model.input_size or DEFAULT_INPUT_SIZE
-        if model.input_size is None:
-            log.warning("model.input_size not set for %s: using %dx%d", p.name, *size)
-        info = ModelInfo(names or (), size, model.layout)
-        return _torch_engine(module, engine, device, size), info
-    raise ConfigError("model.path",
-                      f"unsupported model file {p.name!r}: expected .onnx, .pt, .pth, .torchscript or .pt2")
+    if kind not in ("auto", "torch"):
+        raise ConfigError("engine.kind", f"{kind} runs ONNX models; export {p.name} to ONNX first")
+    module = _load_torch_model(p)
+    size = model.input_size or DEFAULT_INPUT_SIZE
+    if model.input_size is None:
+        log.warning("model.input_size not set for %s: using %dx%d", p.name, *size)
+    info = ModelInfo(names or (), size, model.layout, str(p))
+    return _torch_engine(module, engine, device, size, str(p)), info
 
 
-def _torch_engine(module: Any, engine: EngineConfig, device: str, size: tuple[int, int]) -> Engine:
+def output_layout(engine: Engine, info: ModelInfo) -> str:
+    """The model's output layout: ``info.layout`` when the config sets one, else detected
+    from the entered ``engine``'s outputs (with one blank inference where the model's
+    output shapes are symbolic). Outputs that fit no layout are an EngineError naming the
+    model and its outputs."""
+    if info.layout != "auto":
+        return info.layout
+    from operators.output_decoding import detect_layout
+
+    shapes = [o.shape for o in engine.outputs]
+    if any(d is None for shape in shapes for d in shape[1:]):
+        shapes = _probe_output_shapes(engine, info)
+    try:
+        layout = detect_layout(shapes, [o.name for o in engine.outputs])
+    except ShapeError as e:
+        raise EngineError(f"{info.source}: not a detector Fovea can decode: {e}") from e
+    log.info("model output layout: %s", layout)
+    return layout
+
+
+def _probe_output_shapes(engine: Engine, info: ModelInfo) -> list[tuple[int | None, ...]]:
+    """Output shapes from one inference on a blank batch of one (for models with symbolic dims)."""
+    import torch
+
+    dtype = torch.float16 if engine.input_dtype == "float16" else torch.float32
+    x = torch.zeros((1, 3, *info.input_size), dtype=dtype, device=engine.device)
+    if engine.input_layout == "NHWC":
+        x = x.contiguous(memory_format=torch.channels_last)
+    try:
+        with engine.running():
+            outs = engine.infer({engine.inputs[0].name: x})
+    except EngineError:
+        raise
+    except Exception as e:  # the model's own failure on a well-formed image batch
+        raise EngineError(f"{info.source}: the model fails on a blank image batch {list(x.shape)} "
+                          f"({describe(e)})") from e
+    return [tuple(outs[o.name].shape) for o in engine.outputs]
+
+
+def _torch_engine(module: Any, engine: EngineConfig, device: str, size: tuple[int, int], source: str) -> Engine:
     from engines.torch_engine import TorchEngine
 
     return TorchEngine(module, device=device, precision=engine.precision, input_size=size,
-                       cuda_graphs=engine.cuda_graphs, compile_mode=compile_mode(module, engine, device))
+                       cuda_graphs=engine.cuda_graphs, compile_mode=compile_mode(module, engine, device),
+                       source=source)
 
 
 def compile_mode(module: Any, engine: EngineConfig, device: str) -> str | None:
@@ -224,17 +329,59 @@ def compile_mode(module: Any, engine: EngineConfig, device: str) -> str | None:
 
 
 def _load_torch_model(p: Path) -> Any:
+    """The module saved in ``p``: TorchScript (``.pt``, ``.pth``, ``.torchscript``) or an
+    ExportedProgram (``.pt2``); an EngineError naming the file and the problem otherwise."""
     import torch
 
+    pt2 = p.suffix.lower() == ".pt2"
+    problem = _torch_archive_problem(p, pt2)
+    if problem is not None:
+        raise EngineError(f"{p}: {problem}")
+    what = "an ExportedProgram (torch.export)" if pt2 else "TorchScript"
     try:
-        if p.suffix.lower() == ".pt2":
-            return torch.export.load(str(p)).module()
-        return torch.jit.load(str(p), map_location="cpu")
-    except Exception as e:  # torch raises RuntimeError/ValueError/pickle errors
-        raise EngineError(
-            f"cannot load {p} as TorchScript/ExportedProgram ({type(e).__name__}: {str(e)[:200]}); "
-            "export the model with torch.jit.script/trace, torch.export, or to ONNX"
-        ) from e
+        with _quiet_logger("torch.export"):
+            if pt2:
+                return torch.export.load(str(p)).module()
+            return torch.jit.load(str(p), map_location="cpu")
+    except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors
+        raise EngineError(f"{p}: torch cannot load it as {what} ({describe(e)}); "
+                          f"{_EXPORT_HINT}") from e
+
+
+def _torch_archive_problem(p: Path, pt2: bool) -> str | None:
+    """Why ``p`` certainly does not load as TorchScript / an ExportedProgram, judged from its
+    zip directory alone (torch saves both as zip archives), with what to do; or ``None``."""
+    if not zipfile.is_zipfile(p):
+        return ("not a saved torch model: torch saves models as zip archives and this file is none (truncated, "
+                f"damaged, or another format); {_EXPORT_HINT}")
+    try:
+        with zipfile.ZipFile(p) as z:
+            entries = {name.split("/", 1)[-1] for name in z.namelist()}  # "<archive>/<entry>"
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"a damaged zip archive ({reason(e)}); {_EXPORT_HINT}"
+    script = "constants.pkl" in entries
+    exported = "archive_format" in entries
+    if pt2:
+        return "TorchScript, not an ExportedProgram: name it .pt" if script and not exported else None
+    if exported and not script:
+        return "an ExportedProgram (torch.export), not TorchScript: name it .pt2"
+    if not script and "data.pkl" in entries:
+        return ("a torch.save checkpoint (weights or a pickled module), not TorchScript: build the model in "
+                f"Python, load the checkpoint into it and {_EXPORT_HINT}")
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence logger ``name`` (and its children) for a block: ``torch.export.load`` logs the
+    traceback of a failed load as a warning before it raises, and Fovea reports the raise."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _open_default(
@@ -245,13 +392,14 @@ def _open_default(
 
     net, det_info = load_default_detector("cpu")
     size = model.input_size or tuple(det_info.input_size)
-    info = ModelInfo(names or tuple(det_info.class_names), (int(size[0]), int(size[1])), "yolov8")
+    info = ModelInfo(names or tuple(det_info.class_names), (int(size[0]), int(size[1])), "yolov8",
+                     "the bundled detector")
     kind = engine.kind
     if kind == "auto":
         kind = "torch"
         log.info("engine auto → torch for the bundled detector")
     if kind == "torch":
-        return _torch_engine(net, engine, device, info.input_size), info
+        return _torch_engine(net, engine, device, info.input_size, info.source), info
     if kind == "onnxruntime" or kind == "tensorrt":
         from engines.detector.export import export_onnx
 

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import Layout, TensorSpec
+from engines._messages import reason
+from engines.base import Layout, NoGraphs, TensorSpec
 from streams.errors import EngineError, MissingDependencyError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _dims(shape: list[Any]) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(NoGraphs):
     """Runs an ONNX model with ONNX Runtime; see the module docstring."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
@@ -111,13 +112,13 @@ class OnnxRuntimeEngine:
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            raise EngineError(f"ONNX Runtime cannot load {self.path}: {e}") from e
+            raise EngineError(f"{self.path}: ONNX Runtime cannot load it ({reason(e)})") from e
         self._inputs = tuple(TensorSpec(i.name, _dims(i.shape), _ORT_TYPES.get(i.type, i.type))
                              for i in self._session.get_inputs())
         self._outputs = tuple(TensorSpec(o.name, _dims(o.shape), _ORT_TYPES.get(o.type, o.type))
                               for o in self._session.get_outputs())
         if len(self._inputs) != 1 or len(self._inputs[0].shape) != 4:
-            raise EngineError(f"{self.path.name}: expected one 4-D image input, got "
+            raise EngineError(f"{self.path}: expected one 4-D image input [N, 3, H, W], got "
                               f"{[(i.name, i.shape) for i in self._inputs]}")
         log.info("onnxruntime engine on %s: %s -> %s", self._device,
                  [(i.name, i.shape, i.dtype) for i in self._inputs],

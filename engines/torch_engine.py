@@ -1,7 +1,9 @@
 """The torch engine: CUDA FP16 (channels_last, CUDA graphs) or CPU FP32.
 
 Runs any ``nn.Module`` whose forward maps an image batch ``[N, 3, H, W]`` to one tensor
-or a tuple of tensors (YOLO-style raw outputs).
+or a tuple of tensors (YOLO-style raw outputs). Entering the engine runs the model once
+on a blank batch of one; a model that fails there (it takes no such images) or returns
+something else is an EngineError naming the model (``source``).
 
 CUDA graphs and zero copy
     A CUDA graph reads its input from the address it was captured with, and a capture
@@ -55,6 +57,7 @@ from typing import Any
 
 import torch
 
+from engines._messages import describe
 from engines.base import Layout, TensorSpec
 from streams.errors import EngineError, ShapeError
 
@@ -145,7 +148,9 @@ class TorchEngine:
         max_batch_size: int | None = None,
         graph_cache_size: int = 16,
         compile_mode: str | None = None,
+        source: str | None = None,
     ) -> None:
+        self._source = source or f"the {type(model).__name__} model"  # names the model in errors
         self._device = torch.device(device)
         if self._device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError(f"device {device!r} requested but torch sees no CUDA GPU")
@@ -171,7 +176,7 @@ class TorchEngine:
         self._captures_closed: str | None = None  # why on-demand captures are off
         self._eager_noted = False
         self._lock = threading.Lock()  # graph caches are shared by the callers' threads
-        self.gate = Gate()  # callers may hold gate.shared() around their own GPU work
+        self.gate = Gate()  # held shared by infer and by callers (running()); exclusive to capture
         self._outputs: tuple[TensorSpec, ...] = ()
         self._entered = False
 
@@ -219,10 +224,18 @@ class TorchEngine:
         probe = torch.zeros((1, 3, h, w), dtype=self._dtype, device=self._device)
         if self._device.type == "cuda":
             probe = probe.to(memory_format=torch.channels_last)
-        outs = self._forward(probe)
+        try:
+            outs = self._forward(probe)
+        except EngineError:
+            raise
+        except Exception as e:  # the model's own error: it does not take such a batch
+            raise EngineError(f"{self._source}: the model fails on an image batch {list(probe.shape)} "
+                              f"({describe(e)}); Fovea feeds it [N, 3, H, W] images of "
+                              "model.input_size") from e
         names = self._output_names or tuple(f"output{i}" for i in range(len(outs)))
         if len(names) != len(outs):
-            raise EngineError(f"model returns {len(outs)} outputs but {len(names)} names were given")
+            raise EngineError(f"{self._source}: the model returns {len(outs)} outputs but {len(names)} names "
+                              "were given")
         self._output_names = names
         self._outputs = tuple(
             TensorSpec(n, (None, *o.shape[1:]), str(o.dtype).removeprefix("torch."))
@@ -291,6 +304,11 @@ class TorchEngine:
         self._captures_closed = reason
         log.info("CUDA graph captures closed (%d captured): %s", len(self._static), reason)
 
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """The gate's shared section (see :class:`Gate`): a capture waits until no caller is
+        inside, so the caller's own GPU work on the outputs (postprocess) never overlaps one."""
+        return self.gate.shared()
+
     # -- hot path -----------------------------------------------------------------------
     def infer(
         self, inputs: Mapping[str, torch.Tensor], stream: int | None = None
@@ -331,7 +349,8 @@ class TorchEngine:
             return (out,)
         if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
             return tuple(out)
-        raise EngineError(f"model must return a tensor or a tuple of tensors, got {type(out).__name__}")
+        raise EngineError(f"{self._source}: the model must return a tensor or a tuple of tensors, got "
+                          f"{type(out).__name__}")
 
     def _eager(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self._forward(x)

@@ -19,12 +19,16 @@ the same detections:
   confidence filter, those of :func:`operators.nms.batched_nms` (a few, none per box) and
   the final copy.
 
+The thresholds and the path's choice come in a :class:`streams.config.PostprocessConfig`
+(the job's ``postprocess:`` section, documented there); ``max_candidates`` caps the
+candidates of one batch that enter NMS.
+
 Usage::
 
     geoms = [letterbox_geometry(m.width, m.height, 640, 640) for m in metas]
     geoms += [None] * (batch_size - len(geoms))          # padding rows of a partial batch
     dets = postprocess(select_outputs(out, "yolov8"), "yolov8", geoms,
-                       PostprocessParams(conf_threshold=0.3), class_names=names)
+                       PostprocessConfig(conf_threshold=0.3), class_names=names)
     dets[0].xyxy       # float32[N, 4], source pixels, highest confidence first
 """
 
@@ -32,8 +36,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -55,47 +57,20 @@ from operators.output_decoding import (
     decode_yolov8,
 )
 from operators.transfer import upload
+from streams.config import PostprocessConfig
 from streams.detections import Detections
 from streams.errors import ShapeError
 
-__all__ = ["PostprocessParams", "fused_device_table", "postprocess"]
+__all__ = ["MAX_CANDIDATES", "fused_device_table", "postprocess"]
 
 logger = logging.getLogger(__name__)
 
 _NUM_INPUTS: dict[str, int] = {"yolov8": 1, "yolov5": 1, "efficient_nms": 4}
 
 
-@dataclass(frozen=True)
-class PostprocessParams:
-    """Thresholds of decoding and NMS.
-
-    Attributes:
-        conf_threshold: candidates need a score strictly above this.
-        iou_threshold: NMS suppresses a box whose IoU with a better kept one is above this.
-        max_detections: at most this many detections per frame (the highest scores).
-        class_agnostic: NMS across classes (boxes of different classes suppress each other).
-        max_candidates: at most this many candidates per batch enter NMS (the highest scores).
-        fused: ``"auto"``: the fused path for YOLOv8/YOLOv5 outputs on CUDA where Triton is
-            importable (else the exact path, with a warning logged once on CUDA); ``"on"``:
-            the fused path on any device (on the CPU its NMS is a torch loop); ``"off"``:
-            always the exact path.
-        frame_capacity: candidates per frame the fused path holds; frames with more are
-            redone by the exact path.
-    """
-
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.45
-    max_detections: int = 300
-    class_agnostic: bool = False
-    max_candidates: int = 30000
-    fused: Literal["auto", "on", "off"] = "auto"
-    frame_capacity: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.fused not in ("auto", "on", "off"):
-            raise ValueError(f"PostprocessParams.fused: expected 'auto', 'on' or 'off', got {self.fused!r}")
-        if self.frame_capacity < 1:
-            raise ValueError(f"PostprocessParams.frame_capacity: expected >= 1, got {self.frame_capacity}")
+#: Candidates of one batch that enter NMS at most (the highest scores); a batch with more
+#: than this above ``conf_threshold`` is a degenerate model output, not a scene.
+MAX_CANDIDATES = 30000
 
 
 def _row_selector(rows: list[int]) -> slice | list[int]:
@@ -115,8 +90,10 @@ def postprocess(
     outputs: Sequence[torch.Tensor],
     layout: OutputLayout,
     geometries: Sequence[LetterboxGeometry | None],
-    params: PostprocessParams | None = None,
+    params: PostprocessConfig | None = None,
     class_names: Sequence[str] = (),
+    *,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> list[Detections | None]:
     """Turn a batch of raw detector outputs into one :class:`Detections` per frame.
 
@@ -128,8 +105,9 @@ def postprocess(
         layout: ``"yolov8"``, ``"yolov5"`` or ``"efficient_nms"``.
         geometries: one per batch row; ``None`` marks a padding row, whose predictions are
             ignored.
-        params: thresholds (defaults: :class:`PostprocessParams`).
+        params: thresholds and the path's choice (defaults: :class:`~streams.config.PostprocessConfig`).
         class_names: names indexed by class id, attached to every ``Detections``.
+        max_candidates: at most this many candidates per batch enter NMS (the highest scores).
 
     Returns:
         One entry per batch row: ``None`` for padding rows, otherwise ``Detections`` in
@@ -139,7 +117,9 @@ def postprocess(
 
         dets = postprocess([pred], "yolov8", [letterbox_geometry(1920, 1080, 640, 640)])
     """
-    p = params or PostprocessParams()
+    if max_candidates < 1:
+        raise ValueError(f"postprocess: max_candidates must be >= 1, got {max_candidates}")
+    p = params or PostprocessConfig()
     names = tuple(class_names)
     expected = _NUM_INPUTS.get(layout)
     if expected is None:
@@ -164,11 +144,11 @@ def postprocess(
     if all(g is None for g in geoms):
         return result
     if layout != "efficient_nms" and _use_fused(p, first.device):
-        redo = _postprocess_fused(outputs[0], layout, geoms, p, names, result)
+        redo = _postprocess_fused(outputs[0], layout, geoms, p, names, result, max_candidates)
         if not redo:
             return result
         geoms = [g if i in redo else None for i, g in enumerate(geoms)]
-    _postprocess_exact(outputs, layout, geoms, p, names, result)
+    _postprocess_exact(outputs, layout, geoms, p, names, result, max_candidates)
     return result
 
 
@@ -188,7 +168,7 @@ def _warn_once(key: str, message: str, *args: object) -> None:
         logger.warning(message, *args)
 
 
-def _use_fused(p: PostprocessParams, device: torch.device) -> bool:
+def _use_fused(p: PostprocessConfig, device: torch.device) -> bool:
     if p.fused == "off":
         return False
     if p.fused == "on":
@@ -211,9 +191,10 @@ def _postprocess_fused(
     output: torch.Tensor,
     layout: str,
     geoms: list[LetterboxGeometry | None],
-    p: PostprocessParams,
+    p: PostprocessConfig,
     names: tuple[str, ...],
     result: list[Detections | None],
+    max_candidates: int,
 ) -> set[int]:
     """The fused path: fills ``result`` for the rows with a geometry; returns the rows the
     exact path must redo."""
@@ -222,12 +203,12 @@ def _postprocess_fused(
     host = packed.cpu().numpy()  # the one device-to-host copy: the host's only wait
     counts = host[:, -1].astype(np.int64)
     kept = host[:, -2].astype(np.int64)
-    if int(counts.sum()) > p.max_candidates:
+    if int(counts.sum()) > max_candidates:
         _warn_once(
             "max-candidates",
             "postprocess: a batch had %d candidates above conf_threshold, more than "
             "max_candidates=%d: such batches go through the exact path, which waits for the GPU",
-            int(counts.sum()), p.max_candidates,
+            int(counts.sum()), max_candidates,
         )
         return set(rows)
     redo: set[int] = set()
@@ -253,7 +234,7 @@ def fused_device_table(
     layout: str,
     rows: list[int],
     geoms: Sequence[LetterboxGeometry],
-    p: PostprocessParams,
+    p: PostprocessConfig,
 ) -> tuple[torch.Tensor, int, int]:
     """The device half of the fused path; queues GPU work only, never waits for it.
 
@@ -311,9 +292,10 @@ def _postprocess_exact(
     outputs: Sequence[torch.Tensor],
     layout: OutputLayout,
     geoms: list[LetterboxGeometry | None],
-    p: PostprocessParams,
+    p: PostprocessConfig,
     names: tuple[str, ...],
     result: list[Detections | None],
+    max_candidates: int,
 ) -> None:
     """The exact path: fills ``result`` for the rows with a geometry."""
     rows, valid_geoms = _valid_rows(geoms)
@@ -337,7 +319,7 @@ def _postprocess_exact(
         if not p.class_agnostic:
             groups = groups * num_classes + cands.class_id
         order = batched_nms(
-            cands.boxes, cands.scores, groups, p.iou_threshold, max_candidates=p.max_candidates
+            cands.boxes, cands.scores, groups, p.iou_threshold, max_candidates=max_candidates
         )
     table = _source_table(cands, order, valid_geoms, device)
     host = table.cpu().numpy()  # the one device-to-host copy

@@ -11,7 +11,7 @@ the best class of an anchor is the lowest class id among equal scores.
 
 Usage::
 
-    expected = postprocess_np([pred.numpy()], "yolov8", geoms, PostprocessParams())
+    expected = postprocess_np([pred.numpy()], "yolov8", geoms, PostprocessConfig())
     keep = nms_np(boxes, scores, groups, iou_threshold=0.45)
 """
 
@@ -28,7 +28,7 @@ from streams.detections import Detections
 
 if TYPE_CHECKING:
     from operators.output_decoding import OutputLayout
-    from operators.postprocess import PostprocessParams
+    from streams.config import PostprocessConfig
 
 __all__ = [
     "CandidatesNp",
@@ -208,8 +208,10 @@ def postprocess_np(
     outputs: Sequence[npt.ArrayLike],
     layout: OutputLayout,
     geometries: Sequence[LetterboxGeometry | None],
-    params: PostprocessParams,
+    params: PostprocessConfig,
     class_names: Sequence[str] = (),
+    *,
+    max_candidates: int = 30000,
 ) -> list[Detections | None]:
     """Reference of :func:`operators.postprocess.postprocess` on NumPy arrays.
 
@@ -240,7 +242,7 @@ def postprocess_np(
             else cands.batch_index * 1_000_000 + cands.class_id
         )
         ranked = nms_np(
-            cands.boxes, cands.scores, groups, params.iou_threshold, params.max_candidates
+            cands.boxes, cands.scores, groups, params.iou_threshold, max_candidates
         )
 
     result: list[Detections | None] = [None] * len(geometries)

@@ -1,8 +1,13 @@
 """The ``fovea`` command line.
 
-Exit codes: 0 success; 1 some inputs failed (reported, the rest processed);
-2 bad configuration or arguments; 3 a required package is missing; 4 engine error;
-130 interrupted.
+``fovea run`` lives here; the other subcommands (demo, eval, live, build-engine, bench)
+are found through the ``fovea.commands`` entry-point group (pyproject.toml), so this
+module imports no higher layer (``benchmarks``) and a package can add a command by
+declaring ``name = "module:add_parser"`` in that group. Each ``add_parser(sub)`` adds its
+subparser and sets ``func``; a command whose module cannot be imported is left out, with
+a warning naming it.
+
+Exit codes (also in ``fovea --help``, ``fovea run --help`` and README): see :data:`EXIT_CODES`.
 
 Usage::
 
@@ -14,9 +19,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from streams.errors import ConfigError, EngineError, FoveaError, MissingDependencyError
 
@@ -24,21 +31,88 @@ log = logging.getLogger("fovea")
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_MISSING_DEP, EXIT_ENGINE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
+EXIT_CODES = """\
+exit codes:
+  0    success
+  1    some inputs failed (each reported with its reason; the rest were processed),
+       or another Fovea error
+  2    bad configuration or arguments (the message names the key or flag), or the
+       command's optional extra is not installed (the message names the pip command)
+  3    a package needed inside the job is missing (tensorrt, pycuda, onnxruntime-gpu, ...)
+  4    engine error (the model cannot be loaded, built or run)
+  130  interrupted (Ctrl-C / SIGINT); outputs hold everything processed so far
+"""
+
+COMMAND_GROUP = "fovea.commands"
+# the order of ``fovea --help``; commands not named here follow, alphabetically
+_COMMAND_ORDER = ("demo", "eval", "live", "build-engine", "bench")
+
 RUN_HELP = """\
 Run a batch job over video files: decode (NVDEC on a GPU, else the CPU), preprocess,
 infer, postprocess, and write per-frame detections to the configured sinks.
 
-CONFIG is a YAML file (see examples/job.yaml); flags override its common fields, and
-without CONFIG the defaults apply (bundled detector, JSONL + CSV under --out).
+CONFIG is a YAML file; flags override its common fields, and without CONFIG the defaults
+apply (bundled detector, JSONL + CSV under --out, default ./fovea-out). Relative paths in
+CONFIG are relative to CONFIG's folder; those given as flags, to the current directory.
 Progress (files done, frames/s, ETA) goes to stderr; a summary is printed at the end.
 Failed files are listed with their reason and make the exit code 1.
 """
 
+RUN_EPILOG = f"""\
+config sections (every key annotated in examples/job.yaml; unknown keys are errors):
+  sources      files, globs, directories (recursive), list files; id: per entry
+  model        the network: default (bundled), ONNX, TorchScript or .pt2; output layout
+  engine       kind (torch, onnxruntime, tensorrt), device, precision, batch size,
+               inference_threads, CUDA graphs, torch.compile, TensorRT plan cache
+  decode       backend (NVDEC or CPU) and concurrent decode sessions
+  preprocess   letterbox or stretch, padding, mean/std, channel order
+  postprocess  confidence and IoU thresholds, max detections, fused GPU NMS
+  sinks        outputs: jsonl, csv, video (annotated MP4), mqtt
+  live         fovea live only: batching, watchdog, reconnects, HTTP metrics (examples/live.yaml)
+
+{EXIT_CODES}"""
+
+MAIN_EPILOG = f"""\
+'fovea COMMAND --help' explains a command's options; examples/ holds annotated configs.
+
+{EXIT_CODES}"""
+
+
+class MissingExtraError(FoveaError):
+    """A command needs an optional extra (``pip install -e ".[live]"``) that is not installed.
+
+    Raised by a command before it imports the modules that need the extra, so the user
+    gets one line naming the extra instead of a ``ModuleNotFoundError`` traceback; exit 2
+    (a setup problem of the command, like a bad argument), while a package missing deep
+    inside a job (:class:`MissingDependencyError`) exits 3.
+    """
+
+    def __init__(self, command: str, extra: str, missing: Sequence[str]) -> None:
+        self.command = command
+        self.extra = extra
+        self.missing = list(missing)
+        super().__init__(f"fovea {command} needs the '{extra}' extra ({', '.join(missing)} not installed): "
+                         f'pip install -e ".[{extra}]"')
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or a broken entry in sys.modules
+        return False
+
+
+def require_extra(command: str, extra: str, modules: Sequence[str]) -> None:
+    """Raise :class:`MissingExtraError` unless every module of ``modules`` can be imported."""
+    missing = [m for m in modules if not _importable(m)]
+    if missing:
+        raise MissingExtraError(command, extra, missing)
+
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="process video files (batch job)", description=RUN_HELP,
+    p = sub.add_parser("run", help="process video files (batch job)", description=RUN_HELP, epilog=RUN_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="job YAML file (optional with --source)")
+    p.add_argument("config", nargs="?", help="job YAML file (optional with --source); see examples/job.yaml")
     p.add_argument("--source", "-s", action="append", metavar="PATH",
                    help="video file, glob ('clips/*.mp4'), directory (recursive) or @list.txt; "
                         "repeatable; replaces the config's sources")
@@ -73,39 +147,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILED_INPUTS
 
 
+def command_hooks() -> list[tuple[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], object]]]:
+    """The ``fovea.commands`` entry points, loaded, in help order: ``(name, add_parser)``.
+
+    A command whose module fails to import is left out with a warning (the rest of the
+    CLI still works); the import of each module must therefore not need optional extras.
+    """
+    found = {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+    if not found:
+        log.warning("fovea: no %s entry points, so only 'run' is available: install Fovea "
+                    "(pip install -e .) to register the other commands", COMMAND_GROUP)
+    rank = {name: i for i, name in enumerate(_COMMAND_ORDER)}
+    hooks: list[tuple[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], object]]] = []
+    for name in sorted(found, key=lambda n: (rank.get(n, len(rank)), n)):
+        if name == "run":
+            log.warning("fovea: entry point %r of %s ignored: 'run' is built in", found[name].value, COMMAND_GROUP)
+            continue
+        try:
+            hooks.append((name, found[name].load()))
+        except ImportError as e:
+            log.warning("fovea: the '%s' command is unavailable (%s: %s)", name, found[name].value, e)
+    return hooks
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fovea",
-        description="Fovea: GPU-resident video analytics (DALI/NVDEC decode, in-place "
+        description="Fovea: GPU-resident video analytics (DALI/NVDEC decode, in-place\n"
                     "inference, per-frame detections to sinks).",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging verbosity")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
-    for hook in _extra_commands():
+    for _name, hook in command_hooks():
         hook(sub)
     return parser
-
-
-def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
-    """Subcommands contributed by other modules (demo, eval, live, build-engine, bench)."""
-    hooks = []
-    for module, attr in (
-        ("pipelines.demo", "add_parser"),
-        ("pipelines.eval_cli", "add_parser"),
-        ("pipelines.live_cli", "add_parser"),
-        ("engines.tensorrt.cli", "add_build_engine_parser"),
-        ("benchmarks.cli", "add_parser"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ImportError as e:
-            if e.name and module.startswith(e.name):
-                continue  # that part of Fovea is not present in this build
-            raise
-        hooks.append(getattr(mod, attr))
-    return hooks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args))
+    except MissingExtraError as e:
+        sys.stderr.write(f"fovea: {e}\n")
+        return EXIT_CONFIG
     except ConfigError as e:
         sys.stderr.write(f"fovea: config error: {e}\n")
         return EXIT_CONFIG
@@ -134,4 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m pipelines.cli``: run the imported module's main, so the commands (which
+    # import ``pipelines.cli``) raise the same MissingExtraError class that main catches
+    from pipelines.cli import main as _main
+
+    sys.exit(_main())

@@ -5,6 +5,10 @@ in training), runs the full pipeline with the bundled detector on the best avail
 path (NVDEC + GPU when present, else the CPU), writes detections (JSONL) and an annotated
 MP4, and scores the detections against the clip's ground truth.
 
+Everything it writes goes into one folder, ``--out`` (default ``./fovea-demo``, which
+.gitignore lists): ``sample.mp4`` and ``sample.gt.json`` (the clip and its ground truth,
+which ``examples/*.yaml`` read), ``detections.jsonl`` and ``annotated.mp4``.
+
 Usage::
 
     fovea demo                      # writes into ./fovea-demo/
@@ -18,8 +22,6 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.runner import run_job
-
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 424_242  # held out: the detector trains on seeds below 10 000
@@ -28,7 +30,8 @@ DEMO_SEED = 424_242  # held out: the detector trains on seeds below 10 000
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the bundled detector on a generated clip",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", "-o", default="fovea-demo", help="output folder (default ./fovea-demo)")
+    p.add_argument("--out", "-o", default="fovea-demo", metavar="DIR",
+                   help="folder for everything the demo writes (default ./fovea-demo)")
     p.add_argument("--device", "-d", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
     p.add_argument("--frames", type=int, default=150, help="length of the sample clip (default 150)")
     p.add_argument("--size", default="960x540", help="sample clip size WxH (default 960x540)")
@@ -49,6 +52,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def run_demo(args: argparse.Namespace) -> int:
     from pipelines.evaluation import evaluate, load_ground_truth, load_predictions_jsonl
+    from pipelines.runner import run_job  # torch, DALI: only when the demo runs, not for fovea --help
     from streams.config import parse_config
     from streams.synthetic import SceneSpec, gt_path_for, write_clip
 
@@ -71,7 +75,8 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = parse_config(raw)
     summary = run_job(cfg, show_progress=not args.no_progress)
     gt = load_ground_truth(gt_path_for(clip))
-    report = evaluate(load_predictions_jsonl(out / "detections.jsonl"), {"sample": gt},
+    # the clip is a single file source, so its source id is its file name (streams.sources.files)
+    report = evaluate(load_predictions_jsonl(out / "detections.jsonl"), {clip.name: gt},
                       conf_threshold=cfg.postprocess.conf_threshold)
     sys.stdout.write(summary.to_text() + "\n")
     sys.stdout.write(

@@ -26,7 +26,7 @@ HELD_OUT_SIZES = ((640, 360), (480, 360), (360, 640))  # 16:9, 4:3, portrait
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("eval", help="accuracy (precision, recall, mAP) on clips with ground truth",
+    p = sub.add_parser("eval", help="accuracy (mAP, precision, recall) vs ground truth",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", required=True, help="folder of clips, each with <clip>.gt.json beside it")
     p.add_argument("--generate", type=int, default=0, metavar="N",

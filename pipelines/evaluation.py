@@ -5,7 +5,7 @@ re-implemented here). Precision and recall are at IoU 0.5 and one confidence thr
 by greedy matching per frame and class (highest confidence first, each prediction takes
 the unmatched ground-truth box of its class with the highest IoU >= 0.5).
 
-Ground truth, one dict per clip (the format ``streams/synthetic.py`` writes to
+Ground truth, one dict per clip (the format ``streams/synthetic/truth.py`` writes to
 ``<clip>.gt.json``)::
 
     {"width": 320, "height": 240, "fps": 24, "num_frames": 64, "class_names": ["box"],
@@ -169,12 +169,18 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
 
 
 def load_ground_truth_dir(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """Every ``<clip>.gt.json`` in ``folder``, keyed by clip stem (``<clip>``)."""
+    """Every ``<clip>.gt.json`` in ``folder``, keyed by the source id a job over ``folder``
+    gives its clip: the clip's file name (``<clip>.mp4``, the one video file of that stem
+    beside it; ``<clip>`` when there is none or several)."""
+    from streams.sources.files import VIDEO_EXTENSIONS
+
     folder = Path(folder).expanduser()
-    return {
-        p.name[: -len(GT_SUFFIX)]: load_ground_truth(p)
-        for p in sorted(folder.glob("*" + GT_SUFFIX))
-    }
+    out: dict[str, dict[str, Any]] = {}
+    for p in sorted(folder.glob("*" + GT_SUFFIX)):
+        stem = p.name[: -len(GT_SUFFIX)]
+        clips = [c.name for c in folder.iterdir() if c.stem == stem and c.suffix.lower() in VIDEO_EXTENSIONS]
+        out[clips[0] if len(clips) == 1 else stem] = load_ground_truth(p)
+    return out
 
 
 # -- normalising ----------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 worker processes, so that one GIL does not cap the number of cameras.
 
 In one Python process, the reader threads of many cameras (demux, bitstream filter, NVDEC
-calls and callbacks, frame metadata) share one GIL: about 2,500 decoded 1080p frames per
-second on the H200, 72 cameras at 30 fps (``benchmarks/RESULTS.md``).
+calls and callbacks, frame metadata) share one GIL, which caps the frames one process can
+read well below what NVDEC and the engine sustain (figures in ``docs/live.md``).
 ``live.ingest.processes: N`` (or ``auto``) spawns N ingest processes; each runs the
 :class:`~streams.live.rtsp.RtspSource` threads of its share of the streams, and the job's
 process keeps everything else: the batcher, the engine, the sinks, metrics, health and the
@@ -32,6 +32,13 @@ An ingest process sends what it has every ~2 ms, its streams' statistics 4 times
 (the job's process answers ``/health`` and ``/metrics`` from them) and its log records.
 An ingest process that dies is restarted with a backoff and its streams re-added (they
 reconnect, as after a dropped connection); the other processes' streams are not disturbed.
+The new process numbers a stream's frames from 0 again: :class:`RemoteSource` shifts its
+frame indices, sessions and pts so they continue where the job last saw them (what the dead
+process had numbered but not delivered never reached the job, so this leaves no gap).
+
+Frames an ingest process drops from its full outbox are reported with the next frames it
+sends, by frame index, so that :meth:`StreamManager.take_dropped
+<streams.live.manager.StreamManager.take_dropped>` tells the job (:meth:`RemoteSource.take_dropped`).
 
 Usage (what :class:`pipelines.live.LiveRunner` does)::
 
@@ -60,8 +67,10 @@ from types import TracebackType
 from typing import Any
 
 from streams.errors import SourceError
+from streams.frames import FrameMeta
 from streams.live.config import LiveConfig, OutputMode
-from streams.live.rtsp import Backoff, RtspSource
+from streams.live.connection import Backoff
+from streams.live.rtsp import RtspSource
 from streams.live.types import LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
 
 log = logging.getLogger(__name__)
@@ -134,12 +143,64 @@ class SharedSurface:
         self.release()
 
 
+class _Renumber:
+    """Keeps a remote stream's frame indices, sessions and pts continuing across restarts of
+    its ingest process (the new reader numbers from 0 again). Used by the shard's receiver
+    thread only.
+
+    Until the first restart the numbers pass through unchanged (the pts too, as long as they
+    increase). :meth:`restart` makes the next process's numbers continue after the highest
+    the job has seen, delivered or reported dropped; pts that go back are shifted to
+    continue one frame step (the last increase seen) after the last pts.
+    """
+
+    def __init__(self) -> None:
+        self._index_base = 0
+        self._session_base = 0
+        self.next_index = 0
+        self._next_session = 0
+        self._pts_offset = 0
+        self._last_pts: int | None = None
+        self._step = 1
+
+    def restart(self) -> None:
+        self._index_base = self.next_index
+        self._session_base = self._next_session
+
+    def index(self, raw: int) -> int:
+        index = raw + self._index_base
+        if index >= self.next_index:
+            self.next_index = index + 1
+        return index
+
+    def frame(self, meta: FrameMeta, session: int) -> tuple[FrameMeta, int]:
+        index = self.index(meta.frame_index)
+        session += self._session_base
+        self._next_session = max(self._next_session, session + 1)
+        pts = meta.pts
+        if pts is not None:
+            pts += self._pts_offset
+            last = self._last_pts
+            if last is not None:
+                if pts > last:
+                    self._step = pts - last
+                else:
+                    self._pts_offset += last + self._step - pts
+                    pts = last + self._step
+            self._last_pts = pts
+        if index != meta.frame_index or pts != meta.pts:
+            meta = replace(meta, frame_index=index, pts=pts)
+        return meta, session
+
+
 class RemoteSource:
     """A stream read by an ingest process, as the manager sees it (a ``LiveSource``).
 
     State and statistics are the last snapshot the ingest process sent (at most
     ``_STATS_S`` old); ``stop()`` asks the process to stop the stream and ``join()`` waits
-    until it has.
+    until it has. Frames are numbered as if the stream had been read in this process
+    (:class:`_Renumber`); the frames the ingest process dropped are reported by
+    :meth:`take_dropped`.
     """
 
     def __init__(self, pool: IngestPool, spec: StreamSpec, emit: Any) -> None:
@@ -157,6 +218,8 @@ class RemoteSource:
         self._ended = threading.Event()
         self.stopping = False
         self.shard: _Shard | None = None
+        self._renumber = _Renumber()
+        self._dropped: list[int] = []
 
     def start(self) -> RemoteSource:
         self._pool._place(self)
@@ -194,7 +257,24 @@ class RemoteSource:
         with self._cond:
             return self._cond.wait_for(lambda: self._stats.state in states, timeout)
 
+    def take_dropped(self) -> list[int]:
+        """Frame indices the ingest process dropped since the last call (cleared on read)."""
+        with self._cond:
+            dropped, self._dropped = self._dropped, []
+        return dropped
+
     # -- from the shard's receiver thread -------------------------------------------------
+    def _deliver(self, meta: FrameMeta, image: Any, session: int) -> bool:
+        """A frame from the ingest process, renumbered, to the stream's queue."""
+        meta, session = self._renumber.frame(meta, session)
+        return bool(self.emit(LiveFrame(meta, image, session)))
+
+    def _drops(self, indices: list[int]) -> None:
+        """Frames the ingest process dropped (its numbers), before the frames sent with them."""
+        mapped = [self._renumber.index(i) for i in indices]
+        with self._cond:
+            self._dropped.extend(mapped)
+
     def _update(self, stats: StreamStats, history: list[tuple[float, StreamState]]) -> None:
         with self._cond:
             self._stats = stats
@@ -202,6 +282,7 @@ class RemoteSource:
             self._cond.notify_all()
 
     def _interrupted(self, reason: str) -> None:
+        self._renumber.restart()  # the restarted process numbers from 0: continue after what was seen
         now = time.time()
         with self._cond:
             self._stats = replace(self._stats, state=StreamState.RECONNECTING, state_since=now, fps=0.0,
@@ -407,7 +488,7 @@ class _Shard:
                 continue
             kind = msg[0]
             if kind == "frames":
-                self._frames(msg[1])
+                self._frames(msg[1], msg[2])
             elif kind == "stats":
                 for sid, stats, history in msg[1]:
                     src = self.sources.get(sid)
@@ -429,7 +510,11 @@ class _Shard:
             elif kind == "bye":
                 return
 
-    def _frames(self, items: list[tuple[str, Any, Any, int]]) -> None:
+    def _frames(self, items: list[tuple[str, Any, Any, int]], dropped: dict[str, list[int]]) -> None:
+        for sid, indices in dropped.items():  # older than the frames that came with them
+            src = self.sources.get(sid)
+            if src is not None and not src.stopping:
+                src._drops(indices)
         ring, flags = self.ring, self.flags
         for sid, meta, payload, session in items:
             if ring is not None:
@@ -441,7 +526,7 @@ class _Shard:
             src = self.sources.get(sid)
             if src is None or src.stopping:
                 continue  # a removed stream's last frames (a slot is released with its surface)
-            if not src.emit(LiveFrame(meta, image, session)):
+            if not src._deliver(meta, image, session):
                 src.stop()
 
     def _restart(self) -> None:
@@ -558,7 +643,8 @@ class _IngestWorker:
         self.sources: dict[str, RtspSource] = {}
         self.removed: list[RtspSource] = []
         self.outbox: deque[tuple[str, Any, Any, int]] = deque()
-        self.drops: dict[str, int] = {}
+        self.drops: dict[str, int] = {}  # frames dropped per stream (counted in its statistics)
+        self.dropped_indices: dict[str, list[int]] = {}  # their indices, not yet sent
         self.ring: Any = None
         self._slots: _SlotRing | None = None
         self._full = False
@@ -639,8 +725,9 @@ class _IngestWorker:
                         return False
                     self._room.wait(0.05)
                     continue
-                old_sid, _, old, _ = self.outbox.popleft()  # drop_oldest, counted per stream
+                old_sid, old_meta, old, _ = self.outbox.popleft()  # drop_oldest, counted per stream
                 self.drops[old_sid] = self.drops.get(old_sid, 0) + 1
+                self.dropped_indices.setdefault(old_sid, []).append(old_meta.frame_index)
                 if self._slots is not None:
                     self._slots.release(old[0])
             self.outbox.append((sid, item.meta, payload, item.session))
@@ -650,9 +737,10 @@ class _IngestWorker:
         with self._room:
             items = list(self.outbox)
             self.outbox.clear()
+            dropped, self.dropped_indices = self.dropped_indices, {}
             self._room.notify_all()
-        if items:
-            self.events.put(("frames", items))  # blocks while the job's process is behind
+        if items or dropped:
+            self.events.put(("frames", items, dropped))  # blocks while the job's process is behind
 
     def _send_stats(self) -> None:
         with self._lock:

@@ -1,20 +1,18 @@
-"""The live job: many streams in, per-frame detections out, continuously.
+"""The live job: many cameras in, per-frame detections out, continuously.
 
-Threads::
+It runs the same stage graph as a file job (:mod:`pipelines.graph`)::
 
-    RtspSource ×streams ──► Batcher (bounded queues, drop-oldest) ──► worker ×live.workers
-        (PyAV demux;            (round-robin across streams,          (DALI: GOP decode on
-         frames or GOPs)         batch size or max wait)                NVDEC or CPU frames →
-                                                                        preprocess → engine →
-                                                                        postprocess, own stream)
-                                                    ──► results queue ──► main thread: sinks,
-                                                                          latency metrics
+    RtspSource ×cameras ──► Batcher (bounded queues, ──► InferencePool: live.inference_threads threads,
+      (PyAV demux; frames,     drop-oldest; round-robin     each on its own CUDA stream: live DALI graph
+       GOPs or NVDEC surfaces)  across cameras)              (LiveFeed) → InferenceStage (engine + postprocess)
+                                                   ──► job thread: PerSourceStages (order, per-source
+                                                       stages, sinks), latency figures
 
 Every queue is bounded: when inference falls behind, the batcher drops the oldest items
-of the stream that overflows (counted per stream, on /metrics and /health) instead of
-building latency; ``live.batch.policy: block`` processes every frame instead (recorded
-streams). SIGINT/SIGTERM stop the job gracefully: sources closed, queued batches finished,
-every sink flushed and closed.
+of the camera that overflows (counted per camera, on /metrics and /health, and told to the
+per-source stages as gaps) instead of building latency; ``live.batch.policy: block``
+processes every frame instead (recorded streams). SIGINT/SIGTERM stop the job gracefully:
+cameras closed, batches in hand finished, every sink flushed and closed.
 
 Usage::
 
@@ -32,30 +30,33 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from engines.factory import resolve_device
+from pipelines.graph import (
+    PerSourceStages,
+    batch_size_for,
+    gil_switch_interval,
+    open_inference_stage,
+    open_sinks,
+    prepare_inference,
+)
+from pipelines.inference_pool import FailedBatch, InferencePool
 from pipelines.ingest import IngestPool, IngestSettings, ring_frames_for
 from pipelines.live_decode import LiveBatchPipeline
 from pipelines.preprocess import PreprocessSpec
-from pipelines.runner import (
-    Stage,
-    gil_switch_interval,
-    open_sinks,
-    open_stage,
-    prepare_inference,
-    warm_postprocess,
-)
+from pipelines.stages import SourceStage
+from pipelines.video_decoding import DecodedBatch
 from streams.config import JobConfig
-from streams.errors import ConfigError, DecodeError, FoveaError
+from streams.errors import ConfigError, DecodeError
 from streams.frames import FrameResult
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
 from streams.live.manager import StreamManager
+from streams.sinks import Sink
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +105,20 @@ class LiveSummary:
         return "\n".join(lines)
 
 
-@dataclass
-class _Done:
-    results: list[FrameResult]
-    emitted_at: float = 0.0
-
-
 class LiveRunner:
-    """Owns the stream manager, workers and sinks of a live job. Use :func:`run_live`."""
+    """Owns the camera manager, the inference pool and the sinks of a live job. Use :func:`run_live`."""
 
-    def __init__(self, cfg: JobConfig, live: LiveConfig | None = None) -> None:
+    def __init__(self, cfg: JobConfig, live: LiveConfig | None = None, stages: Sequence[SourceStage] = (),
+                 sinks: Sequence[Sink] = ()) -> None:
         self.cfg = cfg
         self.live = live or parse_live_config(cfg.extra.get("live"))
         if not [s for s in cfg.sources if s.uri is not None]:
             raise ConfigError("sources", "a live job needs stream sources (rtsp://... or file:///clip.mp4)")
+        self.stages = list(stages)
+        self.extra_sinks = list(sinks)
         self.stop_event = threading.Event()
         self.summary = LiveSummary()
         self.manager: StreamManager | None = None
-        self._results: queue.Queue[_Done] = queue.Queue(maxsize=64)
-        self._workers: list[threading.Thread] = []
-        self._error: BaseException | None = None
         self._count_from = 0.0
 
     def _mode(self, device: str, fell_back: bool) -> str:
@@ -138,29 +133,27 @@ class LiveRunner:
         """Run until stopped or ``duration_s``; figures count frames emitted after ``warmup_s``."""
         with contextlib.ExitStack() as stack:
             requested = resolve_device(self.cfg.engine.device)
-            stage = open_stage(self.cfg, requested, stack)
+            stage = open_inference_stage(self.cfg, requested, stack)
             device = stage.engine.device  # the engine may have fallen back to the CPU (logged)
             mode = self._mode(device, fell_back=requested.startswith("cuda") and device == "cpu")
             self.summary.mode, self.summary.device = mode, device
-            sinks = open_sinks(self.cfg, stack)
-            batch = self.cfg.engine.batch_size
-            if stage.engine.max_batch_size is not None:
-                batch = min(batch, stage.engine.max_batch_size)
+            sinks = open_sinks(self.cfg, stack) + [stack.enter_context(s) for s in self.extra_sinks]
+            for source_stage in self.stages:
+                stack.enter_context(source_stage)
+            after = PerSourceStages(self.stages, sinks)
+            batch = batch_size_for(self.cfg, stage.engine)
             device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
-            workers = self.live.workers if device_id is not None else 1
-            infer_streams: list[torch.cuda.Stream] = []
-            if device_id is not None:
-                # before any stream (in this process: NVDEC sessions, DALI) touches the GPU: the
-                # engine's CUDA graphs, one per worker stream, are captured now (a capture must not
-                # overlap other threads' CUDA work); the fused postprocess's kernel builds now too
-                infer_streams = prepare_inference(stage.engine, batch, stage.info.input_size, workers, device)
-                warm_postprocess(stage, batch, infer_streams[0])
+            threads = self.live.inference_threads if device_id is not None else 1
+            # before any camera (in this process: NVDEC sessions, DALI) touches the GPU: the
+            # engine's CUDA graphs, one per inference thread's stream, are captured now (a capture
+            # must not overlap other threads' CUDA work); the fused postprocess's kernel builds now too
+            infer_streams = prepare_inference(stage, batch, threads)
             sources = [s for s in self.cfg.sources if s.uri is not None]
             factory = None
             pool: IngestPool | None = None
             n_proc = ingest_processes(self.live, mode, len(sources), os.cpu_count() or 1)  # type: ignore[arg-type]
             if n_proc > 0:
-                ring = ring_frames_for(self.live, -(-len(sources) // n_proc), batch, workers)
+                ring = ring_frames_for(self.live, -(-len(sources) // n_proc), batch, threads)
                 settings = IngestSettings(self.live, mode, device_id, stage.info.input_size,  # type: ignore[arg-type]
                                           self.cfg.preprocess.resize, ring, logging.getLogger().getEffectiveLevel())
                 pool = stack.enter_context(IngestPool(settings, n_proc))
@@ -179,12 +172,8 @@ class LiveRunner:
             items_per_batch = max(1, batch // 32) if mode == "gop" else batch
             spec = PreprocessSpec(dtype=stage.engine.input_dtype, layout=stage.engine.input_layout,  # type: ignore[arg-type]
                                   options=self.cfg.preprocess)
-            for i in range(workers):
-                t = threading.Thread(target=self._worker, name=f"live-worker-{i}", daemon=True,
-                                     args=(stage, mode, spec, items_per_batch, device_id,
-                                           infer_streams[i] if infer_streams else None))
-                self._workers.append(t)
-                t.start()
+            feed = LiveFeed(mgr, mode, spec, stage.info.input_size, items_per_batch, device_id)
+            infer = stack.enter_context(InferencePool(stage, feed, infer_streams, threads))
             start = time.monotonic()
             self._count_from = time.time() + warmup_s
             if device_id is not None:  # many threads each hold the GIL briefly: hand it over sooner
@@ -197,40 +186,45 @@ class LiveRunner:
                             break
                         if drops_at_warmup is None and time.time() >= self._count_from:
                             drops_at_warmup = {st.id: st.dropped for st in mgr.streams()}
-                        if self._error is not None:
-                            raise self._error
+                        for sid, indices in mgr.take_dropped().items():  # the stages must not wait for them
+                            after.gap(sid, tuple(indices))
                         try:
-                            done = self._results.get(timeout=0.1)
+                            item = infer.get(timeout=0.1)
                         except queue.Empty:
                             continue
-                        self._emit(done, sinks, mgr)
+                        if item is None:
+                            break
+                        self._emit(item, after, mgr)
             finally:
                 self.stop_event.set()
-                mgr.stop()  # sources closed; workers finish the batch in hand
-                for t in self._workers:
-                    t.join(timeout=10)
-                while True:  # flush what the workers finished
-                    try:
-                        self._emit(self._results.get_nowait(), sinks, mgr)
-                    except queue.Empty:
-                        break
+                mgr.stop()  # cameras closed; the inference threads finish the batch in hand
+                infer.stop.set()
+                with contextlib.suppress(queue.Empty):  # flush what the inference threads finished
+                    while (item := infer.get(timeout=1.0)) is not None:
+                        self._emit(item, after, mgr)
+                for sid, indices in mgr.take_dropped().items():
+                    after.gap(sid, tuple(indices))
+                for sid in mgr.stream_ids():
+                    after.end(sid, "stopped")
                 self.summary.seconds = time.monotonic() - start
                 for st in mgr.streams():  # drops after the warm-up, like every other figure
                     self.summary.dropped[st.id] = st.dropped - (drops_at_warmup or {}).get(st.id, 0)
                     self.summary.states[st.id] = st.state.value
-        if self._error is not None:
-            raise self._error
         return self.summary
 
-    def _emit(self, done: _Done, sinks: list[Any], mgr: StreamManager) -> None:
-        for sink in sinks:
-            sink.write(done.results)
+    def _emit(self, item: list[FrameResult] | FailedBatch, after: PerSourceStages, mgr: StreamManager) -> None:
+        if isinstance(item, FailedBatch):
+            self.summary.batch_errors += 1
+            log.warning("%s (batch of %d frames skipped)", item.reason, len(item.rows))
+            for meta in item.rows:
+                after.gap(meta.source_id, (meta.frame_index,))
+            return
+        after.add(item)
         now = time.time()
-        metas = [r.frame for r in done.results]
-        mgr.record_emitted(metas)
+        mgr.record_emitted([r.frame for r in item])
         if now < self._count_from:
             return
-        for r in done.results:
+        for r in item:
             s = self.summary.streams.setdefault(r.frame.source_id, StreamSummary())
             s.frames += 1
             s.detections += len(r.detections)
@@ -239,46 +233,49 @@ class LiveRunner:
             if r.frame.arrival_time is not None:
                 s.latencies.append(now - r.frame.arrival_time)
 
-    def _worker(self, stage: Stage, mode: str, spec: PreprocessSpec, items_per_batch: int,
-                device_id: int | None, cuda_stream: torch.cuda.Stream | None) -> None:
-        """Batches from the manager -> model input -> engine -> postprocess, on ``cuda_stream``
-        (the stream the engine's graph for this worker was captured on; ``None`` on the CPU)."""
-        assert self.manager is not None
-        handle = cuda_stream.cuda_stream if cuda_stream is not None else None
-        pipe = LiveBatchPipeline(mode, spec, stage.info.input_size, items_per_batch,  # type: ignore[arg-type]
-                                 device_id, handle, num_threads=2)
-        try:
-            while not self.stop_event.is_set():
-                items = self.manager.next_batch(items_per_batch)
-                if not items:
-                    continue
-                try:
-                    batch = pipe.run(items)
-                except DecodeError as e:
-                    self.summary.batch_errors += 1
-                    log.warning("%s (batch of %d skipped)", e, len(items))
-                    if cuda_stream is not None:  # frames in shared slots are let go below: done reading
-                        cuda_stream.synchronize()
-                    continue
-                results = stage.process(batch)  # on the batch's (this worker's) stream
-                del batch, items  # the detections are on the host: the frames (and their slots) go
-                while not self.stop_event.is_set():
-                    try:
-                        self._results.put(_Done(results), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                else:  # stopping: hand the finished batch over anyway
-                    with contextlib.suppress(queue.Full):
-                        self._results.put_nowait(_Done(results))
-        except FoveaError as e:
-            self._error = e
-        except Exception as e:  # an engine/CUDA failure stops the job, with the reason
-            log.exception("live worker failed")
-            self._error = e
-        finally:
-            if self._error is not None:
-                self.stop_event.set()
+
+class LiveFeed:
+    """The live side of the inference pool's :class:`~pipelines.inference_pool.BatchFeed`:
+    each inference thread takes batches of camera items from the manager and decodes
+    (GOP mode) and preprocesses them with a live DALI graph of its own, on its own stream."""
+
+    def __init__(self, manager: StreamManager, mode: str, spec: PreprocessSpec, input_size: tuple[int, int],
+                 items_per_batch: int, device_id: int | None) -> None:
+        self.manager = manager
+        self.mode = mode
+        self.spec = spec
+        self.input_size = input_size
+        self.items_per_batch = items_per_batch
+        self.device_id = device_id
+
+    def open_reader(self, index: int, stream: Any, stop: threading.Event) -> _LiveReader:
+        handle = stream.cuda_stream if stream is not None else None
+        pipe = LiveBatchPipeline(self.mode, self.spec, self.input_size, self.items_per_batch,  # type: ignore[arg-type]
+                                 self.device_id, handle, num_threads=2)
+        return _LiveReader(self.manager, pipe, self.items_per_batch, stream, stop)
+
+
+class _LiveReader:
+    def __init__(self, manager: StreamManager, pipe: LiveBatchPipeline, items_per_batch: int, stream: Any,
+                 stop: threading.Event) -> None:
+        self._manager = manager
+        self._pipe = pipe
+        self._items = items_per_batch
+        self._stream = stream
+        self._stop = stop
+
+    def read(self) -> DecodedBatch | FailedBatch | None:
+        while not self._stop.is_set():
+            items = self._manager.next_batch(self._items)
+            if not items:
+                continue
+            try:
+                return self._pipe.run(items)
+            except DecodeError as e:
+                if self._stream is not None:  # frames in shared slots are let go: done reading them
+                    self._stream.synchronize()
+                return FailedBatch([m for it in items for m in it.metas], str(e))
+        return None
 
 
 @contextlib.contextmanager

@@ -1,9 +1,12 @@
 """``fovea live``: multi-stream live analytics (RTSP cameras, or clips paced in real time).
 
+Needs the ``live`` extra (``pip install -e ".[live]"``: Prometheus metrics, MQTT sink);
+without it the command says so in one line and exits 2.
+
 Usage::
 
-    fovea live live.yaml                     # until Ctrl-C / SIGTERM
-    fovea live live.yaml --duration 60       # a timed run, then a summary
+    fovea live examples/live.yaml              # until Ctrl-C / SIGTERM (file:// cameras)
+    fovea live examples/live.yaml --duration 60   # a timed run, then a summary
     fovea live --source rtsp://cam1/main --source rtsp://user:pw@cam2/h264 --out live-out/
 """
 
@@ -12,21 +15,31 @@ from __future__ import annotations
 import argparse
 import sys
 
+# modules the live job imports unconditionally, from its extra (paho-mqtt, the other one,
+# is imported only by an mqtt sink, which names the extra itself when it is missing)
+LIVE_EXTRA_MODULES = ("prometheus_client",)
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("live", help="live multi-stream analytics (RTSP)", description=__doc__,
+    p = sub.add_parser("live", help="live multi-stream analytics (RTSP, paced files)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="job YAML with rtsp:// sources and a live: section")
+    p.add_argument("config", nargs="?", help="job YAML with stream sources and a live: section "
+                                             "(see examples/live.yaml)")
     p.add_argument("--source", "-s", action="append", metavar="URI",
-                   help="stream URI (rtsp://..., or file:///clip.mp4 paced at its frame rate); repeatable")
+                   help="stream URI: rtsp://..., or a clip paced at its frame rate, file:///abs/clip.mp4 or "
+                        "file://clip.mp4 (relative to the current directory); repeatable")
     p.add_argument("--model", "-m", help="model file or 'default'")
     p.add_argument("--out", "-o", help="output folder for the config's file sinks")
     p.add_argument("--device", "-d", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
     p.set_defaults(func=_cmd_live)
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
+    from pipelines.cli import require_extra
+
+    require_extra("live", "live", LIVE_EXTRA_MODULES)  # before importing the modules that need it
+
     from pipelines.live import run_live
     from streams.config import load_config
     from streams.errors import ConfigError

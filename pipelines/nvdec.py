@@ -1,8 +1,8 @@
 """A persistent NVDEC decode session per live stream, through the driver's NVDECODE API.
 
-DALI's video decoders take self-contained buffers and build a decoder per buffer: on the
-H200 one GOP per buffer caps near 350 decoded 1080p frames per second for the whole GPU,
-whatever the number of pipelines (``benchmarks/RESULTS.md``). A camera needs a decoder that
+DALI's video decoders take self-contained buffers and build a decoder per buffer: one GOP
+per buffer caps the whole GPU far below NVDEC's rate, whatever the number of pipelines
+(figures in ``docs/live.md``). A camera needs a decoder that
 keeps its state from packet to packet, as DeepStream's ``nvv4l2decoder`` does. This module
 drives NVDEC directly with ``ctypes`` (``libnvcuvid.so.1`` and ``libcuda.so.1`` ship with the
 NVIDIA driver; nothing to build or install):

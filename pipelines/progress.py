@@ -15,18 +15,25 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Literal, TextIO
 
 log = logging.getLogger("fovea.progress")
 
 
 @dataclass
 class FileFailure:
-    """A file that could not be (fully) processed, with the reason."""
+    """A file that could not be (fully) processed, with the reason.
+
+    ``kind``: ``failed`` (not processed, or stopped by an error) or ``incomplete`` (it
+    decoded fewer frames than its header announces; those frames were processed).
+    ``frames``: frames decoded; ``expected``: the header's count (0 when unknown).
+    """
 
     name: str
     reason: str
     frames: int = 0
+    kind: Literal["failed", "incomplete"] = "failed"
+    expected: int = 0
 
 
 @dataclass
@@ -45,27 +52,42 @@ class JobSummary:
     outputs: list[str] = field(default_factory=list)
     # per decode session: (first batch, finished) in seconds after decoding started, frames
     sessions: list[tuple[float, float, int]] = field(default_factory=list)
+    no_input: bool = False  # no source gave a video file: nothing ran, no output was opened
+    reorder_peak: int = 0  # most frames the per-source reorder buffer held at once
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        """True when every file was processed completely (and there was input at all)."""
+        return not self.failures and not self.no_input
+
+    @property
+    def incomplete(self) -> list[FileFailure]:
+        return [f for f in self.failures if f.kind == "incomplete"]
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def to_text(self) -> str:
+        incomplete = len(self.incomplete)
         lines = [
-            f"files: {self.files_done} done, {len(self.failures)} failed, {self.files_total} total",
+            f"files: {self.files_done} done, {incomplete} incomplete, {len(self.failures) - incomplete} failed, "
+            f"{self.files_total} total",
             f"frames: {self.frames}  detections: {self.detections}  "
             f"time: {self.seconds:.1f} s  throughput: {self.fps:.1f} frames/s",
             f"engine: {self.engine} on {self.device}  decoders: "
             + ", ".join(f"{k}×{v}" for k, v in sorted(self.decoders.items())),
         ]
-        lines += [f"output: {o}" for o in self.outputs]
+        if self.no_input:
+            lines.append("no input: nothing was processed and no output was written")
+        else:
+            lines += [f"output: {o}" for o in self.outputs]
         for f in self.failures:
-            extra = f" (after {f.frames} frames)" if f.frames else ""
-            lines.append(f"FAILED {f.name}: {f.reason}{extra}")
+            if f.kind == "incomplete":
+                lines.append(f"INCOMPLETE {f.name}: {f.reason}")
+            else:
+                extra = f" (after {f.frames} frames{f' of {f.expected}' if f.expected else ''})" if f.frames else ""
+                lines.append(f"FAILED {f.name}: {f.reason}{extra}")
         return "\n".join(lines)
 
 
@@ -118,10 +140,21 @@ class Progress:
         else:
             log.info("progress: %s", self.line())
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        if self.enabled and self._tty:
-            self._stream.write("\r\033[K")
+        """The last line, with the final counts (the same the summary reports), on its own line."""
+        if not self.enabled:
+            return
+        if self._tty:
+            self._stream.write("\r\033[K" + self.line() + "\n")
             self._stream.flush()
+        else:
+            log.info("progress: %s (final)", self.line())
 
 
 def _hms(seconds: float) -> str:

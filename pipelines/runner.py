@@ -1,279 +1,241 @@
-"""The batch job: files → decode/preprocess → in-place engine → postprocess → sinks.
+"""The file job: the stage graph (:mod:`pipelines.graph`) over archived video files.
 
 Every stage is set up (and every config problem found) before the first frame is
-decoded: sources expanded, engine loaded, sinks opened. Then batches flow from the
-decode sessions through the engine to the sinks; a failing file is reported and skipped
-while the rest goes on.
+decoded: sources expanded, engine loaded, CUDA graphs captured, sinks opened. Then
+batches flow from the decode sessions through the inference pool and the per-source
+stages to the sinks; a failing file is reported and skipped while the rest goes on.
+
+A file counts as done only when it decoded as many frames as its header promised; one
+that ends early (truncated, damaged) keeps the frames it did decode (they are real) and is
+reported as incomplete, with the reason and the counts, like a failed file: the job's
+``ok`` is False and ``fovea run`` exits 1. A job with no input at all opens no sink, so
+no output that looks like a finished empty job is left behind.
 
 Usage::
 
     summary = run_job(load_config("job.yaml"))
     print(summary.to_text()); sys.exit(0 if summary.ok else 1)
+
+    job = FileJob(cfg)                       # the Python API's iterator (pipelines.api)
+    for results in job.batches(): ...        # list[FrameResult] as they reach the sinks
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sys
+import queue
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
-import torch
-
-from engines.base import Engine
-from engines.factory import ModelInfo, open_engine, resolve_device
-from engines.inplace import InPlaceInference, on_stream
-from operators.boxes import LetterboxGeometry, letterbox_geometry
-from operators.output_decoding import detect_layout, select_outputs
-from operators.postprocess import PostprocessParams, postprocess
-from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent, ProcessedBatch, probe_processes
+from engines.factory import resolve_device
+from pipelines.file_source import DecodePlan, FileDecodeSource, FileEvent, probe_processes
+from pipelines.graph import (
+    PerSourceStages,
+    batch_size_for,
+    gil_switch_interval,
+    open_inference_stage,
+    open_sinks,
+    prepare_inference,
+)
+from pipelines.inference_pool import FailedBatch, InferencePool
 from pipelines.preprocess import PreprocessSpec
 from pipelines.progress import FileFailure, JobSummary, Progress
-from pipelines.video_decoding import DecodedBatch, preload_dali
+from pipelines.stages import InferenceStage, SourceStage
+from pipelines.video_decoding import preload_dali
 from streams.config import JobConfig
 from streams.errors import ConfigError
 from streams.frames import FrameResult
-from streams.sinks import SINKS, Sink
-from streams.sources.files import expand_sources
+from streams.sinks import Sink
+from streams.sources.files import VideoFile, expand_sources
 from streams.sources.probe import BackgroundProbe
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Stage:
-    """The inference half of the job, shared by file and live runners."""
-
-    engine: Engine
-    info: ModelInfo
-    layout: str
-    params: PostprocessParams
-    operator: InPlaceInference
-
-    def process(self, batch: DecodedBatch) -> list[FrameResult]:
-        """Engine + postprocess of one decoded batch; results for its valid rows."""
-        gate = getattr(self.engine, "gate", None)  # torch engine: no capture while we run
-        with on_stream(batch.stream), (gate.shared() if gate is not None else contextlib.nullcontext()):
-            outputs = self.operator(batch.images, batch.layout, batch.stream)
-            ordered = select_outputs(outputs, self.layout)  # type: ignore[arg-type]
-            dets = postprocess(ordered, self.layout, batch.geometries(), self.params,  # type: ignore[arg-type]
-                               self.info.class_names)
-        return [FrameResult(meta, d) for meta, d in zip(batch.rows, dets, strict=True)
-                if meta is not None and d is not None]
-
-
-GRAPHS_WITH_DALI = (
-    "a CUDA graph capture while DALI decodes in other threads invalidates DALI's work "
-    "(cudaErrorStreamCaptureIsolation, seen on an H200) or the capture; graphs are captured "
-    "only before decoding starts (one per inference stream of fovea run, per worker of fovea "
-    "live; engine: tensorrt needs no graphs)"
-)
-
-
-def open_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> Stage:
-    """Open the engine (entered on ``stack``) and resolve the output layout."""
-    engine, info = open_engine(cfg.model, cfg.engine, device, cfg.postprocess, cfg.preprocess)
-    engine = stack.enter_context(engine)
-    close = getattr(engine, "close_captures", None)  # torch engine: see prepare_inference
-    if close is not None and device.startswith("cuda"):
-        close(GRAPHS_WITH_DALI)
-    layout = info.layout
-    if layout == "auto":
-        shapes = [o.shape for o in engine.outputs]
-        if any(d is None for shape in shapes for d in shape[1:]):
-            shapes = _probe_output_shapes(engine, info.input_size)
-        layout = detect_layout(shapes, [o.name for o in engine.outputs])
-        log.info("model output layout: %s", layout)
-    p = cfg.postprocess
-    params = PostprocessParams(conf_threshold=p.conf_threshold, iou_threshold=p.iou_threshold,
-                               max_detections=p.max_detections, class_agnostic=p.class_agnostic,
-                               fused=p.fused, frame_capacity=p.frame_capacity)
-    return Stage(engine, info, layout, params, InPlaceInference(engine))
-
-
-def warm_up(engine: Engine, batch: int, size: tuple[int, int], runs: int = 3,
-            stream: torch.cuda.Stream | None = None) -> None:
-    """A few runs on a blank full batch, so autotuning and JIT passes happen before the job's clock."""
-    x = _blank_batch(engine, batch, size)
-    t = time.monotonic()
-    handle = stream.cuda_stream if stream is not None else None
-    if stream is not None:
-        stream.wait_stream(torch.cuda.current_stream(stream.device))
-    for _ in range(runs):
-        engine.infer({engine.inputs[0].name: x}, stream=handle)
-    torch.cuda.synchronize(engine.device)
-    log.info("engine warmed up on batch %d in %.2f s", batch, time.monotonic() - t)
-
-
-def prepare_inference(engine: Engine, batch: int, size: tuple[int, int], workers: int,
-                      device: str) -> list[torch.cuda.Stream]:
-    """Warm ``engine`` up and make one CUDA stream per inference thread, before any decoding.
-
-    An engine that replays CUDA graphs (the torch engine) captures one per stream here:
-    captures must not overlap DALI's work. Returns the streams, for the source's
-    inference threads.
-    """
-    streams = [torch.cuda.Stream(device=device) for _ in range(max(1, workers))]
-    capture = getattr(engine, "capture_graphs", None)
-    if capture is not None:
-        capture(batch, streams)
-    for s in streams:
-        warm_up(engine, batch, size, stream=s)
-    return streams
-
-
-def warm_postprocess(stage: Stage, batch: int, stream: torch.cuda.Stream) -> None:
-    """One postprocess of a blank batch's outputs, before the job's clock: it builds the fused
-    path's Triton kernel (or finds, and logs once, why it cannot run)."""
-    t = time.monotonic()
-    h, w = stage.info.input_size
-    geoms: list[LetterboxGeometry | None] = [letterbox_geometry(w, h, w, h)] * batch
-    with torch.cuda.stream(stream):
-        outs = stage.engine.infer({stage.engine.inputs[0].name: _blank_batch(stage.engine, batch, (h, w))},
-                                  stream=stream.cuda_stream)
-        ordered = select_outputs(outs, stage.layout)  # type: ignore[arg-type]
-        postprocess(ordered, stage.layout, geoms, stage.params, stage.info.class_names)  # type: ignore[arg-type]
-    log.info("postprocess warmed up in %.2f s", time.monotonic() - t)
-
-
-def _blank_batch(engine: Engine, batch: int, size: tuple[int, int]) -> torch.Tensor:
-    """Zeros in the engine's input dtype, device and memory layout: ``Tensor[batch, 3, *size]``."""
-    dtype = torch.float16 if engine.input_dtype == "float16" else torch.float32
-    x = torch.zeros((batch, 3, *size), dtype=dtype, device=engine.device)
-    return x.contiguous(memory_format=torch.channels_last) if engine.input_layout == "NHWC" else x
-
-
-def _probe_output_shapes(engine: Engine, size: tuple[int, int]) -> list[tuple[int | None, ...]]:
-    """Output shapes from one inference on a blank batch (for models with symbolic dims)."""
-    outs = engine.infer({engine.inputs[0].name: _blank_batch(engine, 1, size)})
-    return [tuple(outs[o.name].shape) for o in engine.outputs]
-
-
-def decode_plan(cfg: JobConfig, stage: Stage, device: str) -> DecodePlan:
+def decode_plan(cfg: JobConfig, stage: InferenceStage, device: str, batch: int) -> DecodePlan:
     """Where and how files are decoded for this engine."""
     backend = cfg.decode.backend
     on_cuda = device.startswith("cuda")
     if backend == "gpu" and not on_cuda:
         raise ConfigError("decode.backend", "gpu decoding needs a CUDA device (engine.device)")
-    decode_device = "gpu" if (on_cuda and backend != "cpu") else "cpu"
     engine = stage.engine
-    batch = cfg.engine.batch_size
-    if engine.max_batch_size is not None and engine.max_batch_size < batch:
-        log.info("batch size limited to the engine's maximum %d", engine.max_batch_size)
-        batch = engine.max_batch_size
     spec = PreprocessSpec(dtype=engine.input_dtype, layout=engine.input_layout,  # type: ignore[arg-type]
                           options=cfg.preprocess)
     return DecodePlan(
         spec=spec,
         input_size=stage.info.input_size,
         batch=batch,
-        decode_device=decode_device,  # type: ignore[arg-type]
+        decode_device="gpu" if (on_cuda and backend != "cpu") else "cpu",
         device_id=int(device.split(":")[1]) if on_cuda else None,
         sessions=cfg.decode.sessions,
         threads=cfg.decode.threads,
-        workers=cfg.engine.streams if on_cuda else 1,
     )
 
 
-def open_sinks(cfg: JobConfig, stack: contextlib.ExitStack) -> list[Sink]:
-    """Create and enter every configured sink."""
-    return [stack.enter_context(SINKS.create(s)) for s in cfg.sinks]
+class FileJob:
+    """One file job over ``cfg``: :meth:`batches` runs it; :attr:`summary` tells what it did.
 
-
-def run_job(cfg: JobConfig, show_progress: bool = True) -> JobSummary:
-    """Run a file job to the end (or Ctrl-C: sinks are still closed cleanly)."""
-    files, problems = expand_sources(cfg.sources)
-    live = [s for s in cfg.sources if s.uri is not None]
-    if live:
-        raise ConfigError("sources", "stream URIs (rtsp://) run with 'fovea live'; "
-                          "'fovea run' processes files")
-    summary = JobSummary(files_total=len(files) + len(problems))
-    summary.failures += [FileFailure(e.source, e.reason) for e in problems]
-    for e in problems:
-        log.error("skipping %s", e)
-    device = resolve_device(cfg.engine.device)
-    # probing needs only the file list: it runs while the model loads, compiles and warms up
-    probe = BackgroundProbe([f.path for f in files], processes=probe_processes(cfg.decode.sessions))
-    preload_dali()  # off the job's clock too (the first pipeline build would import it)
-    with contextlib.ExitStack() as stack:
-        stage = open_stage(cfg, device, stack)
-        if device.startswith("cuda") and stage.engine.device == "cpu":  # engine fell back (logged)
-            device = "cpu"
-            cfg = replace(cfg, decode=replace(cfg.decode, backend="cpu"))
-        plan = decode_plan(cfg, stage, device)
-        infer_streams: list[torch.cuda.Stream] = []
-        if device.startswith("cuda"):
-            infer_streams = prepare_inference(stage.engine, plan.batch, stage.info.input_size, plan.workers, device)
-            warm_postprocess(stage, plan.batch, infer_streams[0])
-        sinks = open_sinks(cfg, stack)
-        summary.engine = type(stage.engine).__name__
-        summary.device = device
-        summary.outputs = [str(getattr(s.config, "path", s.type)) for s in cfg.sinks]
-        progress = Progress(total_files=summary.files_total, enabled=show_progress)
-        progress.files_finished = len(problems)
-        start = time.monotonic()
-        sink_s = 0.0
-        if device.startswith("cuda"):
-            stack.enter_context(gil_switch_interval(cfg.engine.gil_switch_interval_ms / 1000))
-        source: FileBatchSource | None = None
-        try:
-            # engine + postprocess run in plan.workers inference threads, one CUDA stream each
-            source = stack.enter_context(FileBatchSource(files, plan, process=stage.process,
-                                                                infer_streams=infer_streams, probe=probe))
-            while (item := source.read()) is not None:
-                if isinstance(item, FileEvent):
-                    _on_event(item, summary, progress)
-                    continue
-                results = item.results if isinstance(item, ProcessedBatch) else stage.process(item)
-                t = time.monotonic()
-                for sink in sinks:
-                    sink.write(results)
-                sink_s += time.monotonic() - t
-                summary.frames += len(results)
-                summary.detections += sum(len(r.detections) for r in results)
-                progress.frames_done(len(results))
-        finally:
-            summary.seconds = time.monotonic() - start
-            if source is not None:
-                summary.sessions = source.session_timings
-            progress.close()
-            log.info("sinks took %.1f s of the job's %.1f s", sink_s, summary.seconds)
-    return summary
-
-
-@contextlib.contextmanager
-def gil_switch_interval(seconds: float) -> Iterator[None]:
-    """Set Python's thread switch interval for a block, restoring it after.
-
-    GPU jobs run several threads that each hold the GIL only briefly between CUDA calls;
-    with the default 5 ms interval, a thread doing pure Python work (sink formatting)
-    makes them wait that long for every re-acquisition.
+    ``stages`` are per-source stages (run in every source's frame order) and ``sinks``
+    extra sinks (entered by the job, e.g. a callback), both after the configured ones.
     """
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    log.debug("GIL switch interval %.2f ms (was %.2f ms)", seconds * 1e3, old * 1e3)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
+    def __init__(self, cfg: JobConfig, show_progress: bool = True, stages: Sequence[SourceStage] = (),
+                 sinks: Sequence[Sink] = ()) -> None:
+        if [s for s in cfg.sources if s.uri is not None]:
+            raise ConfigError("sources", "stream URIs (rtsp://) run with 'fovea live'; 'fovea run' processes files")
+        self.cfg = cfg
+        self.show_progress = show_progress
+        self.stages = list(stages)
+        self.extra_sinks = list(sinks)
+        self.summary = JobSummary()
+        self._received: Counter[str] = Counter()  # per source id: frames with results so far
+        self._ending: dict[str, tuple[int, str]] = {}  # per ended file's source id: frames decoded, status
 
-def _on_event(ev: FileEvent, summary: JobSummary, progress: Progress) -> None:
-    name = str(ev.file.path)
-    if ev.kind == "started":
-        progress.add_expected(ev.expected_frames)
-        summary.decoders[ev.decoder] = summary.decoders.get(ev.decoder, 0) + 1
-        log.debug("%s: %d frames, decoder %s", name, ev.expected_frames, ev.decoder)
-    elif ev.kind == "done":
-        summary.files_done += 1
+    def batches(self) -> Iterator[list[FrameResult]]:
+        """Run the job; yields each batch's results as they leave the last stage."""
+        cfg, summary = self.cfg, self.summary
+        files, problems = expand_sources(cfg.sources)
+        _check_unique_ids(files)
+        summary.files_total = len(files) + len(problems)
+        for e in problems:
+            log.error("skipping %s", e)
+            summary.failures.append(FileFailure(e.source, e.reason))
+        if not files:
+            summary.no_input = True
+            log.error("no input: none of the sources gave a video file; nothing was processed and no output "
+                      "was written")
+            return
+        device = resolve_device(cfg.engine.device)
+        with contextlib.ExitStack() as stack:
+            # probing and importing DALI need only the file list: they run while the model loads,
+            # compiles and warms up; both are waited for if that fails, so no native thread is
+            # left running while the process exits (which can abort it)
+            probe = BackgroundProbe([f.path for f in files], processes=probe_processes(cfg.decode.sessions))
+            stack.callback(probe.join)
+            stack.callback(preload_dali().join)
+            stage = open_inference_stage(cfg, device, stack)
+            if device.startswith("cuda") and stage.engine.device == "cpu":  # engine fell back (logged)
+                device = "cpu"
+                cfg = replace(cfg, decode=replace(cfg.decode, backend="cpu"))
+            batch = batch_size_for(cfg, stage.engine)
+            plan = decode_plan(cfg, stage, device, batch)
+            threads = cfg.engine.inference_threads if device.startswith("cuda") else 1
+            infer_streams = prepare_inference(stage, batch, threads)
+            sinks = open_sinks(cfg, stack) + [stack.enter_context(s) for s in self.extra_sinks]
+            for st in self.stages:
+                stack.enter_context(st)
+            after = PerSourceStages(self.stages, sinks)
+            summary.engine = type(stage.engine).__name__
+            summary.device = device
+            summary.outputs = [str(getattr(s.config, "path", s.type)) for s in cfg.sinks]
+            progress = stack.enter_context(Progress(total_files=summary.files_total, enabled=self.show_progress))
+            progress.files_finished = len(problems)
+            start = time.monotonic()
+            if device.startswith("cuda"):
+                stack.enter_context(gil_switch_interval(cfg.engine.gil_switch_interval_ms / 1000))
+            source: FileDecodeSource | None = None
+            try:
+                source = stack.enter_context(FileDecodeSource(files, plan, probe=probe))
+                pool = stack.enter_context(InferencePool(stage, source, infer_streams, threads))
+                while True:
+                    for ev in source.poll_events():
+                        yield from _nonempty(self._on_event(ev, after, progress))
+                    try:
+                        item = pool.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                    if item is None:
+                        break
+                    if isinstance(item, FailedBatch):  # files fail whole segments, not batches
+                        continue
+                    progress.frames_done(len(item))
+                    summary.frames += len(item)
+                    summary.detections += sum(len(r.detections) for r in item)
+                    yield from _nonempty(after.add(item))
+                    yield from _nonempty(self._count(item, after))
+                for ev in source.poll_events():
+                    yield from _nonempty(self._on_event(ev, after, progress))
+            finally:
+                summary.seconds = time.monotonic() - start
+                if source is not None:
+                    summary.sessions = source.session_timings
+                summary.reorder_peak = after.reorder.peak
+                log.info("sinks took %.1f s of the job's %.1f s", after.sink_seconds, summary.seconds)
+
+    def _count(self, results: list[FrameResult], after: PerSourceStages) -> list[FrameResult]:
+        """Count results per source; a file whose results are all in ends its source."""
+        counts = Counter(r.frame.source_id for r in results)
+        self._received.update(counts)
+        out: list[FrameResult] = []
+        for sid in counts:
+            out += self._maybe_end(sid, after)
+        return out
+
+    def _maybe_end(self, sid: str, after: PerSourceStages) -> list[FrameResult]:
+        """End ``sid``'s source once its file has ended and all its decoded frames' results are in."""
+        ending = self._ending.get(sid)
+        if ending is None or self._received[sid] < ending[0]:
+            return []
+        del self._ending[sid]
+        return after.end(sid, ending[1])
+
+    def _on_event(self, ev: FileEvent, after: PerSourceStages, progress: Progress) -> list[FrameResult]:
+        summary = self.summary
+        name = str(ev.file.path)
+        sid = ev.file.source_id
+        if ev.kind == "started":
+            progress.add_expected(ev.expected_frames)
+            summary.decoders[ev.decoder] = summary.decoders.get(ev.decoder, 0) + 1
+            log.debug("%s: %d frames, decoder %s", name, ev.expected_frames, ev.decoder)
+            return []
+        if ev.kind == "segment":
+            if ev.frames < ev.expected_frames:  # frames past a short segment's end never come
+                return after.gap(sid, range(ev.start + ev.frames, ev.start + ev.expected_frames))
+            return []
         progress.file_finished()
-        if ev.frames != ev.expected_frames:
-            log.warning("%s: %d frames decoded, %d expected", name, ev.frames, ev.expected_frames)
-    else:
-        assert ev.error is not None
-        log.error("skipping %s", ev.error)
-        summary.failures.append(FileFailure(name, ev.error.reason, ev.frames))
-        progress.file_finished()
+        status = "done"
+        if ev.kind == "done" and ev.frames >= ev.expected_frames:
+            summary.files_done += 1
+            if ev.frames > ev.expected_frames:
+                log.info("%s: %d frames decoded, %d announced by its header", name, ev.frames, ev.expected_frames)
+        elif ev.kind == "done":
+            reason = (f"incomplete: decoded {ev.frames} of the {ev.expected_frames} frames its header announces "
+                      "(the file ends early: truncated or damaged); the decoded frames were processed")
+            log.error("%s: %s", name, reason)
+            status = "incomplete"
+            summary.failures.append(FileFailure(name, reason, ev.frames, kind="incomplete",
+                                                expected=ev.expected_frames))
+        else:
+            assert ev.error is not None
+            log.error("skipping %s", ev.error)
+            status = "failed"
+            summary.failures.append(FileFailure(name, ev.error.reason, ev.frames, expected=ev.expected_frames))
+        self._ending[sid] = (ev.frames, status)
+        return self._maybe_end(sid, after)
 
+
+def _check_unique_ids(files: Sequence[VideoFile]) -> None:
+    """Two files with one source id would mix their frames: refused before any work."""
+    by_id: dict[str, VideoFile] = {}
+    for f in files:
+        other = by_id.setdefault(f.source_id, f)
+        if other is not f:
+            raise ConfigError("sources", f"{other.path} and {f.path} have the same source id {f.source_id!r}; "
+                              "give one of them an explicit 'id'")
+
+
+def _nonempty(results: list[FrameResult]) -> Iterator[list[FrameResult]]:
+    if results:
+        yield results
+
+
+def run_job(cfg: JobConfig, show_progress: bool = True, stages: Sequence[SourceStage] = (),
+            sinks: Sequence[Sink] = ()) -> JobSummary:
+    """Run a file job to the end (or Ctrl-C: sinks are still closed cleanly)."""
+    job = FileJob(cfg, show_progress, stages, sinks)
+    for _ in job.batches():
+        pass
+    return job.summary

@@ -7,10 +7,21 @@ Usage::
 
 See ``examples/job.yaml`` for an annotated example. Every problem raises
 :class:`streams.errors.ConfigError` naming the key path (``sinks[0].path: ...``).
+
+One path rule: every relative path written in a config file is relative to the config
+file's folder, whatever the current directory: sources (files, globs, directories, list
+files, ``file://`` URIs), ``model.path``, ``model.class_names`` (a file), every sink's
+``path``, ``engine.tensorrt.cache_dir`` and ``engine.tensorrt.int8_calibration``. Paths
+given on the command line (``overrides``: ``sources``, ``model``, ``out``) are relative to
+the current directory. ``~`` is the user's home in both. A ``file://`` URI with a
+relative path (``file://clips/cam1.mp4``, not the standard ``file:///abs/cam1.mp4``) is
+read the same way: FFmpeg would otherwise take it from the filesystem's root.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +32,8 @@ import yaml
 from streams.errors import ConfigError
 from streams.registry import PluginConfig
 from streams.schema import from_dict
+
+log = logging.getLogger(__name__)
 
 ModelLayout = Literal["auto", "yolov8", "yolov5", "efficient_nms"]
 EngineKind = Literal["auto", "torch", "onnxruntime", "tensorrt"]
@@ -94,7 +107,9 @@ class EngineConfig:
     # auto: "default" where it can (an nn.Module or .pt2, triton installed; TorchScript
     # cannot be compiled: logged); max-autotune: slower to compile, a little faster to run
     compile: Literal["auto", "off", "default", "max-autotune"] = "auto"
-    streams: int = 2  # inference threads, one CUDA stream each: one waits on results while one runs
+    # inference threads, one CUDA stream each: one waits on results while one runs
+    # (``engine.streams`` before: still read, with a deprecation warning)
+    inference_threads: int = 2
     # Python's GIL switch interval during a GPU job (restored after): the inference threads
     # need the GIL for a moment between GPU calls and should not wait the default 5 ms for it
     gil_switch_interval_ms: float = 0.5
@@ -103,8 +118,8 @@ class EngineConfig:
     def validate(self, key: str) -> None:
         if not 0.01 <= self.gil_switch_interval_ms <= 100:
             raise ConfigError(f"{key}.gil_switch_interval_ms", f"expected 0.01..100, got {self.gil_switch_interval_ms}")
-        if not 1 <= self.streams <= 16:
-            raise ConfigError(f"{key}.streams", f"expected 1..16, got {self.streams}")
+        if not 1 <= self.inference_threads <= 16:
+            raise ConfigError(f"{key}.inference_threads", f"expected 1..16, got {self.inference_threads}")
         if self.device != "auto" and self.device != "cpu" and not _is_cuda_device(self.device):
             raise ConfigError(f"{key}.device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 1 <= self.batch_size <= 1024:
@@ -143,13 +158,27 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """``postprocess:``: thresholds of the detection decoding and NMS."""
+    """``postprocess:``: thresholds of the detection decoding and NMS, as
+    :func:`operators.postprocess.postprocess` takes them.
+
+    Attributes:
+        conf_threshold: candidates need a score strictly above this.
+        iou_threshold: NMS suppresses a box whose IoU with a better kept one is above this.
+        max_detections: at most this many detections per frame (the highest scores).
+        class_agnostic: NMS across classes (boxes of different classes suppress each other).
+        fused: ``"auto"``: the fused path for YOLOv8/YOLOv5 outputs on CUDA where Triton is
+            importable (else the exact path, with a warning logged once on CUDA); ``"on"``:
+            the fused path on any device (on the CPU its NMS is a torch loop); ``"off"``:
+            always the exact path.
+        frame_capacity: candidates per frame the fused path holds; frames with more are
+            redone by the exact path.
+    """
 
     conf_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 300
     class_agnostic: bool = False
-    fused: Literal["auto", "on", "off"] = "auto"  # see operators.postprocess.PostprocessParams
+    fused: Literal["auto", "on", "off"] = "auto"
     frame_capacity: int = 1024
 
     def validate(self, key: str) -> None:
@@ -199,7 +228,9 @@ def parse_source(raw: Any, key: str) -> SourceEntry:
 def parse_config(raw: Any, base_dir: Path | None = None) -> JobConfig:
     """Validate a parsed YAML document into a :class:`JobConfig`.
 
-    Relative paths are kept as written; ``base_dir`` resolves them (the YAML's folder).
+    ``base_dir`` (the YAML's folder) resolves every relative path of the document (see
+    the module docstring); without it relative paths are kept as written, so they are
+    relative to the current directory.
     """
     from streams.sinks import SINKS  # registry of sink plugins
 
@@ -221,15 +252,18 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> JobConfig:
     sinks_raw = raw.get("sinks", [{"type": "jsonl", "path": "fovea-out/detections.jsonl"}])
     if not isinstance(sinks_raw, list) or not sinks_raw:
         raise ConfigError("sinks", "expected a non-empty list of sinks")
+    if base_dir is not None and "sinks" in raw:
+        sinks_raw = [_resolve_sink(s, base_dir) for s in sinks_raw]
     sinks = [SINKS.parse(s, f"sinks[{i}]") for i, s in enumerate(sinks_raw)]
     model = from_dict(ModelConfig, raw.get("model"), "model")
-    if base_dir is not None and model.path != "default" and not Path(model.path).expanduser().is_absolute():
-        model = replace(model, path=str(base_dir / model.path))
+    engine = from_dict(EngineConfig, _engine_section(raw.get("engine")), "engine")
+    if base_dir is not None:
+        model, engine = _resolve_model(model, base_dir), _resolve_engine(engine, base_dir)
     return JobConfig(
         sources=sources,
         sinks=sinks,
         model=model,
-        engine=from_dict(EngineConfig, raw.get("engine"), "engine"),
+        engine=engine,
         preprocess=from_dict(PreprocessConfig, raw.get("preprocess"), "preprocess"),
         decode=from_dict(DecodeConfig, raw.get("decode"), "decode"),
         postprocess=from_dict(PostprocessConfig, raw.get("postprocess"), "postprocess"),
@@ -237,19 +271,100 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> JobConfig:
     )
 
 
+def _engine_section(raw: Any) -> Any:
+    """``engine:`` with the deprecated ``streams`` key renamed to ``inference_threads``."""
+    if not isinstance(raw, Mapping) or "streams" not in raw:
+        return raw
+    if "inference_threads" in raw:
+        raise ConfigError("engine.streams", "the old name of engine.inference_threads; give only "
+                                            "engine.inference_threads")
+    log.warning("config: engine.streams is deprecated, use engine.inference_threads (same meaning)")
+    out = {k: v for k, v in raw.items() if k != "streams"}
+    out["inference_threads"] = raw["streams"]
+    return out
+
+
+def _resolve(path: str, base: Path) -> str:
+    """``path`` against ``base`` unless it is absolute (``~`` counts as absolute), ``..`` folded."""
+    return path if Path(path).expanduser().is_absolute() else os.path.normpath(base / path)
+
+
+_FILE_URI = "file://"
+
+
+def _resolve_file_uri(uri: str, base: Path) -> str:
+    """A ``file://`` URI with a relative path (``file://clips/a.mp4``) made absolute against
+    ``base``; any other URI is returned as is."""
+    if not uri.lower().startswith(_FILE_URI):
+        return uri
+    rest = uri[len(_FILE_URI):]
+    if not rest or rest.startswith("/"):
+        return uri
+    return _FILE_URI + str(Path(_resolve(rest, base)).expanduser())
+
+
 def _resolve_source(s: SourceEntry, base: Path) -> SourceEntry:
-    if s.path is not None and not Path(s.path).expanduser().is_absolute():
-        return replace(s, path=str(base / s.path))
-    if s.list is not None and not Path(s.list).expanduser().is_absolute():
-        return replace(s, list=str(base / s.list))
+    if s.path is not None:
+        return replace(s, path=_resolve(s.path, base))
+    if s.list is not None:
+        return replace(s, list=_resolve(s.list, base))
+    if s.uri is not None:
+        return replace(s, uri=_resolve_file_uri(s.uri, base))
     return s
+
+
+def _resolve_sink(raw: Any, base: Path) -> Any:
+    """A ``sinks:`` entry with its ``path`` (file sinks) resolved; others unchanged."""
+    if isinstance(raw, Mapping) and isinstance(raw.get("path"), str) and raw["path"]:
+        return {**raw, "path": _resolve(raw["path"], base)}
+    return raw
+
+
+def _resolve_model(model: ModelConfig, base: Path) -> ModelConfig:
+    if model.path != "default":
+        model = replace(model, path=_resolve(model.path, base))
+    if isinstance(model.class_names, str):
+        model = replace(model, class_names=_resolve(model.class_names, base))
+    return model
+
+
+def _resolve_engine(engine: EngineConfig, base: Path) -> EngineConfig:
+    trt = engine.tensorrt
+    calibration = None if trt.int8_calibration is None else [_resolve(v, base) for v in trt.int8_calibration]
+    trt = replace(trt, cache_dir=_resolve(trt.cache_dir, base), int8_calibration=calibration)
+    return replace(engine, tensorrt=trt)
+
+
+def _command_line_paths(overrides: Mapping[str, Any], cwd: Path) -> dict[str, Any]:
+    """``overrides`` with their paths (sources, model, out) made absolute against ``cwd``."""
+    out = dict(overrides)
+    sources = overrides.get("sources")
+    if sources:
+        resolved: list[Any] = []
+        for s in sources:
+            if isinstance(s, str):
+                resolved.append(_resolve_file_uri(s, cwd) if "://" in s else _resolve(s, cwd))
+            elif isinstance(s, Mapping) and isinstance(s.get("list"), str):
+                resolved.append({**s, "list": _resolve(s["list"], cwd)})
+            else:
+                resolved.append(s)
+        out["sources"] = resolved
+    model = overrides.get("model")
+    if isinstance(model, str) and model and model != "default":
+        out["model"] = _resolve(model, cwd)
+    folder = overrides.get("out")
+    if isinstance(folder, (str, Path)) and str(folder):
+        out["out"] = _resolve(str(folder), cwd)
+    return out
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> JobConfig:
     """Read, merge command-line ``overrides`` and validate a YAML config.
 
     ``overrides`` may hold ``sources`` (list), ``model`` (path), ``out`` (output folder:
-    replaces the sinks' folders) and ``device`` (engine and decode device).
+    replaces the sinks' folders) and ``device`` (engine and decode device). They come from
+    the command line, so their relative paths are relative to the current directory; the
+    config's own are relative to its folder (module docstring).
     """
     raw: dict[str, Any] = {}
     base_dir: Path | None = None
@@ -267,7 +382,7 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
             raise ConfigError("", f"{p}: the config must be a mapping of sections")
         raw = loaded
         base_dir = p.resolve().parent
-    raw = apply_overrides(raw, overrides or {})
+    raw = apply_overrides(raw, _command_line_paths(overrides or {}, Path.cwd()))
     return parse_config(raw, base_dir)
 
 

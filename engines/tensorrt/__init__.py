@@ -5,16 +5,19 @@
 - :mod:`.calibrator`: implicit INT8 calibration (before TensorRT 11) from videos/batches.
 - :mod:`.nms_surgery`: :func:`append_efficient_nms`, in-engine NMS for YOLOv8 layouts.
 - :mod:`.runtime`: :class:`TensorRTEngine`, the :class:`engines.base.Engine` implementation.
-- :mod:`.cli`: ``fovea build-engine``.
+
+``fovea build-engine`` (:mod:`pipelines.build_engine_cli`) drives the same functions.
 
 Importing this package imports neither ``tensorrt`` nor ``pycuda``; the functions that
 need them raise :class:`streams.errors.MissingDependencyError` naming what to install.
 
+The job's configuration stops at :func:`open_tensorrt_engine`, which turns it into one
+:class:`~engines.tensorrt.builder.BuildSpec`; the cache and the builder see only that spec.
+
 Usage::
 
-    spec = BuildSpec.from_config(cfg.engine, input_size=cfg.model.input_size,
-                                 postprocess=cfg.postprocess)
-    with load_or_build(cfg.model.path, spec, cfg.engine.tensorrt.cache_dir) as engine:
+    spec = BuildSpec(precision="fp16", batch=(1, 16, 16), input_shape=(3, 640, 640))
+    with load_or_build("yolov8n.onnx", spec, "~/.cache/fovea/engines") as engine:
         out = engine.infer({engine.inputs[0].name: batch}, stream=handle)
 """
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from engines.tensorrt._cuda import GpuQuery
     from engines.tensorrt.builder import BuildSpec
     from engines.tensorrt.cache import CachedPlan
+    from engines.tensorrt.calibrator import FramePreprocessor
     from engines.tensorrt.runtime import CudaOps, TensorRTEngine
     from streams.config import EngineConfig, PostprocessConfig, PreprocessConfig
 
@@ -90,29 +94,46 @@ def open_tensorrt_engine(
     *,
     postprocess: PostprocessConfig | None = None,
     preprocess: PreprocessConfig | None = None,
+    frame_preprocessor: FramePreprocessor | None = None,
     cuda: CudaOps | None = None,
 ) -> TensorRTEngine:
     """The run path's engine (``engine: tensorrt``, or ``auto`` on a GPU with TensorRT).
 
-    Builds the :class:`~engines.tensorrt.builder.BuildSpec` from the job's ``engine:``
-    section, ``input_size`` (``[H, W]``), ``postprocess`` (in-engine NMS thresholds) and
-    ``preprocess`` (how INT8 calibration videos are letterboxed), then
-    :func:`load_or_build` in ``engine.tensorrt.cache_dir`` on ``device`` (``cuda:N``).
-    On TensorRT 11 an FP32 model asked for ``fp16`` builds as FP32, with a warning.
-    ``cuda``: see :class:`engines.tensorrt.runtime.TensorRTEngine`.
+    Makes the :class:`~engines.tensorrt.builder.BuildSpec` once, from the job's ``engine:``
+    section (precision, ``tensorrt.batch`` or ``(1, batch_size, batch_size)``, workspace),
+    ``input_size`` (``[H, W]``; Fovea feeds 3 channels), ``postprocess`` (the in-engine NMS
+    thresholds, with ``tensorrt.efficient_nms``) and, for ``precision: int8`` with
+    ``tensorrt.int8_calibration`` videos, their frames through ``frame_preprocessor`` (the
+    pipeline's preprocessing, which ``preprocess`` configures); then :func:`load_or_build`
+    in ``engine.tensorrt.cache_dir`` on ``device`` (``cuda:N``). On TensorRT 11 an FP32
+    model asked for ``fp16`` builds as FP32, with a warning. ``cuda``: see
+    :class:`engines.tensorrt.runtime.TensorRTEngine`.
     """
     from engines.tensorrt._cuda import device_index
-    from engines.tensorrt.builder import BuildSpec, strongly_typed_fallback
+    from engines.tensorrt.builder import BuildSpec, EfficientNMSOptions, strongly_typed_fallback
+    from engines.tensorrt.calibrator import video_calibration
+    from streams.config import PostprocessConfig, PreprocessConfig
 
     trt_cfg = engine.tensorrt
-    spec = BuildSpec.from_config(
-        engine,
-        input_size=input_size,
-        postprocess=postprocess,
-        preprocess=preprocess,
+    calibration, calib_id = None, None
+    if engine.precision == "int8" and trt_cfg.int8_calibration:
+        calibration, calib_id = video_calibration(trt_cfg.int8_calibration, trt_cfg.calibration_frames,
+                                                  preprocess or PreprocessConfig(), frame_preprocessor)
+    nms = None
+    if trt_cfg.efficient_nms:
+        post = postprocess or PostprocessConfig()
+        nms = EfficientNMSOptions(score_threshold=post.conf_threshold, iou_threshold=post.iou_threshold,
+                                  max_output_boxes=post.max_detections, class_agnostic=post.class_agnostic)
+    lo, opt, hi = trt_cfg.batch or (1, engine.batch_size, engine.batch_size)
+    spec = BuildSpec(
+        precision=engine.precision,
+        batch=(int(lo), int(opt), int(hi)),
+        input_shape=(3, *input_size) if input_size else None,
+        workspace_bytes=int(trt_cfg.workspace_mb) << 20,
+        efficient_nms=nms,
+        calibration=calibration,
+        calibration_id=calib_id,
         device_index=device_index(device),
     )
     spec = strongly_typed_fallback(onnx_path, spec)
-    return load_or_build(
-        onnx_path, spec, trt_cfg.cache_dir, timing_cache=trt_cfg.timing_cache, cuda=cuda
-    )
+    return load_or_build(onnx_path, spec, trt_cfg.cache_dir, timing_cache=trt_cfg.timing_cache, cuda=cuda)

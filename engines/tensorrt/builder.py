@@ -12,8 +12,10 @@ a network runs in the types its ONNX model carries, so ``fp16`` needs a model al
 converted to mixed precision and ``int8`` a Q/DQ model; anything else raises EngineError
 saying so.
 
-:class:`BuildSpec` says what to build; :meth:`BuildSpec.from_config` derives it from
-the job's ``engine:`` (and ``postprocess:`` for NMS thresholds) sections.
+:class:`BuildSpec` says what to build from the model, and nothing else: its caller makes
+it once from what it has (:func:`engines.tensorrt.open_tensorrt_engine` from the job's
+configuration, ``fovea build-engine`` from its arguments). Where the timing and INT8
+calibration caches live is not part of it: :func:`build_engine` takes those files.
 
 Usage::
 
@@ -37,13 +39,7 @@ from engines.base import Precision
 from engines.tensorrt._cuda import DeviceStaging, default_staging, device_scope
 from engines.tensorrt._fs import atomic_write_bytes, file_lock
 from engines.tensorrt._imports import import_tensorrt, tensorrt_version, trt_logger
-from engines.tensorrt.calibrator import (
-    CalibrationSource,
-    calibration_id,
-    make_entropy_calibrator,
-    require_calibrator,
-    video_calibration_source,
-)
+from engines.tensorrt.calibrator import CalibrationSource, make_entropy_calibrator, require_calibrator
 from engines.tensorrt.nms_surgery import BOX_CENTER_SIZE, append_efficient_nms
 from engines.tensorrt.onnx_utils import (
     ModelInput,
@@ -53,7 +49,6 @@ from engines.tensorrt.onnx_utils import (
     model_input,
     resolve_input_shape,
 )
-from streams.config import EngineConfig, PostprocessConfig, PreprocessConfig
 from streams.errors import ConfigError, EngineError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -79,7 +74,8 @@ class EfficientNMSOptions:
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """What to build.
+    """What to build from a model: everything the plan depends on besides the model, the
+    GPU and TensorRT (the engine cache keys plans by these fields).
 
     Attributes:
         precision: ``fp32``, ``fp16`` or ``int8`` (INT8 layers fall back to FP16).
@@ -88,10 +84,10 @@ class BuildSpec:
         workspace_bytes: the builder's workspace memory-pool limit.
         efficient_nms: append ``EfficientNMS_TRT`` to a YOLOv8-layout model when set.
         calibration: implicit-INT8 data: NCHW float32 batches, or a function of the
-            resolved ``(C, H, W)`` returning them. Not part of equality or the cache key.
+            resolved ``(C, H, W)`` returning them (see
+            :func:`engines.tensorrt.calibrator.video_calibration`). Not part of equality
+            or the cache key.
         calibration_id: identity of ``calibration`` for the cache key (e.g. video hashes).
-        calibration_cache: file for TensorRT's INT8 scale table (read, then written).
-        timing_cache: file of TensorRT's timing cache (read, then merged and written).
         device_index: the CUDA device to build for.
     """
 
@@ -102,8 +98,6 @@ class BuildSpec:
     efficient_nms: EfficientNMSOptions | None = None
     calibration: CalibrationSource | None = field(default=None, compare=False, repr=False)
     calibration_id: str | None = None
-    calibration_cache: Path | None = None
-    timing_cache: Path | None = None
     device_index: int = 0
 
     def __post_init__(self) -> None:
@@ -131,60 +125,6 @@ class BuildSpec:
             raise ConfigError(
                 "engine.tensorrt.workspace_mb", f"expected > 0, got {self.workspace_bytes} bytes"
             )
-
-    @classmethod
-    def from_config(
-        cls,
-        engine: EngineConfig,
-        *,
-        input_size: tuple[int, int] | None = None,
-        postprocess: PostprocessConfig | None = None,
-        preprocess: PreprocessConfig | None = None,
-        device_index: int = 0,
-    ) -> BuildSpec:
-        """The spec of the job's ``engine:`` section.
-
-        ``input_size`` is ``model.input_size`` (``[H, W]``; Fovea feeds 3 channels);
-        ``postprocess`` supplies the in-engine NMS thresholds when
-        ``engine.tensorrt.efficient_nms`` is on. ``engine.tensorrt.batch`` defaults to
-        ``(1, batch_size, batch_size)``. With ``precision: int8``, the videos of
-        ``engine.tensorrt.int8_calibration`` become the calibration data (decoded only if
-        a calibration is needed), letterboxed as ``preprocess`` says; a missing video is a
-        ConfigError.
-        """
-        trt_cfg = engine.tensorrt
-        calibration: CalibrationSource | None = None
-        calib_id: str | None = None
-        videos = trt_cfg.int8_calibration if engine.precision == "int8" else None
-        if videos:
-            missing = [v for v in videos if not Path(v).expanduser().is_file()]
-            if missing:
-                raise ConfigError(
-                    "engine.tensorrt.int8_calibration", f"no such video file(s): {missing}"
-                )
-            frames = trt_cfg.calibration_frames
-            calibration = video_calibration_source(videos, frames, preprocess)
-            calib_id = calibration_id(videos, frames, preprocess)
-        batch = tuple(trt_cfg.batch) if trt_cfg.batch else (1, engine.batch_size, engine.batch_size)
-        nms = None
-        if trt_cfg.efficient_nms:
-            post = postprocess or PostprocessConfig()
-            nms = EfficientNMSOptions(
-                score_threshold=post.conf_threshold,
-                iou_threshold=post.iou_threshold,
-                max_output_boxes=post.max_detections,
-                class_agnostic=post.class_agnostic,
-            )
-        return cls(
-            precision=engine.precision,
-            batch=(int(batch[0]), int(batch[1]), int(batch[2])),
-            input_shape=(3, *input_size) if input_size else None,
-            workspace_bytes=int(trt_cfg.workspace_mb) << 20,
-            efficient_nms=nms,
-            calibration=calibration,
-            calibration_id=calib_id,
-            device_index=device_index,
-        )
 
 
 @dataclass(frozen=True)
@@ -243,20 +183,24 @@ def build_engine(
     logger: Any = None,
     *,
     staging: DeviceStaging | None = None,
+    timing_cache: Path | None = None,
+    calibration_cache: Path | None = None,
 ) -> bytes:
     """Build ``onnx_path`` as ``spec`` says and return the serialized plan.
 
     ``logger`` is a ``trt.ILogger`` (default: the process-wide one forwarding to
     ``logging``); ``staging`` overrides the device buffer INT8 calibration batches are
-    copied into. Raises MissingDependencyError without TensorRT, ShapeError when the
-    model's input and the spec disagree, EngineError when parsing or building fails.
+    copied into. ``timing_cache`` is TensorRT's timing cache file (read, then merged and
+    written); ``calibration_cache`` the file of the INT8 scale table (read, then written).
+    Raises MissingDependencyError without TensorRT, ShapeError when the model's input and
+    the spec disagree, EngineError when parsing or building fails.
     """
     trt = import_tensorrt("Building a TensorRT engine")
     path = Path(onnx_path)
     resolved = resolve_input(path, spec)
     logger = logger if logger is not None else trt_logger(trt)
     with device_scope(spec.device_index):
-        return _build(trt, path, spec, resolved, logger, staging)
+        return _build(trt, path, spec, resolved, logger, staging, timing_cache, calibration_cache)
 
 
 def _build(
@@ -266,6 +210,8 @@ def _build(
     inp: ResolvedInput,
     logger: Any,
     staging: DeviceStaging | None,
+    timing_cache: Path | None,
+    calibration_cache: Path | None,
 ) -> bytes:
     trt.init_libnvinfer_plugins(logger, "")  # registers EfficientNMS_TRT among others
     builder = trt.Builder(logger)
@@ -294,9 +240,9 @@ def _build(
         raise EngineError(
             f"{path}: TensorRT rejected the optimization profile batch {lo}:{opt}:{hi}"
         )
-    _set_precision(trt, builder, config, spec, inp, staging)
+    _set_precision(trt, builder, config, spec, inp, staging, calibration_cache)
 
-    loaded_timing = _attach_timing_cache(config, spec.timing_cache)
+    loaded_timing = _attach_timing_cache(config, timing_cache)
     log.info(
         "building a TensorRT %s engine from %s: input %s [%d..%d, %d, %d, %d]%s",
         spec.precision, path, inp.name, lo, hi, *inp.chw,
@@ -308,8 +254,8 @@ def _build(
             f"TensorRT could not build an engine from {path} ({spec.precision}, batch "
             f"{lo}:{opt}:{hi}); TensorRT's own errors are logged under 'fovea.tensorrt'"
         )
-    if spec.timing_cache is not None:
-        _save_timing_cache(config, spec.timing_cache, loaded_timing)
+    if timing_cache is not None:
+        _save_timing_cache(config, timing_cache, loaded_timing)
     return bytes(plan)
 
 
@@ -320,6 +266,7 @@ def _set_precision(
     spec: BuildSpec,
     inp: ResolvedInput,
     staging: DeviceStaging | None,
+    cache: Path | None,
 ) -> None:
     if spec.precision == "fp32":
         return
@@ -342,7 +289,6 @@ def _set_precision(
     require_calibrator(trt)
     source = spec.calibration
     batches = source(inp.chw) if callable(source) else source
-    cache = spec.calibration_cache
     if batches is None and (cache is None or not cache.is_file()):
         raise EngineError(
             "INT8 needs calibration data for a model without Q/DQ nodes: give calibration "

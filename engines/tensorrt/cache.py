@@ -31,7 +31,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,20 +199,18 @@ def build_cached_plan(
     """Reuse or build the plan of ``onnx_path`` + ``spec`` in ``cache_dir``.
 
     ``gpu_query(device_index) -> GpuInfo`` names the GPU for the key (default: torch's
-    CUDA, else pycuda). ``timing_cache`` persists TensorRT's timing cache in
-    ``cache_dir`` unless ``spec.timing_cache`` names another file. Implicit-INT8 builds
-    keep their calibration cache next to the plan unless ``spec.calibration_cache`` is set.
+    CUDA, else pycuda). With ``timing_cache`` TensorRT's timing cache persists in
+    ``cache_dir`` (one per GPU model and TensorRT version). Implicit-INT8 builds keep
+    their calibration cache next to the plan.
     """
     trt = import_tensorrt("Building a TensorRT engine")
     gpu = (gpu_query or query_gpu)(spec.device_index)
     version = tensorrt_version(trt)
     cache = EngineCache(cache_dir)
     key = cache_key(onnx_path, spec, gpu=gpu, trt_version=version)
-    if spec.timing_cache is None and timing_cache:
-        spec = replace(spec, timing_cache=cache.timing_cache_path(gpu, version))
-    if spec.calibration_cache is None and key.int8 == "calibrated":
-        spec = replace(spec, calibration_cache=cache.calibration_cache_path(onnx_path, key))
-    final_spec = spec
+    timing = cache.timing_cache_path(gpu, version) if timing_cache else None
+    calibration = cache.calibration_cache_path(onnx_path, key) if key.int8 == "calibrated" else None
     return cache.get_or_build(
-        onnx_path, key, lambda: build_engine(onnx_path, final_spec, logger, staging=staging)
+        onnx_path, key, lambda: build_engine(onnx_path, spec, logger, staging=staging, timing_cache=timing,
+                                             calibration_cache=calibration)
     )

@@ -9,9 +9,12 @@ calibrates at one shape, the calibration profile's), copied to the GPU through a
 scale table) is read from and written atomically to a file, so later builds skip the
 calibration pass.
 
-Calibration batches from videos: :func:`video_calibration_source` decodes frames with
-PyAV on the CPU and runs them through the pipeline's own DALI preprocessing graph on the
-CPU (``preprocess:`` section: resize mode, pad value, mean/std, channel order).
+Calibration batches from videos: :func:`video_calibration` decodes frames with PyAV on
+the CPU and runs them through a :data:`FramePreprocessor` its caller supplies. The run
+path and ``fovea build-engine`` supply the pipeline's own DALI preprocessing graph
+(:class:`pipelines.preprocess.HostPreprocessor`, with the job's ``preprocess:`` section),
+so the engine is calibrated on exactly what a job feeds it; this package cannot import it
+(``pipelines`` is a higher layer).
 
 Usage::
 
@@ -35,12 +38,17 @@ from engines.tensorrt._cuda import DeviceStaging
 from engines.tensorrt._fs import atomic_write_bytes
 from engines.tensorrt._imports import tensorrt_major, tensorrt_version
 from streams.config import PreprocessConfig
-from streams.errors import EngineError, MissingDependencyError, ShapeError
+from streams.errors import ConfigError, EngineError, MissingDependencyError, ShapeError
 
 log = logging.getLogger(__name__)
 
 # Preprocessed NCHW float32 batches, or a function of the engine's (C, H, W) giving them.
 CalibrationSource = Iterable[np.ndarray] | Callable[[tuple[int, int, int]], Iterable[np.ndarray]]
+
+#: Given the engine input's ``(height, width)``, a function from RGB frames (``uint8
+#: [H, W, 3]``, any sizes) to the ``float32 [N, 3, height, width]`` batch a job would feed
+#: the engine for them, e.g. ``functools.partial(HostPreprocessor, options=cfg.preprocess)``.
+FramePreprocessor = Callable[[tuple[int, int]], Callable[[Sequence[np.ndarray]], np.ndarray]]
 
 
 def calibrator_available(trt: Any) -> bool:
@@ -152,17 +160,6 @@ def make_entropy_calibrator(
     return EntropyCalibrator()
 
 
-def letterbox(frame: np.ndarray, size: tuple[int, int], pre: PreprocessConfig) -> np.ndarray:
-    """One ``uint8 [H, W, 3]`` RGB frame → ``float32 [3, h, w]`` as the pipeline preprocesses it.
-
-    Runs the pipeline's own DALI preprocessing graph (:class:`pipelines.preprocess.HostPreprocessor`);
-    for many frames build one ``HostPreprocessor`` and call it with all of them.
-    """
-    from pipelines.preprocess import HostPreprocessor
-
-    return HostPreprocessor(size, pre, max_batch=1)([frame])[0]
-
-
 def read_video_frames(paths: Sequence[str | Path], max_frames: int) -> Iterator[np.ndarray]:
     """Up to ``max_frames`` RGB frames (``uint8 [H, W, 3]``) spread evenly over ``paths``.
 
@@ -201,28 +198,53 @@ def read_video_frames(paths: Sequence[str | Path], max_frames: int) -> Iterator[
 def video_calibration_source(
     paths: Sequence[str | Path],
     max_frames: int,
-    preprocess: PreprocessConfig | None = None,
+    preprocessor: FramePreprocessor,
     batch_size: int = 8,
 ) -> Callable[[tuple[int, int, int]], Iterator[np.ndarray]]:
-    """A :data:`CalibrationSource` decoding ``paths`` once the engine's (C, H, W) is known."""
-    pre = preprocess or PreprocessConfig()
+    """A :data:`CalibrationSource` decoding ``paths`` once the engine's (C, H, W) is known,
+    ``batch_size`` frames at a time through ``preprocessor``."""
 
     def batches(chw: tuple[int, int, int]) -> Iterator[np.ndarray]:
         if chw[0] != 3:
             raise ShapeError(f"video calibration needs a 3-channel input, the model takes {chw[0]}")
-        from pipelines.preprocess import HostPreprocessor
-
-        host = HostPreprocessor((chw[1], chw[2]), pre, max_batch=batch_size)
+        prepare = preprocessor((chw[1], chw[2]))
         pending: list[np.ndarray] = []
         for frame in read_video_frames(paths, max_frames):
             pending.append(frame)
             if len(pending) == batch_size:
-                yield host(pending)
+                yield prepare(pending)
                 pending = []
         if pending:
-            yield host(pending)
+            yield prepare(pending)
 
     return batches
+
+
+def video_calibration(
+    paths: Sequence[str | Path],
+    max_frames: int,
+    preprocess: PreprocessConfig,
+    preprocessor: FramePreprocessor | None,
+) -> tuple[CalibrationSource, str]:
+    """INT8 calibration from videos: the :data:`CalibrationSource` and its identity (for the
+    engine cache key), for :class:`~engines.tensorrt.builder.BuildSpec`'s ``calibration``
+    and ``calibration_id``.
+
+    ``preprocess`` is the job's ``preprocess:`` section, which ``preprocessor`` applies
+    (part of the identity). Nothing is decoded until TensorRT asks for the batches (a cached
+    plan or calibration cache needs none). A missing video is a ConfigError; a missing
+    ``preprocessor`` an EngineError (the caller above this package must supply it).
+    """
+    missing = [str(v) for v in paths if not Path(v).expanduser().is_file()]
+    if missing:
+        raise ConfigError("engine.tensorrt.int8_calibration", f"no such video file(s): {missing}")
+    if preprocessor is None:
+        raise EngineError(
+            "INT8 calibration from videos needs a frame preprocessor (pipelines.preprocess."
+            "HostPreprocessor): open the engine through fovea run / build-engine, or pass one"
+        )
+    return (video_calibration_source(paths, max_frames, preprocessor),
+            calibration_id(paths, max_frames, preprocess))
 
 
 def calibration_id(

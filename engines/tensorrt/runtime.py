@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import torch
 
-from engines.base import Layout, TensorSpec
+from engines.base import Layout, NoGraphs, TensorSpec
 from engines.tensorrt._imports import import_tensorrt, tensorrt_version, trt_logger
 from streams.errors import EngineError, ShapeError
 
@@ -147,7 +147,7 @@ class _StreamState:
     )
 
 
-class TensorRTEngine:
+class TensorRTEngine(NoGraphs):
     """A deserialized TensorRT plan implementing :class:`engines.base.Engine`.
 
     ``plan`` is the serialized plan or its file. ``device`` is ``"cuda:N"`` (or ``N``).

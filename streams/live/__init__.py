@@ -5,10 +5,22 @@ Modules:
 * :mod:`streams.live.config`  ``live:`` config section (:class:`LiveConfig`)
 * :mod:`streams.live.types`   :class:`StreamSpec`, :class:`StreamState`, :class:`StreamStats`,
   output items :class:`LiveFrame` (CPU decode) and :class:`GopBuffer` (GPU decode)
-* :mod:`streams.live.rtsp`    :class:`RtspSource`, one reader thread per camera
+* :mod:`streams.live.rtsp`    :class:`RtspSource`, one reader thread per camera, composed of:
+
+  * :mod:`streams.live.connection` open with timeouts, watchdog, states, reconnect loop
+    with :class:`Backoff`
+  * :mod:`streams.live.demux`      video track, packets (files paced), Annex-B, frame
+    numbering and :class:`~streams.live.demux.PtsClock`
+  * :mod:`streams.live.decode`     packets -> frames: CPU (PyAV, RGB) or the injected
+    packet decoder (NVDEC)
+  * :mod:`streams.live.gop`        GOP assembly into self-contained buffers
+  * :mod:`streams.live.stats`      counters and frame rate of a source
+
 * :mod:`streams.live.batcher` :class:`Batcher`, nvstreammux-like round-robin batching
+* :mod:`streams.live.drops`   :class:`~streams.live.drops.DropLog`, dropped frame indices
 * :mod:`streams.live.metrics` :class:`LiveMetrics`, Prometheus series and latency
-* :mod:`streams.live.http`    :class:`LiveHttpServer`, /metrics /health /streams
+* :mod:`streams.live.http`    :class:`LiveHttpServer`, /metrics /health /streams (serves a
+  :class:`~streams.live.http.StreamControl`)
 * :mod:`streams.live.manager` :class:`StreamManager`, owns all of the above
 
 Usage::
@@ -32,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from streams.live.batcher import Batcher, QueueStats, StreamQueue
 from streams.live.config import LiveConfig, parse_live_config, resolve_output_mode
+from streams.live.connection import Backoff
 from streams.live.redact import Credentials, redact_uri
-from streams.live.rtsp import Backoff, RtspSource
+from streams.live.rtsp import RtspSource
 from streams.live.types import GopBuffer, LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
 
 if TYPE_CHECKING:

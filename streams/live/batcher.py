@@ -9,7 +9,10 @@ deadline passes, so a slow or dead stream only leaves its slots to the others.
 Full-queue policies:
 
 * ``drop_oldest`` (live): ``put`` never blocks; the queue's OLDEST item is dropped and
-  counted for that stream, so latency stays bounded when the consumer falls behind.
+  counted for that stream, so latency stays bounded when the consumer falls behind. The
+  dropped item goes to the ``on_drop`` callback, if any (the stream manager records which
+  frames were dropped, :meth:`StreamManager.take_dropped
+  <streams.live.manager.StreamManager.take_dropped>`).
 * ``block`` (recorded streams, every frame processed): ``put`` waits for room; removing
   the stream or closing the batcher wakes it (``put`` then returns ``False``).
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -68,8 +72,10 @@ class StreamQueue(Generic[T]):
                 return False
             if len(self._items) >= b.queue_size:
                 if b.policy == "drop_oldest":
-                    self._items.popleft()
+                    old = self._items.popleft()
                     self.dropped += 1
+                    if b.on_drop is not None:
+                        b.on_drop(self.stream_id, old)
                 else:
                     deadline = None if timeout is None else time.monotonic() + timeout
                     while len(self._items) >= b.queue_size and not self.closed:
@@ -98,16 +104,20 @@ class Batcher(Generic[T]):
     """Bounded per-stream queues and round-robin batches. Thread-safe.
 
     Any number of producers (one per stream); one consumer calling :meth:`next_batch`
-    (several work too, each gets distinct items).
+    (several work too, each gets distinct items). ``on_drop(stream_id, item)`` is called
+    for every item the ``drop_oldest`` policy drops, under the batcher's lock: keep it short
+    and never call the batcher from it.
     """
 
-    def __init__(self, queue_size: int = 8, policy: QueuePolicy = "drop_oldest") -> None:
+    def __init__(self, queue_size: int = 8, policy: QueuePolicy = "drop_oldest",
+                 on_drop: Callable[[str, T], None] | None = None) -> None:
         if queue_size < 1:
             raise ConfigError("live.batch.queue_size", f"expected >= 1, got {queue_size}")
         if policy not in ("drop_oldest", "block"):
             raise ConfigError("live.batch.policy", f"expected drop_oldest or block, got {policy!r}")
         self.queue_size = queue_size
         self.policy: QueuePolicy = policy
+        self.on_drop = on_drop
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._queues: dict[str, StreamQueue[T]] = {}

@@ -11,6 +11,8 @@ YAML (every key optional; the defaults are shown)::
       log_interval_s: 30        # periodic one-line summary of all streams; 0 = off
       decode_threads: 1         # FFmpeg threads per stream (CPU decode)
       max_gop_frames: 300       # GOP buffers longer than this are cut (gop decode)
+      inference_threads: 2      # threads running batches through the engine (GPU: each its own
+                                # CUDA stream); formerly ``workers`` (still read, with a warning)
       gil_switch_interval_ms: 0.1   # Python thread switch interval during GPU runs
       ffmpeg_options: {}        # extra FFmpeg demuxer options, e.g. {buffer_size: "1048576"}
       http: {enabled: true, host: 127.0.0.1, port: 9108}   # port 0 = any free port
@@ -30,11 +32,15 @@ Usage::
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streams.errors import ConfigError
 from streams.schema import from_dict
+
+log = logging.getLogger(__name__)
 
 DecodeMode = Literal["auto", "cpu", "gpu", "gop"]
 OutputMode = Literal["frames", "gop", "packets"]
@@ -118,8 +124,8 @@ class BackoffConfig:
 class IngestConfig:
     """``live.ingest``: stream readers spread over worker processes (:mod:`pipelines.ingest`).
 
-    One process's reader threads share one GIL: about 2,500 decoded 1080p frames per second
-    with NVDEC (``benchmarks/RESULTS.md``). ``processes: auto`` starts one ingest process per
+    One process's reader threads share one GIL, which caps the frames one process can
+    read and decode (docs/live.md). ``processes: auto`` starts one ingest process per
     :data:`STREAMS_PER_PROCESS` streams when frames are decoded on the GPU and there are more
     than :data:`IN_PROCESS_MAX` streams at start; ``0`` keeps the readers in the job's process.
     ``ring_frames`` is the number of frame slots each process shares with the job (GPU decode;
@@ -149,9 +155,9 @@ class LiveConfig:
     log_interval_s: float = 30.0
     decode_threads: int = 1
     max_gop_frames: int = 300
-    workers: int = 2  # inference workers (each its own DALI pipeline and CUDA stream)
+    inference_threads: int = 2  # threads running engine batches (each its own DALI pipeline, CUDA stream)
     # Python's GIL switch interval during a GPU live run (restored after): a thread per
-    # stream each holds the GIL briefly per packet; measured best at 0.1 ms with 100 streams
+    # stream each holds the GIL briefly per packet, so a short interval hands it over sooner
     gil_switch_interval_ms: float = 0.1
     pace_files: bool = True  # file URIs are read at their frame rate (live-rate simulation)
     loop_files: bool = True  # and looped at the end, like a camera
@@ -175,16 +181,37 @@ class LiveConfig:
         if self.decode == "gop" and self.ingest.processes not in ("auto", 0):
             raise ConfigError(f"{key}.ingest.processes", "ingest processes read streams decoded with "
                               "decode: gpu or cpu, not gop; set it to 0 (or auto)")
-        if not 1 <= self.workers <= 32:
-            raise ConfigError(f"{key}.workers", f"expected 1..32, got {self.workers}")
+        if not 1 <= self.inference_threads <= 32:
+            raise ConfigError(f"{key}.inference_threads", f"expected 1..32, got {self.inference_threads}")
         if not 1 <= self.max_gop_frames <= 100_000:
             raise ConfigError(
                 f"{key}.max_gop_frames", f"expected 1..100000, got {self.max_gop_frames}"
             )
 
+    @property
+    def workers(self) -> int:
+        """Deprecated name of :attr:`inference_threads` (read-only)."""
+        return self.inference_threads
+
+
+_RENAMED = {"workers": "inference_threads"}  # old key -> new key of the live: section
+
 
 def parse_live_config(raw: Any, key: str = "live") -> LiveConfig:
-    """Validate the raw ``live:`` mapping (``None`` gives the defaults)."""
+    """Validate the raw ``live:`` mapping (``None`` gives the defaults).
+
+    Renamed keys (``workers`` -> ``inference_threads``) are still read, with a warning
+    naming the new key; giving both is a :class:`ConfigError`.
+    """
+    if isinstance(raw, Mapping) and any(old in raw for old in _RENAMED):
+        raw = dict(raw)
+        for old, new in _RENAMED.items():
+            if old not in raw:
+                continue
+            if new in raw:
+                raise ConfigError(f"{key}.{old}", f"renamed to {key}.{new}; give only {key}.{new}")
+            log.warning("%s.%s is deprecated: it is now %s.%s", key, old, key, new)
+            raw[new] = raw.pop(old)
     return from_dict(LiveConfig, raw, key)
 
 

@@ -14,6 +14,9 @@ Endpoints::
                              "password"?} -> 201 + stats; 400 bad body; 409 id in use
     DELETE /streams/<id>     200 {"removed": id}; 404 if unknown
 
+The server knows the manager only through :class:`StreamControl`, the operations the API
+needs; :class:`~streams.live.manager.StreamManager` is one (this module never imports it).
+
 Usage::
 
     server = LiveHttpServer(manager, host="127.0.0.1", port=0).start()
@@ -27,25 +30,49 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from streams.errors import ConfigError, SourceError
-from streams.live.types import StreamSpec
+from streams.live.types import StreamSpec, StreamStats
 from streams.schema import from_dict
-
-if TYPE_CHECKING:
-    from streams.live.manager import StreamManager
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 
 
+class StreamControl(Protocol):
+    """What the HTTP API needs of the live streams' owner (a
+    :class:`~streams.live.manager.StreamManager`)."""
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry ``GET /metrics`` serves."""
+        ...
+
+    def add_stream(self, spec: StreamSpec) -> StreamStats:
+        """Start a stream; :class:`ConfigError` for a bad spec, :class:`SourceError` when
+        the id is taken."""
+        ...
+
+    def remove_stream(self, stream_id: str) -> bool:
+        """Stop and forget a stream; ``False`` if unknown."""
+        ...
+
+    def stats(self, stream_id: str) -> StreamStats | None: ...
+
+    def streams(self) -> list[StreamStats]: ...
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``(http_status, payload)`` of ``GET /health``."""
+        ...
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    manager: StreamManager
+    manager: StreamControl
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,7 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     @property
-    def manager(self) -> StreamManager:
+    def manager(self) -> StreamControl:
         return cast(_Server, self.server).manager
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -83,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = self._path()
         m = self.manager
         if parts == ["metrics"]:
-            self._send(200, generate_latest(m.metrics.registry), CONTENT_TYPE_LATEST)
+            self._send(200, generate_latest(m.registry), CONTENT_TYPE_LATEST)
         elif parts == ["health"]:
             code, payload = m.health()
             self._json(code, payload)
@@ -145,9 +172,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LiveHttpServer:
-    """Serves a :class:`~streams.live.manager.StreamManager` over HTTP (see module doc)."""
+    """Serves a :class:`StreamControl` (the stream manager) over HTTP (see module doc)."""
 
-    def __init__(self, manager: StreamManager, host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(self, manager: StreamControl, host: str = "127.0.0.1", port: int = 9108) -> None:
         self.manager = manager
         self.host = host
         self.requested_port = port

@@ -16,7 +16,12 @@ Usage (what a runner does)::
             ... infer, postprocess, sinks.write(results) ...
             for r in results:
                 mgr.record_emitted(r.frame)                # latency + frames_out
+            for sid, indices in mgr.take_dropped().items():  # frames that will never come
+                reorder.skip(sid, indices)
     # __exit__ -> stop(timeout): every source closed within a bounded time
+
+Per stream, every frame index from 0 up is either handed out by :meth:`StreamManager.next_batch`
+or reported once by :meth:`StreamManager.take_dropped` (see :mod:`streams.live.types`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from streams.errors import SourceError
 from streams.frames import FrameMeta
 from streams.live.batcher import Batcher
 from streams.live.config import LiveConfig, OutputMode, resolve_output_mode
+from streams.live.drops import DropLog
+from streams.live.health import health_report, summary_line
 from streams.live.http import LiveHttpServer
 from streams.live.metrics import LiveMetrics
 from streams.live.rtsp import RtspSource
@@ -45,7 +52,6 @@ from streams.live.types import (
     LiveSource,
     SourceFactory,
     StreamSpec,
-    StreamState,
     StreamStats,
 )
 
@@ -84,7 +90,8 @@ class StreamManager:
         self._decoder_factory = decoder_factory
         self._source_factory = source_factory
         b = self.config.batch
-        self.batcher: Batcher[LiveItem] = Batcher(b.queue_size, b.policy)
+        self._drops = DropLog()
+        self.batcher: Batcher[LiveItem] = Batcher(b.queue_size, b.policy, on_drop=self._drops.add_item)
         self.metrics = LiveMetrics(registry if registry is not None else CollectorRegistry())
         self.metrics.bind(self.streams)
         self.http: LiveHttpServer | None = None
@@ -161,6 +168,11 @@ class StreamManager:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry of the live metrics (what ``GET /metrics`` serves)."""
+        return self.metrics.registry
+
     # ------------------------------------------------------------------ streams
     def add_stream(self, spec: StreamSpec) -> StreamStats:
         """Start reading ``spec``; other streams are not disturbed.
@@ -208,6 +220,7 @@ class StreamManager:
             source.stop()
             self.batcher.remove_stream(stream_id)
             self.metrics.forget(stream_id)
+            self._drops.forget(stream_id)
         if not source.join(timeout):
             with self._lock:
                 self._retired.append(source)
@@ -245,6 +258,38 @@ class StreamManager:
             max_wait_s = self.config.batch.max_wait_s
         return self.batcher.next_batch(max_batch, max_wait_s)
 
+    def take_dropped(self) -> dict[str, list[int]]:
+        """Frame indices dropped since the last call, per stream id, ascending; cleared on
+        read (thread-safe). Streams with none are left out.
+
+        Covers the queue's ``drop_oldest`` drops (for a GOP buffer, all its frames), frames
+        an ingest process dropped from its outbox, and frames reported with
+        :meth:`record_skipped`. The ``dropped`` counters of :meth:`streams` are unchanged:
+        they count queue drops per item (a GOP buffer is one) plus an ingest process's drops,
+        including NVDEC pictures it had no ring slot for (those were never numbered, so they
+        are not gaps); skipped frames are not counted there.
+        """
+        with self._lock:
+            sources = list(self._sources.values())
+            dropped = self._drops.take()
+            for source in sources:
+                more = source.take_dropped()
+                if more:
+                    dropped[source.id] = sorted(dropped.get(source.id, []) + more)
+        return dropped
+
+    def record_skipped(self, metas: Iterable[FrameMeta]) -> None:
+        """Frames the consumer took but will not emit (a batch that failed to decode):
+        :meth:`take_dropped` reports them with the drops, so a per-source stage hears of
+        every missing frame in one place. Frames of removed streams are ignored."""
+        by_stream: dict[str, list[int]] = {}
+        for m in metas:
+            by_stream.setdefault(m.source_id, []).append(m.frame_index)
+        with self._lock:
+            for sid, indices in by_stream.items():
+                if sid in self._sources:
+                    self._drops.add(sid, indices)
+
     def record_emitted(self, meta: FrameMeta | Sequence[FrameMeta]) -> None:
         """Tell the metrics that these frames' detections were emitted (latency, count).
 
@@ -263,47 +308,12 @@ class StreamManager:
 
     # ------------------------------------------------------------------- health
     def health(self) -> tuple[int, dict[str, Any]]:
-        """``(http_status, payload)``: 200 ``ok`` when all streams are live, 200
-        ``degraded`` when some are, 503 ``down`` when none is (or there are none)."""
-        streams = self.streams()
-        live = sum(1 for s in streams if s.state == StreamState.LIVE)
-        if streams and live == len(streams):
-            status, code = "ok", 200
-        elif live:
-            status, code = "degraded", 200
-        else:
-            status, code = "down", 503
-        payload = {
-            "status": status,
-            "live": live,
-            "total": len(streams),
-            "mode": self.mode,
-            "streams": {
-                s.id: {
-                    "state": s.state.value,
-                    "fps": round(s.fps, 2),
-                    "last_error": s.last_error,
-                    "drops": s.dropped,
-                    "reconnects": s.reconnects,
-                    "queued": s.queued,
-                }
-                for s in streams
-            },
-        }
-        return code, payload
+        """``(http_status, payload)`` of ``/health`` (:func:`~streams.live.health.health_report`)."""
+        return health_report(self.streams(), self.mode)
 
     def summary_line(self) -> str:
         """One line describing every stream (what the monitor logs)."""
-        streams = self.streams()
-        live = sum(1 for s in streams if s.state == StreamState.LIVE)
-        parts = [f"live {live}/{len(streams)}"]
-        for s in streams:
-            text = (f"{s.id} {s.state.value} {s.fps:.1f}fps q={s.queued} "
-                    f"drops={s.dropped} reconnects={s.reconnects}")
-            if s.state != StreamState.LIVE and s.last_error:
-                text += f" err={s.last_error!r}"
-            parts.append(text)
-        return " | ".join(parts)
+        return summary_line(self.streams())
 
     def _monitor_loop(self) -> None:
         interval = self.config.log_interval_s

@@ -3,6 +3,22 @@
 No threads, no FFmpeg: safe to import anywhere, and to pickle or log (a
 :class:`StreamSpec`'s repr hides its credentials).
 
+Frame indices (``FrameMeta.frame_index`` of the items' ``metas``): per stream, the source
+numbers the frames it outputs 0, 1, 2, ... with no gap, over the stream's whole life in the
+manager: reconnects continue the count, and so does a restarted ingest process (its stream's
+indices, sessions and pts are shifted to continue, :mod:`pipelines.ingest`). A number is
+taken only for a frame that is output: packets that never became a frame (before the first
+keyframe, rejected by the decoder, still inside the decoder when a session ends, an NVDEC
+picture with no free ring slot) take none. A GOP buffer's frames have consecutive indices in
+presentation order. So the consumer's guarantee is: per stream, every index from 0 up is
+either handed out by :meth:`StreamManager.next_batch
+<streams.live.manager.StreamManager.next_batch>` (in increasing order) or reported once by
+:meth:`StreamManager.take_dropped <streams.live.manager.StreamManager.take_dropped>` (a full
+queue's drops, an ingest process's drops, frames the consumer gave up with
+``record_skipped``). Outside it: a stream removed and added again under the same id is a new
+source (indices and sessions restart at 0; its queued items are discarded, not reported),
+and the items still queued or being read when the manager stops.
+
 Usage::
 
     spec = StreamSpec(id="gate", uri="rtsp://10.0.0.5/main", username="admin", password="pw")
@@ -199,6 +215,11 @@ class LiveSource(Protocol):
     def history(self) -> list[tuple[float, StreamState]]: ...
 
     def wait_for_state(self, *states: StreamState, timeout: float | None = None) -> bool: ...
+
+    def take_dropped(self) -> list[int]:
+        """Frame indices the source numbered but could not deliver to its ``emit`` since
+        the last call (e.g. an ingest process's full outbox); cleared on read."""
+        ...
 
 
 # makes a stream's source: (spec, emit) -> a source not started yet

@@ -52,10 +52,29 @@ class VideoInfo:
     pts: tuple[int, ...]  # presentation order, one per frame
     start_pts: int
     keyframes: tuple[int, ...] = ()  # frame indices (presentation order) of keyframes
+    # what the container's header announces: its frame count, or its duration x fps
+    # (rounded); None when it says neither
+    declared_frames: int | None = None
+    declared_exact: bool = False  # declared_frames is the header's own frame count
 
     @property
     def num_frames(self) -> int:
+        """Frames the file holds (one per packet with a pts, demuxed to the end)."""
         return len(self.pts)
+
+    @property
+    def expected_frames(self) -> int:
+        """Frames the file should decode: its header's count when the file holds fewer
+        (it ends early: truncated, or damaged), else :attr:`num_frames`.
+
+        A count read from the header must be met exactly; one estimated from the
+        header's duration is allowed two frames of rounding.
+        """
+        declared = self.declared_frames
+        if declared is None:
+            return self.num_frames
+        slack = 0 if self.declared_exact else 2
+        return declared if declared > self.num_frames + slack else self.num_frames
 
     @property
     def duration_s(self) -> float:
@@ -117,6 +136,7 @@ def probe_video(path: Path) -> VideoInfo:
         keyframes = tuple(sorted(index[p] for p in key_pts))
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
+        declared, exact = _declared_frames(stream, container, tb, fps)
         return VideoInfo(
             path=path,
             codec=ctx.name,
@@ -127,7 +147,23 @@ def probe_video(path: Path) -> VideoInfo:
             pts=tuple(pts),
             start_pts=pts[0],
             keyframes=keyframes,
+            declared_frames=declared,
+            declared_exact=exact,
         )
+
+
+def _declared_frames(stream: Any, container: Any, tb: Fraction, fps: float) -> tuple[int | None, bool]:
+    """The frame count a container's header announces: (count, whether it is the header's
+    own count rather than an estimate from its duration)."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames), True
+    if fps <= 0:
+        return None, False
+    if stream.duration:
+        return round(float(stream.duration * tb) * fps), False
+    if container.duration:  # microseconds
+        return round(container.duration / 1_000_000 * fps), False
+    return None, False
 
 
 def _probe_or_reason(path: Path) -> VideoInfo | tuple[str, str]:
@@ -166,7 +202,8 @@ class BackgroundProbe:
 
     A job knows its files before it loads its model; probing them meanwhile takes the
     probe (0.5-0.9 s for 1 GB of 1080p video on the H200 machine) off the decode side's
-    start. The thread is a daemon: a job that fails to set up does not wait for it.
+    start. A job that fails to set up still waits for it (:meth:`join`) before it exits: a process
+    that exits while this thread is inside FFmpeg can abort instead of exiting cleanly.
 
     Usage::
 
@@ -193,6 +230,10 @@ class BackgroundProbe:
         finally:
             self.seconds = time.monotonic() - t
             self._done.set()
+
+    def join(self) -> None:
+        """Wait for the probe to finish (its results, or its error, stay for :meth:`result`)."""
+        self._done.wait()
 
     def result(self) -> list[VideoInfo | SourceError]:
         """One result per path, in order (waits for the probe to finish)."""

@@ -25,14 +25,17 @@ from operators.frame_nms import (
     triton_problem,
 )
 from operators.output_decoding import OutputLayout, decode_yolov5, decode_yolov8
-from operators.postprocess import PostprocessParams, fused_device_table, postprocess
+from operators.postprocess import fused_device_table, postprocess
 from operators.reference import nms_np
-from streams.errors import ShapeError
+from streams.config import PostprocessConfig
+from streams.errors import ConfigError, ShapeError
+from streams.schema import from_dict
 from tests.operators.test_nms import clustered_boxes
 from tests.operators.test_postprocess import (
     NAMES,
     PARAMS,
     assert_same,
+    caps,
     make_geometries,
     make_yolov5,
     make_yolov8,
@@ -139,7 +142,7 @@ def test_fused_path_matches_reference_across_params() -> None:
                 geoms = make_geometries(rng, 5, dst, (1, 4))
                 for cap in (480, 30):
                     p = dataclasses.replace(params, fused="on", frame_capacity=cap)
-                    got, expected = run_both(layout, arrays, geoms, p, dtype)
+                    got, expected = run_both(layout, arrays, geoms, p, dtype, caps(name))
                     assert_same(got, expected)
                     assert got[1] is None and got[4] is None, name
 
@@ -152,7 +155,7 @@ def test_overflowing_frames_use_the_exact_path_and_warn(caplog: pytest.LogCaptur
     counts = (pred[:, 4:].max(dim=1).values > 0.25).sum(dim=1)
     cap = int(counts.min()) + 1  # at least one frame fits, at least one does not
     assert int(counts.max()) > cap
-    p = PostprocessParams(fused="on", frame_capacity=cap)
+    p = PostprocessConfig(fused="on", frame_capacity=cap)
     import operators.postprocess as pp_mod
 
     pp_mod._warned.discard("frame-capacity")
@@ -168,7 +171,7 @@ def test_fused_table_shapes() -> None:
     rng = np.random.default_rng(3)
     pred = torch.from_numpy(make_yolov8(rng, 4, 500, (640, 640), (), ()))
     geoms = [g for g in make_geometries(rng, 4, (640, 640), ()) if g is not None]
-    p = PostprocessParams(fused="on", frame_capacity=256, max_detections=10)
+    p = PostprocessConfig(fused="on", frame_capacity=256, max_detections=10)
     table, k, d = fused_device_table(pred, "yolov8", [0, 2, 3], geoms[:3], p)
     assert (k, d) == (256, 10)
     assert tuple(table.shape) == (3, 10 * 6 + 2)
@@ -176,10 +179,12 @@ def test_fused_table_shapes() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="fused"):
-        PostprocessParams(fused="yes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="frame_capacity"):
-        PostprocessParams(frame_capacity=0)
+    with pytest.raises(ConfigError, match=r"postprocess\.fused"):
+        from_dict(PostprocessConfig, {"fused": "yes"}, "postprocess")
+    with pytest.raises(ConfigError, match=r"postprocess\.frame_capacity"):
+        from_dict(PostprocessConfig, {"frame_capacity": 0}, "postprocess")
+    with pytest.raises(ValueError, match="max_candidates"):
+        postprocess([torch.zeros(1, 5, 3)], "yolov8", [None], max_candidates=0)
     with pytest.raises(ShapeError, match=r"expected shape \(B, K, 4\)"):
         frame_nms(torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64), torch.zeros(1), 0.5)
     with pytest.raises(ShapeError, match=r"frame_nms\(count\): expected shape \(2,\)"):
@@ -198,15 +203,15 @@ def test_without_triton_auto_uses_the_exact_path_and_says_why(caplog: pytest.Log
     assert "not importable" in (triton_problem("cuda:0") or "")
     pp_mod._warned.discard("no-triton")
     with caplog.at_level(logging.WARNING, logger="operators.postprocess"):
-        assert not pp_mod._use_fused(PostprocessParams(), torch.device("cuda:0"))
-        assert not pp_mod._use_fused(PostprocessParams(), torch.device("cuda:0"))
+        assert not pp_mod._use_fused(PostprocessConfig(), torch.device("cuda:0"))
+        assert not pp_mod._use_fused(PostprocessConfig(), torch.device("cuda:0"))
     assert [r.getMessage() for r in caplog.records if "fused per-frame NMS is off" in r.getMessage()] == [
         "postprocess: the 'triton' package is not importable, so the fused per-frame NMS is off: the exact "
         "path waits for the GPU a few times per batch (a working triton package, the one that matches "
         "torch, removes those waits)"
     ]
-    assert not pp_mod._use_fused(PostprocessParams(), torch.device("cpu"))  # the CPU: exact, no warning
-    assert pp_mod._use_fused(PostprocessParams(fused="on"), torch.device("cpu"))
+    assert not pp_mod._use_fused(PostprocessConfig(), torch.device("cpu"))  # the CPU: exact, no warning
+    assert pp_mod._use_fused(PostprocessConfig(fused="on"), torch.device("cpu"))
 
 
 # --- GPU: the Triton kernel and the absence of host synchronizations -------------------------
@@ -243,10 +248,11 @@ def test_fused_on_cuda_matches_reference(layout: OutputLayout, params_name: str)
     geoms = make_geometries(rng, 6, (640, 640), (1,))
     p = dataclasses.replace(PARAMS[params_name], fused="auto")
     pred = torch.from_numpy(arrays[0]).cuda().half()
-    got = postprocess([pred], layout, geoms, p, NAMES)
+    got = postprocess([pred], layout, geoms, p, NAMES, max_candidates=caps(params_name))
     from operators.reference import postprocess_np
 
-    assert_same(got, postprocess_np([arrays[0].astype(np.float16)], layout, geoms, p, NAMES))
+    assert_same(got, postprocess_np([arrays[0].astype(np.float16)], layout, geoms, p, NAMES,
+                                    max_candidates=caps(params_name)))
 
 
 @pytest.mark.gpu
@@ -257,7 +263,7 @@ def test_fused_device_half_never_waits_for_the_gpu() -> None:
     pred = torch.from_numpy(make_yolov8(rng, 8, 8400, (640, 640), (), ())).cuda().half()
     geoms = [g for g in make_geometries(rng, 8, (640, 640), ()) if g is not None]
     rows = [0, 1, 2, 4, 5, 6, 7]  # one padding row: the row index is uploaded too
-    p = PostprocessParams()
+    p = PostprocessConfig()
     fused_device_table(pred, "yolov8", rows, geoms[:7], p)  # compile the kernel first
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -10,8 +10,9 @@ import torch
 
 from operators.boxes import LetterboxGeometry, letterbox_geometry
 from operators.output_decoding import OutputLayout
-from operators.postprocess import PostprocessParams, postprocess
+from operators.postprocess import MAX_CANDIDATES, postprocess
 from operators.reference import postprocess_np
+from streams.config import PostprocessConfig
 from streams.detections import Detections
 from streams.errors import ShapeError
 
@@ -150,26 +151,34 @@ def make_efficient_nms(
 
 
 PARAMS = {
-    "default": PostprocessParams(),
-    "agnostic": PostprocessParams(class_agnostic=True),
-    "few": PostprocessParams(conf_threshold=0.4, iou_threshold=0.6, max_detections=4),
-    "capped": PostprocessParams(conf_threshold=0.1, iou_threshold=0.3, max_candidates=300),
+    "default": PostprocessConfig(),
+    "agnostic": PostprocessConfig(class_agnostic=True),
+    "few": PostprocessConfig(conf_threshold=0.4, iou_threshold=0.6, max_detections=4),
+    "capped": PostprocessConfig(conf_threshold=0.1, iou_threshold=0.3),
 }
+CAPS = {"capped": 300}  # max_candidates of the PARAMS cases that set it
+
+
+def caps(params_name: str) -> int:
+    """``max_candidates`` of a PARAMS case."""
+    return CAPS.get(params_name, MAX_CANDIDATES)
 
 
 def run_both(
     layout: OutputLayout,
     arrays: Sequence[np.ndarray],
     geoms: Sequence[LetterboxGeometry | None],
-    params: PostprocessParams,
+    params: PostprocessConfig,
     dtype: type = np.float32,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> tuple[list[Detections | None], list[Detections | None]]:
     def cast(a: np.ndarray) -> np.ndarray:
         return a.astype(dtype) if a.dtype == np.float32 else a
 
     cast_arrays = [cast(a) for a in arrays]
-    got = postprocess([torch.from_numpy(a) for a in cast_arrays], layout, geoms, params, NAMES)
-    expected = postprocess_np(cast_arrays, layout, geoms, params, NAMES)
+    got = postprocess([torch.from_numpy(a) for a in cast_arrays], layout, geoms, params, NAMES,
+                      max_candidates=max_candidates)
+    expected = postprocess_np(cast_arrays, layout, geoms, params, NAMES, max_candidates=max_candidates)
     return got, expected
 
 
@@ -186,7 +195,7 @@ def test_matches_reference(layout: OutputLayout, params_name: str, seed: int, dt
     arrays = [maker(rng, batch, 500, dst, empty, padding)]
     geoms = make_geometries(rng, batch, dst, padding)
     params = PARAMS[params_name]
-    got, expected = run_both(layout, arrays, geoms, params, dtype)
+    got, expected = run_both(layout, arrays, geoms, params, dtype, caps(params_name))
     assert_same(got, expected)
     assert got[1] is None and got[4] is None
     assert got[2] is not None and len(got[2]) == 0 and got[2].class_names == NAMES
@@ -203,7 +212,7 @@ def test_efficient_nms_matches_reference(params_name: str, seed: int, dtype: typ
     batch, padding, empty = 6, (0, 3), (5,)
     arrays = make_efficient_nms(rng, batch, 100, dst, empty, padding)
     geoms = make_geometries(rng, batch, dst, padding)
-    got, expected = run_both("efficient_nms", arrays, geoms, PARAMS[params_name], dtype)
+    got, expected = run_both("efficient_nms", arrays, geoms, PARAMS[params_name], dtype, caps(params_name))
     assert_same(got, expected)
     assert got[0] is None and got[3] is None
     assert got[5] is not None and len(got[5]) == 0
@@ -213,11 +222,12 @@ def test_efficient_nms_matches_reference(params_name: str, seed: int, dtype: typ
 def test_padding_rows_do_not_change_the_other_rows() -> None:
     rng = np.random.default_rng(11)
     dst = (640, 640)
-    params = PostprocessParams(conf_threshold=0.1, max_candidates=200)
+    params = PostprocessConfig(conf_threshold=0.1)
     pred = make_yolov8(rng, 4, 400, dst, empty=(), padding=(1, 2))
     geoms = make_geometries(rng, 4, dst, padding=(1, 2))
-    padded = postprocess([torch.from_numpy(pred)], "yolov8", geoms, params)
-    alone = postprocess([torch.from_numpy(pred[[0, 3]])], "yolov8", [geoms[0], geoms[3]], params)
+    padded = postprocess([torch.from_numpy(pred)], "yolov8", geoms, params, max_candidates=200)
+    alone = postprocess([torch.from_numpy(pred[[0, 3]])], "yolov8", [geoms[0], geoms[3]], params,
+                        max_candidates=200)
     assert padded[1] is None and padded[2] is None
     assert_same([padded[0], padded[3]], alone)
     assert len(alone[0] or ()) > 0
@@ -232,8 +242,8 @@ def test_class_aware_vs_agnostic() -> None:
     pred[0, 4:, 1] = torch.tensor([0.0, 0.8])
     pred[0, 4:, 2] = torch.tensor([0.7, 0.0])
     geoms = [letterbox_geometry(640, 640, 640, 640)]
-    aware = postprocess([pred], "yolov8", geoms, PostprocessParams())[0]
-    agnostic = postprocess([pred], "yolov8", geoms, PostprocessParams(class_agnostic=True))[0]
+    aware = postprocess([pred], "yolov8", geoms, PostprocessConfig())[0]
+    agnostic = postprocess([pred], "yolov8", geoms, PostprocessConfig(class_agnostic=True))[0]
     assert aware is not None and agnostic is not None
     assert aware.class_id.tolist() == [0, 1]
     assert aware.confidence.tolist() == pytest.approx([0.9, 0.8])
@@ -249,7 +259,7 @@ def test_max_detections_keeps_the_highest_scores() -> None:
     scores = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 0.7 + 0.26
     pred[0, 4] = scores
     geoms = [letterbox_geometry(640, 640, 640, 640)]
-    d = postprocess([pred], "yolov8", geoms, PostprocessParams(max_detections=5))[0]
+    d = postprocess([pred], "yolov8", geoms, PostprocessConfig(max_detections=5))[0]
     assert d is not None
     np.testing.assert_array_equal(d.confidence, np.sort(scores.numpy())[::-1][:5])
 
@@ -292,7 +302,7 @@ def test_round_trip_to_source_pixels(
         pred[0, 3] = model[:, 3] - model[:, 1]
         pred[0, 4] = scores
         outputs = [torch.from_numpy(pred)]
-        params = PostprocessParams(iou_threshold=0.99)
+        params = PostprocessConfig(iou_threshold=0.99)
     else:
         outputs = [
             torch.tensor([[4], [0]]),
@@ -300,7 +310,7 @@ def test_round_trip_to_source_pixels(
             torch.tensor(np.stack([scores, scores])),
             torch.zeros(2, 4, dtype=torch.int32),
         ]
-        params = PostprocessParams()
+        params = PostprocessConfig()
     dets = postprocess(outputs, layout, [g, None], params)
     assert dets[1] is None
     d = dets[0]
@@ -314,7 +324,7 @@ def test_boxes_outside_the_frame_are_clipped() -> None:
     pred = torch.zeros(1, 4 + 1, 2)
     pred[0, :, 0] = torch.tensor([620.0, 320.0, 80.0, 600.0, 0.9])  # right, top, bottom out
     pred[0, :, 1] = torch.tensor([10.0, 160.0, 40.0, 20.0, 0.8])  # left out
-    d = postprocess([pred], "yolov8", [g], PostprocessParams())[0]
+    d = postprocess([pred], "yolov8", [g], PostprocessConfig())[0]
     assert d is not None
     expected = [[1740.0, 0.0, 1920.0, 1080.0], [0.0, 30.0, 90.0, 90.0]]
     np.testing.assert_allclose(d.xyxy, expected, atol=0.01)

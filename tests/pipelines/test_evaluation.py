@@ -25,7 +25,7 @@ NAMES = ["car", "person"]
 
 
 def _gt(num_frames: int = 20, seed: int = 0) -> dict[str, Any]:
-    """Ground truth like streams/synthetic.py writes: 0-3 boxes per frame, two classes."""
+    """Ground truth like streams/synthetic/truth.py writes: 0-3 boxes per frame, two classes."""
     rng = np.random.default_rng(seed)
     frames = []
     for i in range(num_frames):

@@ -1,31 +1,189 @@
-"""The example configs parse, and examples/demo.yaml runs the demo's job on the CPU."""
+"""Every example runs as written from a fresh clone: each file of examples/ (after ``fovea
+demo``, which renders the clip they read), and the README's ``fovea`` command lines.
+
+The workspace is a copy of examples/ in a temporary folder, the current directory of
+every command, as the repository's root is for a user. Settings are kept small (a short
+small clip, ``--device cpu``); only what the CPU cannot do is overridden.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import av
+import pytest
 
-from pipelines.runner import run_job
-from streams.config import load_config
-from streams.synthetic import SceneSpec, write_clip
+from pipelines.cli import build_parser, main
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def test_every_example_parses() -> None:
-    for path in EXAMPLES.glob("*.yaml"):
-        load_config(path)
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
+DEMO_SMALL = ["--frames", "24", "--size", "384x216", "--device", "cpu", "--no-progress"]
+QUIET = ["--log-level", "WARNING"]
 
 
-def test_demo_config_runs_like_fovea_demo(tmp_path: Path) -> None:
-    clip = write_clip(tmp_path / "sample.mp4", SceneSpec(width=640, height=360, num_frames=24, seed=424_242))
-    cfg = load_config(EXAMPLES / "demo.yaml", {"sources": [str(clip)], "out": str(tmp_path / "run"),
-                                              "device": "cpu"})
-    summary = run_job(cfg, show_progress=False)
-    assert summary.ok and summary.frames == 24
-    records = [json.loads(x) for x in (tmp_path / "run" / "detections.jsonl").read_text().splitlines()]
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def _workspace(root: Path) -> Path:
+    """A fresh-clone-like folder with examples/ and the demo's clip (``fovea demo``, small)."""
+    shutil.copytree(EXAMPLES, root / "examples")
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        assert main([*QUIET, "demo", *DEMO_SMALL]) == 0
+    finally:
+        os.chdir(old)
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _workspace(tmp_path_factory.mktemp("clone"))
+
+
+def test_the_demo_writes_only_into_the_folder_it_is_given(workspace: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default, ./fovea-demo (in .gitignore)
+    assert sorted(p.name for p in workspace.iterdir()) == ["examples", "fovea-demo"]
+    assert sorted(p.name for p in (workspace / "fovea-demo").iterdir()) == [
+        "annotated.mp4", "detections.jsonl", "sample.gt.json", "sample.mp4"]
+    assert {r["source"] for r in _records(workspace / "fovea-demo" / "detections.jsonl")} == {"sample.mp4"}
+    # --out DIR
+    monkeypatch.chdir(tmp_path)
+    assert main([*QUIET, "demo", "--out", "runs/first", "--frames", "8", "--size", "384x216", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+    assert len(_records(tmp_path / "runs" / "first" / "detections.jsonl")) == 8
+
+
+def _run_job_yaml(ws: Path) -> None:
+    assert main([*QUIET, "run", "examples/job.yaml", "--device", "cpu", "--no-progress"]) == 0
+    out = ws / "fovea-out"  # ../fovea-out/ from examples/: the config's folder, not the current one
+    records = _records(out / "detections.jsonl")
+    assert len(records) == 24 and {r["source"] for r in records} == {"sample.mp4"}
+    rows = (out / "detections.csv").read_text().splitlines()
+    assert len(rows) - 1 == sum(len(r["detections"]) for r in records) > 24
+    videos = sorted((out / "annotated").glob("*.mp4"))
+    assert len(videos) == 1 and _frames(videos[0]) == 24
+
+
+def _run_demo_yaml(ws: Path) -> None:
+    assert main([*QUIET, "run", "examples/demo.yaml", "--device", "cpu", "--no-progress"]) == 0
+    out = ws / "fovea-demo-run"
+    records = _records(out / "detections.jsonl")
     assert len(records) == 24 and sum(len(r["detections"]) for r in records) > 24
-    with av.open(str(tmp_path / "run" / "annotated.mp4")) as c:
-        assert sum(1 for _ in c.decode(video=0)) == 24
+    assert _frames(out / "annotated.mp4") == 24
+
+
+def _run_live_yaml(ws: Path) -> None:
+    """``fovea live`` in a process of its own (it installs signal handlers), for 6 seconds."""
+    cfg = ws / "examples" / "live.yaml"
+    text = cfg.read_text()
+    assert text.count("port: 9108") == 1
+    cfg.write_text(text.replace("port: 9108", "port: 0"))  # any free port: tests may run side by side
+    seconds = 6.0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *QUIET, "live", "examples/live.yaml",
+                           "--device", "cpu", "--duration", str(seconds)],
+                          cwd=ws, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "live: 2 streams" in proc.stdout
+    with av.open(str(ws / "fovea-demo" / "sample.mp4")) as c:
+        fps = float(c.streams.video[0].average_rate)
+    records = _records(ws / "fovea-live" / "detections.jsonl")
+    for cam in ("cam1", "cam2"):
+        idx = [r["frame_index"] for r in records if r["source"] == cam]
+        assert len(idx) >= fps, f"{cam}: {len(idx)} frames, less than a second of video"
+        assert idx == sorted(set(idx))
+        assert max(idx) > 24, f"{cam}: the 24-frame clip was not looped"
+        assert max(idx) < (seconds + 2) * fps, f"{cam}: frame {max(idx)} in {seconds} s: not paced in real time"
+    assert {r["uri"] for r in records} == {f"file://{ws.resolve() / 'fovea-demo' / 'sample.mp4'}"}
+
+
+RUNS: dict[str, Callable[[Path], None]] = {
+    "demo.yaml": _run_demo_yaml,
+    "job.yaml": _run_job_yaml,
+    "live.yaml": _run_live_yaml,
+}
+
+
+def test_this_test_runs_every_example_file() -> None:
+    found = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+    assert len(found) == 3, found
+    assert found == sorted(RUNS)
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_example_runs_as_written(name: str, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workspace)
+    RUNS[name](workspace)
+
+
+def _readme_commands(section: str | None = None) -> list[str]:
+    """``fovea ...`` commands of the README's bash blocks (of one ``## section``, or all)."""
+    text = README.read_text()
+    if section is not None:
+        start = text.index(f"\n## {section}\n")
+        end = text.find("\n## ", start + 1)
+        text = text[start:end if end != -1 else len(text)]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                if part.strip().startswith("fovea "):
+                    commands.append(part.strip())
+    return commands
+
+
+def test_every_readme_fovea_command_parses(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _readme_commands()
+    assert {shlex.split(c, comments=True)[1] for c in commands} >= {"demo", "run", "live"}
+    parser = build_parser()
+    for command in commands:
+        argv = shlex.split(command, comments=True)[1:]
+        if "--help" in argv:
+            with pytest.raises(SystemExit) as e:
+                parser.parse_args(argv)
+            assert e.value.code == 0, command
+            continue
+        args = parser.parse_args(argv)
+        assert callable(args.func), command
+    capsys.readouterr()
+
+
+def test_the_readme_running_a_job_block_runs_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Each line as written, on the CPU, the demo's clip small; ``--help`` lines print help."""
+    commands = _readme_commands("Running a job")
+    assert len(commands) == 5 and commands[0].startswith("fovea demo")
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        argv = shlex.split(command, comments=True)[1:]
+        if "--help" in argv:
+            with pytest.raises(SystemExit) as e:
+                main(argv)
+            assert e.value.code == 0
+            continue
+        if argv[0] == "demo":
+            argv += DEMO_SMALL
+        else:
+            argv += ["--no-progress"] + ([] if "--device" in argv else ["--device", "cpu"])
+        assert main([*QUIET, *argv]) == 0, command
+    assert len(_records(tmp_path / "fovea-out" / "detections.jsonl")) == 24
+    assert "exit codes" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from pipelines.runner import run_job
 from streams.config import load_config
 from tests.media import SQUARE, pyav_frames, square_position
 
-GOOD = {"landscape": "landscape.mp4", "vp9": "vp9.webm", "portrait": "nested/portrait.mp4"}
+GOOD = {"landscape.mp4": "landscape.mp4", "vp9.webm": "vp9.webm", "nested/portrait.mp4": "nested/portrait.mp4"}
 BAD = {"corrupt.mp4", "empty.mp4", "notes.mkv"}
 
 
@@ -50,7 +50,7 @@ def test_detections_land_on_the_square(cpu_run) -> None:
     checked = 0
     for r in records:
         x1, y1, x2, y2 = square_position(r["frame_index"], r["width"], r["height"])
-        if r["source"] == "vp9":
+        if r["source"] == "vp9.webm":
             continue  # lossy at this size; covered by the H.264 clips
         assert r["detections"], f"{r['source']} frame {r['frame_index']}: no detection"
         best = max(r["detections"], key=lambda d: d["confidence"])
@@ -90,22 +90,89 @@ def test_bad_files_reported_and_skipped(clip_dir: Path, bright_model: Path, tmp_
     assert "FAILED" in text and "corrupt.mp4" in text
 
 
-def test_truncated_file_keeps_decodable_frames(tmp_path: Path, bright_model: Path) -> None:
+def test_truncated_file_keeps_decodable_frames_and_is_reported_incomplete(tmp_path: Path, bright_model: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """An MKV cut at 2/3: its header still announces 60 frames, 36 decode. The 36 records are
+    written (they are real), the file is INCOMPLETE in the summary with both counts, and the
+    job exits 1."""
     from tests.media import write_clip
 
     good = write_clip(tmp_path / "whole.mkv", "libx264", frames=60, width=320, height=240,
                       options={"g": "10"})
     data = good.read_bytes()
-    (tmp_path / "cut.mkv").write_bytes(data[: len(data) * 2 // 3])
-    good.unlink()
-    cfg = load_config(None, {"sources": [str(tmp_path)], "model": str(bright_model),
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "cut.mkv").write_bytes(data[: len(data) * 2 // 3])
+    decodable = pyav_frames(tmp_path / "src" / "cut.mkv")
+    assert 0 < len(decodable) < 60
+    cfg = load_config(None, {"sources": [str(tmp_path / "src")], "model": str(bright_model),
                              "out": str(tmp_path / "o"), "device": "cpu"})
     summary = run_job(cfg, show_progress=False)
     records = _records(tmp_path / "o" / "detections.jsonl")
-    decodable = pyav_frames(tmp_path / "cut.mkv")
-    assert 0 < len(decodable) < 60
-    assert len(records) == len(decodable)
-    assert summary.files_done + len(summary.failures) == 1
+    assert sorted(r["frame_index"] for r in records) == [i for i, _ in decodable]
+    assert not summary.ok and summary.files_done == 0
+    [failure] = summary.failures
+    assert failure.kind == "incomplete" and failure.frames == len(decodable) and failure.expected == 60
+    assert f"decoded {len(decodable)} of the 60 frames" in summary.to_text()
+    assert "INCOMPLETE" in summary.to_text() and "0 done, 1 incomplete, 0 failed" in summary.to_text()
+    code = main(["run", "--source", str(tmp_path / "src"), "--model", str(bright_model), "--out",
+                 str(tmp_path / "o2"), "--device", "cpu", "--no-progress"])
+    assert code == 1
+    assert "INCOMPLETE" in capsys.readouterr().out
+
+
+def test_truncated_mp4_whose_index_promises_more_frames_fails_with_its_frames_kept(
+        tmp_path: Path, bright_model: Path) -> None:
+    """A "fast start" MP4 (index first) cut at 2/5: the index lists 120 frames, the data holds
+    fewer and its last packet is cut. Decoded frames are written; the file is not done."""
+    import av
+
+    from tests.media import render
+
+    clip = tmp_path / "fs.mp4"
+    with av.open(str(clip), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.options = {"g": "10"}
+        for k in range(120):
+            for p in s.encode(av.VideoFrame.from_ndarray(render(k, 320, 240), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    (tmp_path / "src").mkdir()
+    data = clip.read_bytes()
+    (tmp_path / "src" / "cut.mp4").write_bytes(data[: len(data) * 2 // 5])
+    cfg = load_config(None, {"sources": [str(tmp_path / "src")], "model": str(bright_model),
+                             "out": str(tmp_path / "o"), "device": "cpu"})
+    summary = run_job(cfg, show_progress=False)
+    records = _records(tmp_path / "o" / "detections.jsonl")
+    [failure] = summary.failures
+    assert not summary.ok and summary.files_done == 0
+    assert failure.expected == 120 and 0 < failure.frames < 120
+    assert len(records) == failure.frames == summary.frames
+
+
+def test_no_input_opens_no_sink_and_says_so(tmp_path: Path, bright_model: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    code = main(["run", "--source", str(tmp_path / "missing.mp4"), "--model", str(bright_model),
+                 "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert code == 1
+    assert not out.exists(), "outputs were created for a job that processed nothing"
+    text = capsys.readouterr().out
+    assert "no input" in text and "no output was written" in text
+
+
+def test_last_progress_line_agrees_with_the_summary(clip_dir: Path, bright_model: Path, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    cfg = load_config(None, {"sources": [str(clip_dir / "landscape.mp4"), str(clip_dir / "vp9.webm")],
+                             "model": str(bright_model), "out": str(tmp_path), "device": "cpu"})
+    with caplog.at_level(logging.INFO, logger="fovea.progress"):
+        summary = run_job(cfg, show_progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fovea.progress"]
+    assert lines and "(final)" in lines[-1]
+    assert f"2/2 files  {summary.frames} frames" in lines[-1]
 
 
 def test_bad_config_rejected_before_work(tmp_path: Path, capsys) -> None:

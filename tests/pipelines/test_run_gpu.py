@@ -73,9 +73,9 @@ def test_gpu_matches_cpu(gpu_clips: Path, bright_model: Path, tmp_path: Path) ->
     a = _records(tmp_path / "cpu" / "detections.jsonl")
     b = _records(tmp_path / "gpu" / "detections.jsonl")
     assert a.keys() == b.keys()
-    for sid, rel in (("hevc", "hevc.mp4"), ("portrait", "nested/portrait.mp4")):
+    for rel in ("hevc.mp4", "nested/portrait.mp4"):  # a file's source id is its path under the folder
         frames = pyav_frames(gpu_clips / rel)
-        assert sorted((k[1], b[k]["pts"]) for k in b if k[0] == sid) == frames
+        assert sorted((k[1], b[k]["pts"]) for k in b if k[0] == rel) == frames
     mismatched = []
     for key, ra in a.items():
         rb = b[key]
@@ -143,8 +143,8 @@ def test_inference_waits_for_the_gpu_once_per_batch(gpu_clips: Path) -> None:
     import warnings
 
     from engines.factory import ModelInfo
-    from operators.postprocess import PostprocessParams
-    from pipelines.runner import Stage
+    from pipelines.stages import InferenceStage
+    from streams.config import PostprocessConfig
 
     path = gpu_clips / "landscape.mp4"
     info = probe_video(path)
@@ -157,8 +157,8 @@ def test_inference_waits_for_the_gpu_once_per_batch(gpu_clips: Path) -> None:
     waits: list[int] = []
     frames = 0
     with engine, SegmentDecoder([segment], spec, 8, "dali-gpu", device_id=0, stream=stream.cuda_stream) as dec:
-        stage = Stage(engine, ModelInfo(("bright", "dark"), (320, 320), "yolov8"), "yolov8",
-                      PostprocessParams(conf_threshold=0.05, frame_capacity=2048), InPlaceInference(engine))
+        stage = InferenceStage(engine, ModelInfo(("bright", "dark"), (320, 320), "yolov8"), "yolov8",
+                               PostprocessConfig(conf_threshold=0.05, frame_capacity=2048))
         for ev in dec:
             if not isinstance(ev, SegmentBatch):
                 continue
@@ -196,3 +196,44 @@ def test_onnx_without_gpu_engines_runs_on_the_cpu(gpu_clips: Path, tmp_path: Pat
     summary = _run(gpu_clips / "landscape.mp4", path, tmp_path / "o", "cuda")
     assert summary.device == "cpu" and summary.ok
     assert summary.frames == len(pyav_frames(gpu_clips / "landscape.mp4"))
+
+
+def test_truncated_file_on_nvdec_is_incomplete_with_its_frames_kept(tmp_path: Path, bright_model: Path) -> None:
+    """The CPU path's rule on the GPU path: the decoded frames are written, the file is
+    reported incomplete with both counts, the job is not ok."""
+    good = write_clip(tmp_path / "whole.mkv", "libx264", frames=60, width=320, height=240, options={"g": "10"})
+    data = good.read_bytes()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "cut.mkv").write_bytes(data[: len(data) * 2 // 3])
+    decodable = pyav_frames(tmp_path / "src" / "cut.mkv")
+    summary = _run(tmp_path / "src", bright_model, tmp_path / "o", "cuda")
+    assert summary.decoders == {"dali-gpu": 1}, summary.decoders
+    records = _records(tmp_path / "o" / "detections.jsonl")
+    assert sorted(k[1] for k in records) == [i for i, _ in decodable]
+    [failure] = summary.failures
+    assert failure.kind == "incomplete" and failure.frames == len(decodable) and failure.expected == 60
+    assert not summary.ok
+
+
+def test_segments_reach_a_per_source_stage_in_order_on_nvdec(tmp_path: Path, bright_model: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 300-frame clip cut into 30-frame segments over 4 NVDEC sessions and 2 inference threads:
+    the per-source stage still sees frames 0..299 in order, with no gap."""
+    from dataclasses import replace
+
+    import pipelines.runner as runner
+    from tests.pipelines.test_ordering import StrictOrder
+
+    clip = write_clip(tmp_path / "long.mp4", "libx264", frames=300, width=320, height=240, options={"g": "15"})
+    plan_for = runner.decode_plan
+    monkeypatch.setattr(runner, "decode_plan",
+                        lambda *a, **k: replace(plan_for(*a, **k), min_segment=30, batch=8))
+    cfg = load_config(None, {"sources": [str(clip)], "model": str(bright_model), "out": str(tmp_path / "o"),
+                             "device": "cuda"})
+    cfg = replace(cfg, decode=replace(cfg.decode, sessions=4))
+    stage = StrictOrder()
+    job = runner.FileJob(cfg, show_progress=False, stages=[stage])
+    n = sum(len(b) for b in job.batches())
+    assert job.summary.ok and n == 300
+    assert stage.seen["long.mp4"] == list(range(300)) and stage.ended == {"long.mp4": "done"}
+    assert job.summary.reorder_peak > 0

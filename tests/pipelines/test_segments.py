@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from operators.boxes import LetterboxGeometry, letterbox_geometry
-from pipelines.file_source import DecodePlan, FileBatchSource, FileEvent
+from pipelines.file_source import DecodePlan, FileDecodeSource, FileEvent
 from pipelines.preprocess import PreprocessSpec
 from pipelines.segments import Segment, _rebalance, cut_points, plan_segments
 from pipelines.video_decoding import SegmentBatch, SegmentDecoder, SegmentDone
@@ -150,15 +150,19 @@ def test_file_source_splits_a_file_over_sessions(vp9_clip: Path, tmp_path: Path)
                       min_segment=20)
     frames: list[int] = []
     events: dict[str, list[FileEvent]] = {}
-    with FileBatchSource([VideoFile(vp9_clip, "clip"), VideoFile(bad, "bad")], plan) as src:
+    with FileDecodeSource([VideoFile(vp9_clip, "clip"), VideoFile(bad, "bad")], plan) as src:
         while (item := src.read()) is not None:
             if isinstance(item, FileEvent):
                 events.setdefault(item.file.source_id, []).append(item)
             else:
                 frames += [r.frame_index for r in item.rows if r is not None]
     assert sorted(frames) == list(range(95))
-    assert [e.kind for e in events["clip"]] == ["started", "done"]
-    assert events["clip"][1].frames == 95 == events["clip"][1].expected_frames
+    kinds = [e.kind for e in events["clip"]]
+    segments = [e for e in events["clip"] if e.kind == "segment"]
+    assert kinds[0] == "started" and kinds[-1] == "done" and len(segments) == len(kinds) - 2 >= 2
+    assert sorted((e.start, e.frames) for e in segments) == sorted((e.start, e.expected_frames) for e in segments)
+    assert sum(e.frames for e in segments) == 95
+    assert events["clip"][-1].frames == 95 == events["clip"][-1].expected_frames
     assert [e.kind for e in events["bad"]] == ["failed"]
 
 
@@ -167,10 +171,10 @@ def test_file_source_takes_a_probe_started_earlier(vp9_clip: Path) -> None:
     plan = DecodePlan(spec, (64, 64), batch=8, decode_device="cpu", device_id=None, sessions=2, min_segment=20)
     files = [VideoFile(vp9_clip, "clip")]
     frames = 0
-    with FileBatchSource(files, plan, probe=BackgroundProbe([vp9_clip], processes=1)) as src:
+    with FileDecodeSource(files, plan, probe=BackgroundProbe([vp9_clip], processes=1)) as src:
         while (item := src.read()) is not None:
             if not isinstance(item, FileEvent):
                 frames += item.num_valid
     assert frames == 95
     with pytest.raises(ValueError, match="other files"):
-        FileBatchSource(files, plan, probe=BackgroundProbe([], processes=1))
+        FileDecodeSource(files, plan, probe=BackgroundProbe([], processes=1))

@@ -46,11 +46,104 @@ def test_files_globs_directories_and_lists(tmp_path: Path) -> None:
     assert any("missing.mp4" in p.source for p in problems)
 
 
-def test_source_ids_are_unique(tmp_path: Path) -> None:
-    _touch(tmp_path / "cam1" / "clip.mp4")
-    _touch(tmp_path / "cam2" / "clip.mp4")
-    files, _ = expand_sources([SourceEntry(path=str(tmp_path))])
-    assert sorted(f.source_id for f in files) == ["cam1/clip", "cam2/clip"]
+def _ids(entries: list[SourceEntry]) -> dict[str, str]:
+    """Source id -> the file's path relative to the current directory."""
+    files, problems = expand_sources(entries)
+    assert problems == []
+    ids = {f.source_id: str(f.path) for f in files}
+    assert len(ids) == len(files), f"two files share an id: {files}"
+    return ids
+
+
+def test_source_ids_are_paths_below_the_root_with_their_extension(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for f in ("clips/cam1/clip.mp4", "clips/cam2/clip.mp4", "clips/other/unique.mp4", "clips/top.mkv"):
+        _touch(tmp_path / f)
+    expected = {"cam1/clip.mp4": "clips/cam1/clip.mp4", "cam2/clip.mp4": "clips/cam2/clip.mp4",
+                "other/unique.mp4": "clips/other/unique.mp4", "top.mkv": "clips/top.mkv"}
+    # a directory and globs (recursive, or with a wildcard folder) share the root clips/
+    assert _ids([SourceEntry(path="clips")]) == expected
+    assert _ids([SourceEntry(path="clips/")]) == expected
+    assert _ids([SourceEntry(path=str(tmp_path / "clips"))]) == {k: str(tmp_path / v) for k, v in expected.items()}
+    assert _ids([SourceEntry(path="clips/**/*.mp4")]) == {k: v for k, v in expected.items() if k != "top.mkv"}
+    assert _ids([SourceEntry(path="clips/*/clip.mp4")]) == {"cam1/clip.mp4": "clips/cam1/clip.mp4",
+                                                            "cam2/clip.mp4": "clips/cam2/clip.mp4"}
+    # the glob's fixed prefix is the folder before its first wildcard part
+    assert _ids([SourceEntry(path="cl*/cam1/*.mp4")]) == {"clips/cam1/clip.mp4": "clips/cam1/clip.mp4"}
+    # a single file: its name, whatever else the job holds
+    assert _ids([SourceEntry(path="clips/other/unique.mp4")]) == {"unique.mp4": "clips/other/unique.mp4"}
+
+
+def test_same_stem_with_different_extensions_are_two_sources(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _touch(tmp_path / "b" / "x.mp4")
+    _touch(tmp_path / "b" / "x.webm")
+    assert _ids([SourceEntry(path="b")]) == {"x.mp4": "b/x.mp4", "x.webm": "b/x.webm"}
+    assert _ids([SourceEntry(path="b/x.mp4"), SourceEntry(path="b/x.webm")]) == {"x.mp4": "b/x.mp4",
+                                                                                "x.webm": "b/x.webm"}
+
+
+def test_same_names_in_different_folders_are_told_apart_by_their_roots(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for f in ("r1/a/x.mp4", "r2/a/x.mp4", "p/clips/y.mp4", "q/clips/y.mp4", "cam1/clip.mp4", "cam2/clip.mp4"):
+        _touch(tmp_path / f)
+    # a/x.mp4 under two roots: each gets its root's folder name in front
+    assert _ids([SourceEntry(path="r1"), SourceEntry(path="r2")]) == {"r1/a/x.mp4": "r1/a/x.mp4",
+                                                                      "r2/a/x.mp4": "r2/a/x.mp4"}
+    # roots named alike (clips/): as many folders as it takes
+    assert _ids([SourceEntry(path="p/clips"), SourceEntry(path="q/clips")]) == {
+        "p/clips/y.mp4": "p/clips/y.mp4", "q/clips/y.mp4": "q/clips/y.mp4"}
+    # two single files of one name: their folders
+    assert _ids([SourceEntry(path="cam1/clip.mp4"), SourceEntry(path="cam2/clip.mp4")]) == {
+        "cam1/clip.mp4": "cam1/clip.mp4", "cam2/clip.mp4": "cam2/clip.mp4"}
+    # the order of the entries does not change which id a file gets
+    assert _ids([SourceEntry(path="cam2/clip.mp4"), SourceEntry(path="cam1/clip.mp4")]) == {
+        "cam2/clip.mp4": "cam2/clip.mp4", "cam1/clip.mp4": "cam1/clip.mp4"}
+
+
+def test_symlinks_to_one_file_are_one_source(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _touch(tmp_path / "b" / "x.mp4")
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "b" / "x.mp4")
+    (tmp_path / "b" / "again.mp4").symlink_to("x.mp4")
+    assert _ids([SourceEntry(path="link.mp4"), SourceEntry(path="b")]) == {"link.mp4": "link.mp4"}
+    assert _ids([SourceEntry(path="b"), SourceEntry(path="link.mp4")]) == {"again.mp4": "b/again.mp4"}
+
+
+def test_list_file_ids_are_relative_to_its_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _touch(tmp_path / "lists" / "day1" / "a.mp4")
+    _touch(tmp_path / "lists" / "day2" / "a.mp4")
+    _touch(tmp_path / "elsewhere" / "b.mp4")
+    (tmp_path / "lists" / "todo.txt").write_text(f"day1/a.mp4\nday2/\n{tmp_path / 'elsewhere' / 'b.mp4'}\n")
+    files, problems = expand_sources([SourceEntry(list="lists/todo.txt")])
+    assert problems == []
+    assert [f.source_id for f in files] == ["day1/a.mp4", "day2/a.mp4", "b.mp4"]
+
+
+def test_an_explicit_id_wins(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _touch(tmp_path / "b" / "x.mp4")
+    _touch(tmp_path / "b" / "y.mp4")
+    _touch(tmp_path / "c" / "x.mp4")
+    # over the id the directory entry gave the same file first
+    assert _ids([SourceEntry(path="b"), SourceEntry(path="b/x.mp4", id="door")]) == {"door": "b/x.mp4",
+                                                                                    "y.mp4": "b/y.mp4"}
+    # an entry with several files: the prefix of their ids
+    assert _ids([SourceEntry(path="b", id="lobby")]) == {"lobby/x.mp4": "b/x.mp4", "lobby/y.mp4": "b/y.mp4"}
+    # a derived id equal to an explicit one gives way
+    assert _ids([SourceEntry(path="c/x.mp4", id="x.mp4"), SourceEntry(path="b/x.mp4")]) == {
+        "x.mp4": "c/x.mp4", "b/x.mp4": "b/x.mp4"}
+    with pytest.raises(ConfigError, match="'door' to different files"):
+        expand_sources([SourceEntry(path="b/x.mp4", id="door"), SourceEntry(path="c/x.mp4", id="door")])
+    # explicit ids taking every name the folders could give: the derived one is numbered too
+    parts = (tmp_path / "b").parts[1:]
+    taken = ["/".join([*parts[len(parts) - k:], "x.mp4"]) for k in range(len(parts) + 1)]
+    entries = []
+    for i, sid in enumerate(taken):
+        entries.append(SourceEntry(path=str(_touch(tmp_path / f"e{i}" / "x.mp4")), id=sid))
+    ids = _ids([*entries, SourceEntry(path="b/x.mp4")])
+    assert ids[taken[-1] + "~2"] == "b/x.mp4" and len(ids) == len(taken) + 1
 
 
 @pytest.mark.parametrize("raw,key", [
@@ -135,3 +228,88 @@ def test_jsonl_lines_parse_back_to_the_frame_record_exactly() -> None:
                        class_id=np.zeros(0, np.int64))
     for r in (FrameResult(meta, det), FrameResult(meta, empty)):
         assert json.loads(frame_json(r)) == frame_record(r)
+
+
+def test_every_relative_path_in_a_config_follows_its_folder(tmp_path: Path, monkeypatch) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    (conf / "job.yaml").write_text("""
+sources:
+  - clips/
+  - {list: todo.txt}
+  - {path: cam3.mkv, id: cam3}
+  - ~/home.mp4
+  - /abs/clip.mp4
+model: {path: m.onnx, class_names: names.txt}
+engine:
+  tensorrt: {cache_dir: plans, int8_calibration: [calib/a.mp4, /abs/b.mp4]}
+sinks:
+  - {type: jsonl, path: out/detections.jsonl}
+  - {type: csv, path: /abs/out.csv}
+  - {type: video, path: out/annotated/}
+""")
+    cfg = load_config("conf/job.yaml")
+    assert [(s.path, s.list) for s in cfg.sources] == [
+        (str(conf / "clips/"), None), (None, str(conf / "todo.txt")), (str(conf / "cam3.mkv"), None),
+        ("~/home.mp4", None), ("/abs/clip.mp4", None)]
+    assert cfg.model.path == str(conf / "m.onnx")
+    assert cfg.model.class_names == str(conf / "names.txt")
+    assert cfg.engine.tensorrt.cache_dir == str(conf / "plans")
+    assert cfg.engine.tensorrt.int8_calibration == [str(conf / "calib/a.mp4"), "/abs/b.mp4"]
+    assert [s.config.path for s in cfg.sinks] == [str(conf / "out/detections.jsonl"), "/abs/out.csv",
+                                                  str(conf / "out/annotated/")]
+    assert load_config(conf / "job.yaml").engine.tensorrt.cache_dir == str(conf / "plans")  # same from anywhere
+    # the default plan cache stays in the home folder
+    (conf / "plain.yaml").write_text("sources: [a.mp4]\n")
+    assert load_config(conf / "plain.yaml").engine.tensorrt.cache_dir == "~/.cache/fovea/engines"
+
+
+def test_command_line_paths_follow_the_current_directory(tmp_path: Path, monkeypatch) -> None:
+    conf = tmp_path / "conf"
+    work = tmp_path / "work"
+    conf.mkdir()
+    work.mkdir()
+    (conf / "job.yaml").write_text("sources: [clips/]\nmodel: {path: m.onnx}\n"
+                                   "sinks: [{type: jsonl, path: out/d.jsonl}]\n")
+    monkeypatch.chdir(work)
+    cfg = load_config(conf / "job.yaml", {"sources": ["v/a.mp4", {"list": "l.txt"}, "rtsp://cam/1"],
+                                          "model": "n.onnx", "out": "res"})
+    assert [(s.path, s.list, s.uri) for s in cfg.sources] == [
+        (str(work / "v/a.mp4"), None, None), (None, str(work / "l.txt"), None), (None, None, "rtsp://cam/1")]
+    assert cfg.model.path == str(work / "n.onnx")
+    assert [s.config.path for s in cfg.sinks] == [str(work / "res" / "d.jsonl")]
+    assert load_config(conf / "job.yaml", {"model": "default"}).model.path == "default"
+
+
+def test_relative_file_uris_follow_the_config_and_the_command_line(tmp_path: Path, monkeypatch) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    monkeypatch.chdir(tmp_path)
+    (conf / "live.yaml").write_text("""
+sources:
+  - {uri: "file://../clips/a.mp4", id: a}
+  - file:///abs/b.mp4
+  - rtsp://user:pw@cam/1
+""")
+    cfg = load_config(conf / "live.yaml")
+    assert [s.uri for s in cfg.sources] == [f"file://{tmp_path}/clips/a.mp4", "file:///abs/b.mp4",
+                                           "rtsp://user:pw@cam/1"]
+    cli = load_config(conf / "live.yaml", {"sources": ["file://clips/c.mp4"]})
+    assert [s.uri for s in cli.sources] == [f"file://{tmp_path}/clips/c.mp4"]
+
+
+def test_engine_inference_threads_and_the_deprecated_streams_key(caplog: pytest.LogCaptureFixture) -> None:
+    assert parse_config({"sources": ["a.mp4"], "engine": {"inference_threads": 3}}).engine.inference_threads == 3
+    assert parse_config({"sources": ["a.mp4"]}).engine.inference_threads == 2
+    with caplog.at_level("WARNING", logger="streams.config"):
+        cfg = parse_config({"sources": ["a.mp4"], "engine": {"streams": 4}})
+    assert cfg.engine.inference_threads == 4
+    assert [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()] == [
+        "config: engine.streams is deprecated, use engine.inference_threads (same meaning)"]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"sources": ["a.mp4"], "engine": {"streams": 4, "inference_threads": 2}})
+    assert e.value.key == "engine.streams"
+    with pytest.raises(ConfigError) as e:
+        parse_config({"sources": ["a.mp4"], "engine": {"inference_threads": 0}})
+    assert e.value.key == "engine.inference_threads"

@@ -8,14 +8,15 @@ intended; they cannot check what TensorRT itself does with it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engines.tensorrt import builder
 from engines.tensorrt.builder import BuildSpec, EfficientNMSOptions, build_engine
-from streams.config import EngineConfig, PostprocessConfig, TensorRTConfig
 from streams.errors import ConfigError, EngineError, ShapeError
 from tests.engines.tensorrt.trt_standin import (
     PLAN_MAGIC,
@@ -126,10 +127,8 @@ def test_implicit_int8_attaches_a_fed_calibrator_and_writes_its_cache(
     # 5 + 6 + 1 samples rebatched to the opt batch of 4: three batches, nothing dropped.
     batches = [np.random.rand(n, 3, 64, 64).astype(np.float32) for n in (5, 6, 1)]
     staging = CpuStaging()
-    spec = BuildSpec(
-        precision="int8", batch=(1, 4, 8), calibration=batches, calibration_cache=cache
-    )
-    build_engine(detector, spec, staging=staging)
+    spec = BuildSpec(precision="int8", batch=(1, 4, 8), calibration=batches)
+    build_engine(detector, spec, staging=staging, calibration_cache=cache)
 
     config = fake_trt.last_config
     assert config.flags == {BuilderFlag.FP16, BuilderFlag.INT8}
@@ -156,8 +155,8 @@ def test_implicit_int8_reuses_the_calibration_cache(
         return [np.zeros((4, *chw), np.float32)]
 
     staging = CpuStaging()
-    spec = BuildSpec(precision="int8", batch=(1, 4, 8), calibration=source, calibration_cache=cache)
-    build_engine(detector, spec, staging=staging)
+    spec = BuildSpec(precision="int8", batch=(1, 4, 8), calibration=source)
+    build_engine(detector, spec, staging=staging, calibration_cache=cache)
     assert fake_trt.rec.builds[-1]["calibrated"] == 0  # scales from the cache
     assert staging.uploads == []
     assert fed == [(3, 64, 64)]  # the callable gets the resolved input size
@@ -168,7 +167,7 @@ def test_implicit_int8_with_only_a_calibration_cache(
 ) -> None:
     cache = tmp_path / "det.calib"
     cache.write_bytes(b"TRT-8600-EntropyCalibration2\n")
-    build_engine(detector, BuildSpec(precision="int8", calibration_cache=cache))
+    build_engine(detector, BuildSpec(precision="int8"), calibration_cache=cache)
     assert fake_trt.last_config.int8_calibrator is not None
 
 
@@ -204,13 +203,13 @@ def test_timing_cache_is_loaded_from_disk_and_written_back(
     fake_trt: FakeTensorRT, detector: Path, tmp_path: Path
 ) -> None:
     timing = tmp_path / "timing.cache"
-    build_engine(detector, BuildSpec(timing_cache=timing))
+    build_engine(detector, BuildSpec(), timing_cache=timing)
     first = timing.read_bytes()
     assert fake_trt.rec.timing_caches_created == [b""]
     assert fake_trt.rec.set_timing_cache_calls == [(b"", False)]  # ignore_mismatch=False
     assert first == b"TC1\ntactics-of-build-1\n"
 
-    build_engine(detector, BuildSpec(timing_cache=timing, precision="fp32"))
+    build_engine(detector, BuildSpec(precision="fp32"), timing_cache=timing)
     assert fake_trt.rec.timing_caches_created[-1] == first  # created from the persisted bytes
     assert fake_trt.rec.set_timing_cache_calls[-1] == (first, False)
     assert timing.read_bytes() == b"TC1\ntactics-of-build-1\ntactics-of-build-2\n"
@@ -227,7 +226,7 @@ def test_timing_cache_written_meanwhile_by_another_builder_is_merged(
         timing.write_bytes(b"TC1\nold\nfrom-elsewhere\n")
 
     fake_trt.on_build = another_builder_saves
-    build_engine(detector, BuildSpec(timing_cache=timing))
+    build_engine(detector, BuildSpec(), timing_cache=timing)
     assert timing.read_bytes().decode().splitlines() == [
         "TC1",
         "old",
@@ -242,7 +241,7 @@ def test_mismatched_timing_cache_starts_afresh(
     timing = tmp_path / "timing.cache"
     timing.write_bytes(b"TC1\nfrom-another-gpu\n")
     fake_trt.reject_timing_cache = True
-    build_engine(detector, BuildSpec(timing_cache=timing))
+    build_engine(detector, BuildSpec(), timing_cache=timing)
     assert fake_trt.rec.timing_caches_created == [b"TC1\nfrom-another-gpu\n", b""]
     assert timing.read_bytes() == b"TC1\ntactics-of-build-1\n"
 
@@ -275,7 +274,7 @@ def test_failed_build_is_an_engine_error(
     fake_trt.fail_build = True
     timing = tmp_path / "timing.cache"
     with pytest.raises(EngineError, match=r"could not build an engine from .*fp16, batch 1:1:1"):
-        build_engine(detector, BuildSpec(timing_cache=timing))
+        build_engine(detector, BuildSpec(), timing_cache=timing)
     assert not timing.exists()
 
 
@@ -300,26 +299,15 @@ def test_missing_model_file(fake_trt: FakeTensorRT, tmp_path: Path) -> None:
         build_engine(tmp_path / "nope.onnx", BuildSpec())
 
 
-def test_spec_from_config() -> None:
-    engine = EngineConfig(
-        precision="int8",
-        batch_size=12,
-        tensorrt=TensorRTConfig(workspace_mb=512, efficient_nms=True),
-    )
-    post = PostprocessConfig(
-        conf_threshold=0.4, iou_threshold=0.6, max_detections=100, class_agnostic=True
-    )
-    spec = BuildSpec.from_config(engine, input_size=(480, 640), postprocess=post)
-    assert spec.precision == "int8"
-    assert spec.batch == (1, 12, 12)
-    assert spec.input_shape == (3, 480, 640)
-    assert spec.workspace_bytes == 512 << 20
-    assert spec.efficient_nms == EfficientNMSOptions(
-        score_threshold=0.4, iou_threshold=0.6, max_output_boxes=100, class_agnostic=True
-    )
-    explicit = BuildSpec.from_config(EngineConfig(tensorrt=TensorRTConfig(batch=(2, 4, 32))))
-    assert explicit.batch == (2, 4, 32)
-    assert explicit.efficient_nms is None and explicit.input_shape is None
+def test_the_spec_holds_what_to_build_and_nothing_of_the_job() -> None:
+    """The builder's input is the spec alone: no job configuration, no cache locations (the
+    cache keys plans by the spec's fields; where its files live is the cache's business)."""
+    fields = {f.name for f in dataclasses.fields(BuildSpec)}
+    assert fields == {"precision", "batch", "input_shape", "workspace_bytes", "efficient_nms",
+                      "calibration", "calibration_id", "device_index"}
+    assert not hasattr(BuildSpec, "from_config")
+    builder_source = Path(builder.__file__).read_text()
+    assert "streams.config" not in builder_source and "EngineConfig" not in builder_source
 
 
 @pytest.fixture
@@ -350,17 +338,3 @@ def test_tensorrt_11_refuses_fp16_for_an_fp32_model(trt11: FakeTensorRT, detecto
     ):
         build_engine(detector, BuildSpec(precision="fp16"))
     assert trt11.build_count == 0
-
-
-def test_spec_from_config_takes_int8_calibration_videos(tmp_path: Path) -> None:
-    video = tmp_path / "calib.mp4"
-    video.write_bytes(b"not decoded until a calibration is needed")
-    trt_cfg = TensorRTConfig(int8_calibration=[str(video)], calibration_frames=64)
-    spec = BuildSpec.from_config(EngineConfig(precision="int8", tensorrt=trt_cfg))
-    assert callable(spec.calibration)
-    assert spec.calibration_id is not None and spec.calibration_id.startswith("videos-")
-    fp16 = BuildSpec.from_config(EngineConfig(precision="fp16", tensorrt=trt_cfg))
-    assert fp16.calibration is None and fp16.calibration_id is None
-    missing = TensorRTConfig(int8_calibration=[str(tmp_path / "nope.mp4")])
-    with pytest.raises(ConfigError, match="int8_calibration: no such video"):
-        BuildSpec.from_config(EngineConfig(precision="int8", tensorrt=missing))

@@ -1,4 +1,5 @@
-"""INT8 calibration data: re-batching, letterboxing, frames from videos, calibrator object.
+"""INT8 calibration data: re-batching, frames from videos through the caller's frame
+preprocessor (the run path's: the pipeline's letterboxing), calibrator object.
 
 The calibrator's base class comes from TensorRT, which cannot be installed here;
 :class:`trt_standin.FakeTensorRT` stands in for the ``tensorrt`` module.
@@ -14,12 +15,12 @@ import pytest
 from engines.tensorrt.calibrator import (
     calibration_id,
     calibrator_available,
-    letterbox,
     make_entropy_calibrator,
     read_video_frames,
     rebatch,
     video_calibration_source,
 )
+from pipelines.preprocess import HostPreprocessor
 from streams.config import PreprocessConfig
 from streams.errors import ShapeError
 from tests.engines.tensorrt.trt_standin import CpuStaging, FakeTensorRT
@@ -54,6 +55,11 @@ def test_rebatch_accepts_single_images_and_checks_shapes() -> None:
         list(rebatch([np.zeros((1, 3, 4, 5))], 1, (3, 4, 4)))
 
 
+def letterbox(frame: np.ndarray, size: tuple[int, int], pre: PreprocessConfig) -> np.ndarray:
+    """One frame through the frame preprocessor the run path and build-engine supply."""
+    return HostPreprocessor(size, pre)([frame])[0]
+
+
 def test_letterbox_keeps_aspect_and_pads() -> None:
     frame = np.full((40, 80, 3), 255, np.uint8)
     out = letterbox(frame, (64, 64), PreprocessConfig())
@@ -83,9 +89,16 @@ def test_frames_from_videos_are_spread_and_bounded(tmp_path: Path) -> None:
 
 def test_video_source_yields_preprocessed_batches(tmp_path: Path) -> None:
     video = _write_video(tmp_path / "a.mp4", frames=10)
-    source = video_calibration_source([video], max_frames=10, batch_size=4)
-    batches = list(source((3, 32, 32)))
-    assert [b.shape for b in batches] == [(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 32, 32)]
+    sizes: list[tuple[int, int]] = []
+
+    def preprocessor(size: tuple[int, int]) -> HostPreprocessor:
+        sizes.append(size)
+        return HostPreprocessor(size, PreprocessConfig(), max_batch=4)
+
+    source = video_calibration_source([video], max_frames=10, preprocessor=preprocessor, batch_size=4)
+    batches = list(source((3, 32, 48)))
+    assert [b.shape for b in batches] == [(4, 3, 32, 48), (4, 3, 32, 48), (2, 3, 32, 48)]
+    assert sizes == [(32, 48)]  # one preprocessor, for the engine's (H, W)
     with pytest.raises(ShapeError, match="3-channel"):
         list(source((1, 32, 32)))
 

@@ -1,4 +1,5 @@
-"""Lazy imports, missing-dependency messages and ``fovea build-engine``.
+"""Lazy imports, missing-dependency messages, ``fovea build-engine`` and the run path's
+:func:`engines.tensorrt.open_tensorrt_engine`.
 
 Where a test needs TensorRT it uses :class:`trt_standin.FakeTensorRT`, a recording
 stand-in for the ``tensorrt`` module (TensorRT cannot be installed here); the
@@ -23,12 +24,12 @@ from engines.tensorrt._imports import (
     import_tensorrt,
     trt_logger,
 )
-from engines.tensorrt.builder import BuildSpec, build_engine
+from engines.tensorrt.builder import BuildSpec, EfficientNMSOptions, build_engine
 from engines.tensorrt.cache import build_cached_plan
-from engines.tensorrt.cli import add_build_engine_parser, build_engine_command, main
 from engines.tensorrt.runtime import TensorRTEngine
-from streams.config import EngineConfig, PostprocessConfig, TensorRTConfig
-from streams.errors import MissingDependencyError
+from pipelines.build_engine_cli import add_parser, build_engine_command, build_spec, main
+from streams.config import EngineConfig, PostprocessConfig, PreprocessConfig, TensorRTConfig
+from streams.errors import ConfigError, EngineError, MissingDependencyError
 from tests.engines.tensorrt.trt_standin import (
     PLAN_MAGIC,
     CpuCuda,
@@ -47,7 +48,7 @@ def test_importing_the_package_imports_neither_tensorrt_nor_pycuda() -> None:
         "import sys\n"
         "import engines.tensorrt, engines.tensorrt.builder, engines.tensorrt.cache\n"
         "import engines.tensorrt.calibrator, engines.tensorrt.nms_surgery\n"
-        "import engines.tensorrt.runtime, engines.tensorrt.cli\n"
+        "import engines.tensorrt.runtime, pipelines.build_engine_cli\n"
         "bad = [m for m in ('tensorrt', 'pycuda', 'pycuda.driver', 'av') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -101,7 +102,7 @@ def test_cli_without_tensorrt_prints_one_line_and_exits_3(
 
 def _cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fovea")
-    add_build_engine_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
@@ -277,3 +278,101 @@ def test_run_path_lowers_fp16_to_fp32_on_tensorrt_11(
     assert "building an FP32 engine" in caplog.text
     sidecar = json.loads(next(tmp_path.glob("det-*.json")).read_text())
     assert sidecar["fields"]["precision"] == "fp32"  # the key says what was built
+
+
+def _spec_of_run_path(monkeypatch: pytest.MonkeyPatch, *args: object, **kwargs: object) -> BuildSpec:
+    """The BuildSpec open_tensorrt_engine hands the cache (load_or_build stubbed out)."""
+    seen: list[BuildSpec] = []
+    monkeypatch.setattr("engines.tensorrt.load_or_build", lambda path, spec, *a, **k: seen.append(spec))
+    open_tensorrt_engine(*args, **kwargs)  # type: ignore[arg-type]
+    (spec,) = seen
+    return spec
+
+
+def test_the_run_path_makes_the_spec_from_the_job_config(
+    fake_trt: FakeTensorRT, detector: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = EngineConfig(precision="fp32", batch_size=12,
+                          tensorrt=TensorRTConfig(workspace_mb=512, efficient_nms=True))
+    post = PostprocessConfig(conf_threshold=0.4, iou_threshold=0.6, max_detections=100, class_agnostic=True)
+    spec = _spec_of_run_path(monkeypatch, detector, engine, "cuda:1", (480, 640), postprocess=post)
+    assert spec == BuildSpec(
+        precision="fp32", batch=(1, 12, 12), input_shape=(3, 480, 640), workspace_bytes=512 << 20,
+        efficient_nms=EfficientNMSOptions(score_threshold=0.4, iou_threshold=0.6, max_output_boxes=100,
+                                          class_agnostic=True),
+        device_index=1,
+    )
+    explicit = _spec_of_run_path(monkeypatch, detector, EngineConfig(tensorrt=TensorRTConfig(batch=(2, 4, 32))),
+                                 "cuda:0")
+    assert explicit.batch == (2, 4, 32)
+    assert explicit.efficient_nms is None and explicit.input_shape is None
+
+
+def _write_video(path: Path, frames: int = 6) -> Path:
+    from tests.media import write_clip
+
+    return write_clip(path, "libx264", frames=frames, width=96, height=64)
+
+
+def test_the_run_path_calibrates_int8_through_the_callers_preprocessor(
+    fake_trt: FakeTensorRT, h200: None, detector: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engines does not import pipelines: the frame preprocessor comes from the caller."""
+    import numpy as np
+
+    from tests.engines.tensorrt.trt_standin import CpuStaging
+
+    monkeypatch.setattr("engines.tensorrt.builder.default_staging", lambda index: CpuStaging())
+    video = _write_video(tmp_path / "calib.mp4")
+    sizes: list[tuple[int, int]] = []
+    frames_seen: list[int] = []
+
+    def preprocessor(size: tuple[int, int]):  # type: ignore[no-untyped-def]
+        sizes.append(size)
+
+        def prepare(frames):  # type: ignore[no-untyped-def]
+            frames_seen.append(len(frames))
+            return np.zeros((len(frames), 3, *size), np.float32)
+
+        return prepare
+
+    cfg = EngineConfig(precision="int8", batch_size=2,
+                       tensorrt=TensorRTConfig(cache_dir=str(tmp_path / "c"), int8_calibration=[str(video)],
+                                               calibration_frames=4))
+    open_tensorrt_engine(detector, cfg, "cuda:0", (64, 64), preprocess=PreprocessConfig(),
+                         frame_preprocessor=preprocessor, cuda=CpuCuda())
+    assert sizes == [(64, 64)] and sum(frames_seen) == 4
+    assert fake_trt.rec.builds[-1]["calibrated"] > 0
+    sidecar = json.loads(next((tmp_path / "c").glob("det-*.json")).read_text())
+    assert sidecar["fields"]["calibration_id"].startswith("videos-")
+    with pytest.raises(EngineError, match="frame preprocessor"):
+        open_tensorrt_engine(detector, cfg, "cuda:0", (64, 64), cuda=CpuCuda())
+    missing = EngineConfig(precision="int8", tensorrt=TensorRTConfig(int8_calibration=[str(tmp_path / "nope.mp4")]))
+    with pytest.raises(ConfigError, match="int8_calibration: no such video"):
+        open_tensorrt_engine(detector, missing, "cuda:0", (64, 64), frame_preprocessor=preprocessor, cuda=CpuCuda())
+
+
+def test_build_engine_spec_from_arguments(tmp_path: Path) -> None:
+    """The command makes its BuildSpec from its arguments, calibrating with the pipeline's
+    own preprocessing (pipelines.preprocess.HostPreprocessor)."""
+    from pipelines.preprocess import HostPreprocessor
+
+    video = _write_video(tmp_path / "calib.mp4", frames=3)
+    args = _cli(["build-engine", "m.onnx", "--precision", "int8", "--batch", "1:8:16", "--input-size", "480x640",
+                 "--workspace-mb", "64", "--calib", str(video), "--calib-frames", "3", "--efficient-nms",
+                 "--conf-threshold", "0.3", "--device", "cuda:2"])
+    spec = build_spec(args)
+    assert (spec.precision, spec.batch, spec.input_shape) == ("int8", (1, 8, 16), (3, 480, 640))
+    assert spec.workspace_bytes == 64 << 20 and spec.device_index == 2
+    assert spec.efficient_nms == EfficientNMSOptions(score_threshold=0.3)
+    assert spec.calibration_id is not None and spec.calibration_id.startswith("videos-")
+    assert callable(spec.calibration)
+    batches = list(spec.calibration((3, 32, 48)))
+    expected = HostPreprocessor((32, 48), PreprocessConfig())
+    from engines.tensorrt.calibrator import read_video_frames
+
+    assert len(batches) == 1
+    np_testing = pytest.importorskip("numpy").testing
+    np_testing.assert_array_equal(batches[0], expected(list(read_video_frames([video], 3))))
+    fp16 = build_spec(_cli(["build-engine", "m.onnx", "--calib", str(video)]))
+    assert fp16.calibration is None and fp16.calibration_id is None and fp16.batch == (1, 16, 16)

@@ -143,3 +143,16 @@ def test_make_clips(tmp_path) -> None:
     gts = [load_ground_truth(p) for p in paths]
     assert [(g.width, g.height) for g in gts] == [(96, 64), (64, 96), (96, 64)]
     assert all(len(b) == 0 for b in gts[1].boxes[:2])
+
+
+def test_public_names_and_light_import() -> None:
+    """Every exported name resolves, and rendering needs neither PyAV nor torch at import."""
+    import subprocess
+    import sys
+
+    import streams.synthetic
+
+    assert all(hasattr(streams.synthetic, name) for name in streams.synthetic.__all__)
+    code = "import sys, streams.synthetic; print(sorted({'av', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -12,19 +12,25 @@ for a bad setting (batch profile, device, calibration videos) and for argparse's
 errors, 4 when the engine cannot be built (unparsable model, shapes, build failure), 1
 for anything else (a plan that cannot be written).
 
-Wiring into the main parser::
+The arguments make one :class:`engines.tensorrt.builder.BuildSpec`, built here; INT8
+calibration frames (``--calib``) go through the pipeline's own preprocessing
+(:class:`pipelines.preprocess.HostPreprocessor`, default ``preprocess:`` settings), which
+is why this command lives in ``pipelines`` and not beside the builder in ``engines``.
+
+Wiring into the main parser (the ``fovea.commands`` entry point ``build-engine``)::
 
     sub = parser.add_subparsers(dest="command")
-    add_build_engine_parser(sub)          # sets func=build_engine_command
+    add_parser(sub)                       # sets func=build_engine_command
     args = parser.parse_args()
     sys.exit(args.func(args))
 
-Standalone: ``python -m engines.tensorrt.cli MODEL.onnx ...``.
+Standalone: ``python -m pipelines.build_engine_cli MODEL.onnx ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import sys
@@ -34,7 +40,10 @@ from typing import Any
 from engines.tensorrt._cuda import device_index
 from engines.tensorrt._fs import atomic_write_bytes
 from engines.tensorrt._imports import import_tensorrt
-from streams.config import EngineConfig, PostprocessConfig, TensorRTConfig
+from engines.tensorrt.builder import BuildSpec, EfficientNMSOptions
+from engines.tensorrt.calibrator import CalibrationSource, video_calibration
+from pipelines.preprocess import HostPreprocessor
+from streams.config import EngineConfig, PostprocessConfig, PreprocessConfig, TensorRTConfig
 from streams.errors import ConfigError, EngineError, FoveaError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -43,17 +52,17 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-EXIT_MISSING_DEPENDENCY = 3
+EXIT_MISSING_DEP = 3
 EXIT_ENGINE = 4
 
 _PROG = "fovea build-engine"
 
 
-def add_build_engine_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``build-engine`` subcommand to ``subparsers`` (from ``add_subparsers``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "build-engine",
-        help="build or reuse the cached TensorRT plan of an ONNX model",
+        help="build or reuse an ONNX model's cached TensorRT plan",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     _add_arguments(parser)
@@ -110,22 +119,10 @@ def build_engine_command(args: argparse.Namespace) -> int:
     """Run ``fovea build-engine`` with parsed ``args``; returns the exit status."""
     try:
         import_tensorrt("Building a TensorRT engine")  # fail fast, before decoding videos
-        from engines.tensorrt.builder import BuildSpec
         from engines.tensorrt.cache import build_cached_plan
 
-        spec = BuildSpec.from_config(
-            _engine_config(args),
-            input_size=args.input_size,
-            postprocess=PostprocessConfig(
-                conf_threshold=args.conf_threshold,
-                iou_threshold=args.iou_threshold,
-                max_detections=args.max_detections,
-                class_agnostic=args.class_agnostic,
-            ),
-            device_index=device_index(args.device, "--device"),
-        )
         cached = build_cached_plan(
-            args.model, spec, args.cache_dir, timing_cache=not args.no_timing_cache
+            args.model, build_spec(args), args.cache_dir, timing_cache=not args.no_timing_cache
         )
         plan = cached.path
         if args.output:
@@ -139,7 +136,7 @@ def build_engine_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     except MissingDependencyError as e:
         _error(e)
-        return EXIT_MISSING_DEPENDENCY
+        return EXIT_MISSING_DEP
     except ConfigError as e:
         _error(e)
         return EXIT_CONFIG
@@ -152,7 +149,7 @@ def build_engine_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m engines.tensorrt.cli``."""
+    """Entry point of ``python -m pipelines.build_engine_cli``."""
     parser = argparse.ArgumentParser(
         prog=_PROG, description=__doc__.split("\n\n")[0] if __doc__ else None
     )
@@ -160,20 +157,31 @@ def main(argv: list[str] | None = None) -> int:
     return build_engine_command(parser.parse_args(argv))
 
 
-def _engine_config(args: argparse.Namespace) -> EngineConfig:
+def build_spec(args: argparse.Namespace) -> BuildSpec:
+    """The :class:`BuildSpec` the parsed arguments describe (``--calib`` videos are checked,
+    not decoded: that happens only if TensorRT asks for calibration batches)."""
     if args.calib and args.precision != "int8":
         log.warning("--calib is only used with --precision int8; ignoring it")
-    return EngineConfig(
+    calibration: CalibrationSource | None = None
+    calib_id: str | None = None
+    if args.calib and args.precision == "int8":
+        pre = PreprocessConfig()
+        calibration, calib_id = video_calibration(args.calib, args.calib_frames, pre,
+                                                  functools.partial(HostPreprocessor, options=pre))
+    nms = None
+    if args.efficient_nms:
+        nms = EfficientNMSOptions(score_threshold=args.conf_threshold, iou_threshold=args.iou_threshold,
+                                  max_output_boxes=args.max_detections, class_agnostic=args.class_agnostic)
+    batch_size = EngineConfig().batch_size
+    return BuildSpec(
         precision=args.precision,
-        tensorrt=TensorRTConfig(
-            cache_dir=args.cache_dir,
-            workspace_mb=args.workspace_mb,
-            batch=args.batch,
-            int8_calibration=args.calib,
-            calibration_frames=args.calib_frames,
-            efficient_nms=args.efficient_nms,
-            timing_cache=not args.no_timing_cache,
-        ),
+        batch=args.batch or (1, batch_size, batch_size),
+        input_shape=(3, *args.input_size) if args.input_size else None,
+        workspace_bytes=args.workspace_mb << 20,
+        efficient_nms=nms,
+        calibration=calibration,
+        calibration_id=calib_id,
+        device_index=device_index(args.device, "--device"),
     )
 
 
