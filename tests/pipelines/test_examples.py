@@ -115,7 +115,20 @@ def _run_live_yaml(ws: Path) -> None:
     assert {r["uri"] for r in records} == {f"file://{ws.resolve() / 'fovea-demo' / 'sample.mp4'}"}
 
 
+def _run_api_py(ws: Path) -> None:
+    """The Python API example, as a user runs it (``python examples/api.py``), on the CPU."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "examples/api.py"], cwd=ws, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("24 frames, detections per label: {") and first != "24 frames, detections per label: {}"
+    assert "1 done, 0 incomplete, 0 failed" in proc.stdout
+
+
 RUNS: dict[str, Callable[[Path], None]] = {
+    "api.py": _run_api_py,
     "demo.yaml": _run_demo_yaml,
     "job.yaml": _run_job_yaml,
     "live.yaml": _run_live_yaml,
@@ -123,9 +136,22 @@ RUNS: dict[str, Callable[[Path], None]] = {
 
 
 def test_this_test_runs_every_example_file() -> None:
-    found = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
-    assert len(found) == 3, found
+    found = sorted(p.name for p in EXAMPLES.iterdir() if p.is_file())
+    assert len(found) == 4, found
     assert found == sorted(RUNS)
+
+
+def test_the_readme_python_api_block_runs_as_written(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    text = README.read_text()
+    start = text.index("\n## Python API\n")
+    [block] = re.findall(r"```python\n(.*?)```", text[start:text.find("\n## ", start + 1)], re.S)
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    exec(compile(block, "README.md (Python API)", "exec"), {})
+    out = capsys.readouterr().out
+    assert "sample.mp4 0 0.0" in out and "files: 1 done" in out
+    assert (workspace / "fovea-out" / "detections.jsonl").exists()
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
