@@ -128,12 +128,6 @@ def _blank_batch(engine: Engine, batch: int, size: tuple[int, int]) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if engine.input_layout == "NHWC" else x
 
 
-def _probe_output_shapes(engine: Engine, size: tuple[int, int]) -> list[tuple[int | None, ...]]:
-    """Output shapes from one inference on a blank batch (for models with symbolic dims)."""
-    outs = engine.infer({engine.inputs[0].name: _blank_batch(engine, 1, size)})
-    return [tuple(outs[o.name].shape) for o in engine.outputs]
-
-
 def open_sinks(cfg: JobConfig, stack: contextlib.ExitStack) -> list[Sink]:
     """Create and enter every configured sink."""
     return [stack.enter_context(SINKS.create(s)) for s in cfg.sinks]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from engines._messages import reason
 from streams.errors import EngineError, ShapeError
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -48,7 +49,7 @@ def load_header(path: str | Path) -> onnx.ModelProto:
     except FileNotFoundError as e:
         raise EngineError(f"{path}: no such ONNX file") from e
     except Exception as e:  # onnx raises DecodeError and friends for non-ONNX files
-        raise EngineError(f"{path}: not a readable ONNX model ({e})") from e
+        raise EngineError(f"{path}: not a readable ONNX model ({reason(e)})") from e
 
 
 def model_input(model: onnx.ModelProto, source: str | Path = "model") -> ModelInput:
