@@ -7,13 +7,13 @@ something else is an EngineError naming the model (``source``).
 
 CUDA graphs and zero copy
     A CUDA graph reads its input from the address it was captured with, and a capture
-    must not overlap other threads' CUDA work (DALI's decoders, other sessions): on an
-    H200 that fails the capture or DALI's work (cudaErrorStreamCaptureIsolation). So a
+    must not overlap other threads' CUDA work (DALI's decoders, other sessions): that
+    fails the capture or DALI's work (cudaErrorStreamCaptureIsolation). So a
     job captures before any decoding starts: :meth:`TorchEngine.capture_graphs` records
     one graph per inference stream, each reading its own static input buffer, and
     :meth:`TorchEngine.close_captures` forbids captures from then on. A batch on one of
-    those streams is then copied into that stream's buffer (one device copy, about 0.1 ms
-    for 64 frames of 640x640 FP16 on an H200) and the graph replayed: a few host calls per
+    those streams is then copied into that stream's buffer (one device-to-device copy,
+    small next to the inference itself) and the graph replayed: a few host calls per
     batch instead of hundreds of kernel launches, which leaves the GIL to the decode
     threads. A smaller batch (a live job's partial batch) is copied into the buffer's
     first rows and the whole graph replayed; its outputs are those rows (the other rows'
@@ -30,10 +30,11 @@ CUDA graphs and zero copy
 torch.compile
     With ``compile_mode`` (``"default"`` or ``"max-autotune-no-cudagraphs"``: the engine
     captures its own graphs), the graphs :meth:`TorchEngine.capture_graphs` records run
-    inductor's fused kernels: YOLOv8n at 640x640, batch 64, FP16 on an H200 went from
-    6,839 fps eager to 12,482 (default) and 14,158 (max-autotune). Compiling takes seconds
-    to minutes (inductor caches it on disk); batches of other shapes run the uncompiled
-    model eagerly.
+    inductor's fused kernels: fewer, larger kernels and fewer round trips through GPU
+    memory than the eager model (about one kernel per op), so the engine runs faster
+    (max-autotune a little faster still, for a longer compile; figures in
+    benchmarks/RESULTS.md). Compiling takes seconds to minutes (inductor caches it on
+    disk); batches of other shapes run the uncompiled model eagerly.
 
 Usage::
 

@@ -1,11 +1,11 @@
 """The bounded queue between the decode sessions and inference: a free slot goes to the
 session furthest behind.
 
-When inference is the slower side (HEVC on an H200: the decode sessions spend most of
-the job waiting for room in the queue), which session gets the next free slot decides
-which session advances. :class:`queue.Queue` leaves that to chance: a waiter woken for a
-slot can lose it to a thread that just arrived, and a waiter that times out and retries
-joins the back of the line. Sessions with equal shares of the work then finish seconds
+When inference is the slower side (the decode sessions then spend most of the job waiting
+for room in the queue; benchmarks/RESULTS.md shows when that happens), which session gets
+the next free slot decides which session advances. :class:`queue.Queue` leaves that to
+chance: a waiter woken for a slot can lose it to a thread that just arrived, and a waiter
+that times out and retries joins the back of the line. Sessions with equal shares of the work then finish seconds
 apart, and the last ones run alone, too few to keep the engine fed.
 
 :class:`BehindFirstQueue` hands each free slot to the waiting producer with the most

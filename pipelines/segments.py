@@ -8,19 +8,19 @@ dealt out longest first to the least-loaded session (LPT scheduling), and each s
 reads its segments through one reader (a ``file_list`` with ``start end`` frame ranges).
 Cutting at keyframes means no frame is decoded twice.
 
-LPT leaves the loads up to about one segment apart (on the 28-file H.264 benchmark workload:
-25,440-26,280 frames a session, 3 % of an 87 s job, which the sessions then finish apart).
-A rebalancing pass then cuts a piece off one of the most-loaded session's segments at a
-keyframe and hands it to a lighter session reading the same geometry (the piece and the
-receiver chosen so the pair ends up most even), counting each extra segment as
+LPT leaves the loads up to about one segment apart, and the sessions would finish that far
+apart. A rebalancing pass then cuts a piece off one of the most-loaded session's segments
+at a keyframe and hands it to a lighter session reading the same geometry (the piece and
+the receiver chosen so the pair ends up most even), counting each extra segment as
 ``switch_cost`` frames (a reader opening another file range costs about that much decoding
-time), until no move shortens the longest session.
+time; the default is an estimate, see benchmarks/RESULTS.md), until no move shortens the
+longest session.
 
 The plan is fixed before decoding, one pipeline per session, because reader pipelines are
-expensive beyond their own build: on an H200 (benchmarks/RESULTS.md, session 6) fourteen
-sessions decoding eight pipelines each in turn made 2,727 fps against 3,846 with one each,
-and starting each next pipeline early made 2,462. Work pools that hand out units as sessions
-free up (evening out the 1.4-2.4 s finish spread) lost more to pipeline builds than they won.
+expensive beyond their own build: sessions that decode several pipelines in turn (even with
+the next one started early) decode markedly slower than sessions with one long-lived
+pipeline each, and work pools that hand out units as sessions free up lose more to
+pipeline builds than an even finish wins back (see benchmarks/RESULTS.md).
 
 Usage::
 

@@ -94,11 +94,11 @@ class DecodedBatch:
 def preload_dali() -> threading.Thread:
     """Import DALI in a daemon thread, so that a job's first pipeline build does not.
 
-    Importing ``nvidia.dali`` takes 0.35-0.4 s on the H200 machine (0.5-0.8 s on a 2-core
-    CPU machine). Otherwise the first decode session pays it after the job's clock started,
-    while the other sessions wait for it on the import lock. ``fovea run`` starts this with
-    the probe, while it loads the model. A missing or broken DALI is not reported here: the
-    pipeline that needs it reports it.
+    Importing ``nvidia.dali`` takes a noticeable fraction of a second. Otherwise the first
+    decode session pays it after the job's clock started, while the other sessions wait for
+    it on the import lock. ``fovea run`` starts this with the probe, while it loads the
+    model. A missing or broken DALI is not reported here: the pipeline that needs it
+    reports it.
 
     Usage::
 

@@ -7,14 +7,14 @@ Modules:
   output items :class:`LiveFrame` (CPU decode) and :class:`GopBuffer` (GPU decode)
 * :mod:`streams.live.rtsp`    :class:`RtspSource`, one reader thread per camera, composed of:
 
-  * :mod:`streams.live.connection` open with timeouts, watchdog, states, reconnect loop
+  * :mod:`streams.live.connection`      open with timeouts, watchdog, states, reconnect loop
     with :class:`Backoff`
-  * :mod:`streams.live.demux`      video track, packets (files paced), Annex-B, frame
+  * :mod:`streams.live.demux`           video track, packets (files paced), Annex-B, frame
     numbering and :class:`~streams.live.demux.PtsClock`
-  * :mod:`streams.live.decode`     packets -> frames: CPU (PyAV, RGB) or the injected
+  * :mod:`streams.live.packet_decoding` packets -> frames: CPU (PyAV, RGB) or the injected
     packet decoder (NVDEC)
-  * :mod:`streams.live.gop`        GOP assembly into self-contained buffers
-  * :mod:`streams.live.stats`      counters and frame rate of a source
+  * :mod:`streams.live.gop`             GOP assembly into self-contained buffers
+  * :mod:`streams.live.stats`           counters and frame rate of a source
 
 * :mod:`streams.live.batcher` :class:`Batcher`, nvstreammux-like round-robin batching
 * :mod:`streams.live.drops`   :class:`~streams.live.drops.DropLog`, dropped frame indices

@@ -5,10 +5,10 @@ and keep no decoder state between buffers. :class:`GopAssembler` collects the ac
 of one GOP and completes it when the next keyframe arrives; a GOP longer than
 ``max_gop_frames`` is cut and the rest skipped until the next keyframe; the packets before a
 session's first keyframe are skipped. :class:`GopOutput` is the session output around it
-(same calls as :mod:`streams.live.decode`'s): Annex-B conversion, frame numbering, the frame
-size (probed from the first buffer when the stream did not tell it) and one
-:class:`~streams.live.types.GopBuffer` per GOP. A session that ends mid-GOP emits what it
-has: a GOP prefix is still decodable.
+(same calls as :mod:`streams.live.packet_decoding`'s): Annex-B conversion, frame
+numbering, the frame size (probed from the first buffer when the stream did not tell it)
+and one :class:`~streams.live.types.GopBuffer` per GOP. A session that ends mid-GOP emits
+what it has: a GOP prefix is still decodable.
 
 Usage::
 

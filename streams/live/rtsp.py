@@ -15,8 +15,9 @@ The source is a composition of units with one job each:
   the reconnect loop with backoff;
 * :mod:`streams.live.demux`: the video track, its packets (files paced and looped), Annex-B
   conversion, frame numbering and the pts clock;
-* :mod:`streams.live.decode` (CPU decode, packet decoder) and :mod:`streams.live.gop` (GOP
-  assembly): one output per session, made here for the source's mode;
+* :mod:`streams.live.packet_decoding` (CPU decode, packet decoder) and
+  :mod:`streams.live.gop` (GOP assembly): one output per session, made here for the
+  source's mode;
 * :mod:`streams.live.stats`: the counters and frame rate behind :meth:`RtspSource.stats`.
 
 What this module adds is one session's read loop: packets before the session's first
@@ -57,9 +58,9 @@ from streams.live.connection import (
     StateMachine,
     classify_error,
 )
-from streams.live.decode import CpuDecoder, FrameEmitter, PacketDecoding
 from streams.live.demux import GOP_FORMATS, AnnexB, FrameStamper, PacketReader, PtsClock, Track, open_track
 from streams.live.gop import GopOutput
+from streams.live.packet_decoding import CpuDecoder, FrameEmitter, PacketDecoding
 from streams.live.stats import RateMeter, SourceStats
 from streams.live.types import DecoderFactory, LiveItem, StreamSpec, StreamState, StreamStats
 
@@ -69,7 +70,7 @@ log = logging.getLogger(__name__)
 
 
 class _SessionOutput(Protocol):
-    """What a session's packets go to (:mod:`streams.live.decode`, :mod:`streams.live.gop`)."""
+    """What a session's packets go to (:mod:`streams.live.packet_decoding`, :mod:`streams.live.gop`)."""
 
     def packet(self, packet: Any, arrival: float) -> bool: ...
 

@@ -1,14 +1,14 @@
 """A sink run in a process of its own: formatting off the job's GIL.
 
-Formatting a frame's JSON line costs ~70-100 µs of Python (YOLOv8n, ~23 detections a frame).
-At several thousand frames a second, in the job's process, that holds the GIL for 40 % of
-the time and slows every thread that feeds the GPU (measured on an H200: HEVC end to end
-+7-10 % with the sink's formatting gone). :class:`ProcessSink` hands each batch as one
-compact message (~4 µs a frame: the metadata as tuples, the detections of the batch
-concatenated into three arrays) to a process of its own (``python -m
-streams.sinks.process``), where the plugin itself, built from the same config with
-``writer: inline``, writes it. Order is kept; each batch is still flushed as whole
-lines, so a crash of either process leaves a valid file.
+Formatting a frame's JSON line is pure Python, paid for every frame and every detection.
+At the frame rates of a GPU job, doing it in the job's process holds the GIL for a large
+share of the time, and every thread that feeds the GPU (decode sessions, inference
+threads) waits for it (the figures are in benchmarks/RESULTS.md). :class:`ProcessSink`
+hands each batch as one compact message (the metadata as tuples, the detections of the
+batch concatenated into three arrays: far cheaper to build than the formatted lines) to a
+process of its own (``python -m streams.sinks.process``), where the plugin itself, built
+from the same config with ``writer: inline``, writes it. Order is kept; each batch is
+still flushed as whole lines, so a crash of either process leaves a valid file.
 
 Errors: a child that cannot open its output fails :meth:`ProcessSink.__enter__` with the
 child's :class:`~streams.errors.SinkError` message; a write error in the child, or the

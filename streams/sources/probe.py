@@ -177,16 +177,15 @@ def _probe_or_reason(path: Path) -> VideoInfo | tuple[str, str]:
 def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 512 << 20) -> list[VideoInfo | SourceError]:
     """Probe ``paths``; each result is the :class:`VideoInfo` or the :class:`SourceError`.
 
-    Probing costs about 0.9 s per GB of video here (H200 machine: 1.1 GB of 1080p H.264,
-    70k packets, 0.98 s; 0.46 GB of HEVC, 70k packets, 0.18 s), mostly under the GIL. When
-    four or more files hold at least ``parallel_bytes`` together (default 512 MiB, where
-    workers start to pay), the probes run in up to ``processes`` worker processes started
-    as ``python -m streams.sources.probe``: they import PyAV and this module only (0.6 s on a 2-core
-    CPU machine), not the parent's ``__main__``, which ``multiprocessing``'s spawn would
-    re-import (torch and DALI under ``fovea run`` or the benchmark: 2.6 s before the first
-    probe). Measured: 1.1 GB in
-    0.57-0.64 s, 3.2 GB in 0.62-0.88 s (2.06 s in one process). A worker that cannot start
-    or fails is logged and its files are probed here.
+    Probing demuxes every packet, so its cost grows with the size of the files, and it runs
+    mostly under the GIL, so threads would not share it out. When four or more files hold
+    at least ``parallel_bytes`` together (default 512 MiB: below that, starting workers
+    costs more than it saves; see benchmarks/RESULTS.md), the probes run in up to
+    ``processes`` worker processes started as ``python -m streams.sources.probe``: they
+    import PyAV and this module only, not the parent's ``__main__``, which
+    ``multiprocessing``'s spawn would re-import (torch and DALI under ``fovea run`` or the
+    benchmark, whose import alone would cost more than the probing it takes over). A worker
+    that cannot start or fails is logged and its files are probed here.
     """
     results: list[VideoInfo | tuple[str, str]]
     n = min(processes, len(paths), os.cpu_count() or 1)
@@ -200,10 +199,10 @@ def probe_many(paths: list[Path], processes: int = 8, parallel_bytes: int = 512 
 class BackgroundProbe:
     """:func:`probe_many` in a daemon thread, started early so probing overlaps other setup.
 
-    A job knows its files before it loads its model; probing them meanwhile takes the
-    probe (0.5-0.9 s for 1 GB of 1080p video on the H200 machine) off the decode side's
-    start. A job that fails to set up still waits for it (:meth:`join`) before it exits: a process
-    that exits while this thread is inside FFmpeg can abort instead of exiting cleanly.
+    A job knows its files before it loads its model; probing them meanwhile overlaps the
+    probe with model loading, so the decode side does not wait for it at its start. A job
+    that fails to set up still waits for it (:meth:`join`) before it exits: a process that
+    exits while this thread is inside FFmpeg can abort instead of exiting cleanly.
 
     Usage::
 
