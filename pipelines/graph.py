@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
+from typing import Any
 
 import torch
 
@@ -128,6 +129,13 @@ def _blank_batch(engine: Engine, batch: int, size: tuple[int, int]) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if engine.input_layout == "NHWC" else x
 
 
+def source_stages(cfg: JobConfig) -> list[SourceStage]:
+    """The per-source stages the config asks for, in the order they run (tracker first,
+    then the analytics that read its tracks). Not entered yet."""
+    stages: list[SourceStage] = []
+    return stages
+
+
 def open_sinks(cfg: JobConfig, stack: contextlib.ExitStack) -> list[Sink]:
     """Create and enter every configured sink."""
     return [stack.enter_context(SINKS.create(s)) for s in cfg.sinks]
@@ -173,6 +181,10 @@ class PerSourceStages:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         return None
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """Each per-source stage's end-of-job report, by the stage's class name."""
+        return {type(stage).__name__: stage.report() for stage in self.stages}
 
     def add(self, results: list[FrameResult]) -> list[FrameResult]:
         """Results of one batch (any sources, any order)."""

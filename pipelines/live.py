@@ -44,6 +44,7 @@ from pipelines.graph import (
     open_inference_stage,
     open_sinks,
     prepare_inference,
+    source_stages,
 )
 from pipelines.inference_pool import FailedBatch, InferencePool
 from pipelines.ingest import IngestPool, IngestSettings, ring_frames_for
@@ -92,6 +93,7 @@ class LiveSummary:
     batch_errors: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-source stages' reports, by name
 
     def to_text(self) -> str:
         lines = [f"live: {len(self.streams)} streams, {self.seconds:.1f} s, mode {self.mode} on {self.device}, "
@@ -114,7 +116,7 @@ class LiveRunner:
         self.live = live or parse_live_config(cfg.extra.get("live"))
         if not [s for s in cfg.sources if s.uri is not None]:
             raise ConfigError("sources", "a live job needs stream sources (rtsp://... or file:///clip.mp4)")
-        self.stages = list(stages)
+        self.stages = source_stages(cfg) + list(stages)  # the config's, then the caller's
         self.extra_sinks = list(sinks)
         self.stop_event = threading.Event()
         self.summary = LiveSummary()
@@ -206,6 +208,7 @@ class LiveRunner:
                     after.gap(sid, tuple(indices))
                 for sid in mgr.stream_ids():
                     after.end(sid, "stopped")
+                self.summary.stages = after.reports()
                 self.summary.seconds = time.monotonic() - start
                 for st in mgr.streams():  # drops after the warm-up, like every other figure
                     self.summary.dropped[st.id] = st.dropped - (drops_at_warmup or {}).get(st.id, 0)

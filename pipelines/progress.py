@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 log = logging.getLogger("fovea.progress")
 
@@ -54,6 +54,7 @@ class JobSummary:
     sessions: list[tuple[float, float, int]] = field(default_factory=list)
     no_input: bool = False  # no source gave a video file: nothing ran, no output was opened
     reorder_peak: int = 0  # most frames the per-source reorder buffer held at once
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-source stages' reports, by name
 
     @property
     def ok(self) -> bool:

@@ -39,6 +39,7 @@ from pipelines.graph import (
     open_inference_stage,
     open_sinks,
     prepare_inference,
+    source_stages,
 )
 from pipelines.inference_pool import FailedBatch, InferencePool
 from pipelines.preprocess import PreprocessSpec
@@ -88,7 +89,7 @@ class FileJob:
             raise ConfigError("sources", "stream URIs (rtsp://) run with 'fovea live'; 'fovea run' processes files")
         self.cfg = cfg
         self.show_progress = show_progress
-        self.stages = list(stages)
+        self.stages = source_stages(cfg) + list(stages)  # the config's, then the caller's
         self.extra_sinks = list(sinks)
         self.summary = JobSummary()
         self._received: Counter[str] = Counter()  # per source id: frames with results so far
@@ -163,6 +164,7 @@ class FileJob:
                 if source is not None:
                     summary.sessions = source.session_timings
                 summary.reorder_peak = after.reorder.peak
+                summary.stages = after.reports()
                 log.info("sinks took %.1f s of the job's %.1f s", after.sink_seconds, summary.seconds)
 
     def _count(self, results: list[FrameResult], after: PerSourceStages) -> list[FrameResult]:

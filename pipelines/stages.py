@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from engines.base import Engine
 from engines.factory import ModelInfo
@@ -92,6 +92,11 @@ class SourceStage(Protocol):
 
     def on_event(self, event: SourceEvent) -> list[FrameResult]:
         """A gap or the end of a source; returns results it was still holding for that source."""
+        ...
+
+    def report(self) -> dict[str, Any]:
+        """What the stage has to say at the end of the job (JSON-ready; the job summary
+        keeps it under the stage's name): track summaries, counts per line and zone, ..."""
         ...
 
 

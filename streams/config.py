@@ -29,9 +29,11 @@ from typing import Any, Literal
 
 import yaml
 
+from streams.analytics_config import AnalyticsConfig
 from streams.errors import ConfigError
 from streams.registry import PluginConfig
 from streams.schema import from_dict
+from streams.tracker_config import TrackerConfig
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +205,12 @@ class JobConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    tracker: TrackerConfig | None = None  # no tracking unless the section is given
+    analytics: AnalyticsConfig | None = None  # zones and lines (needs a tracker)
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later stages (live:)
 
 
-_TOP_KEYS = ("sources", "sinks", "model", "engine", "preprocess", "decode", "postprocess")
+_TOP_KEYS = ("sources", "sinks", "model", "engine", "preprocess", "decode", "postprocess", "tracker", "analytics")
 _EXTRA_KEYS = ("live",)
 
 
@@ -267,6 +271,9 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> JobConfig:
         preprocess=from_dict(PreprocessConfig, raw.get("preprocess"), "preprocess"),
         decode=from_dict(DecodeConfig, raw.get("decode"), "decode"),
         postprocess=from_dict(PostprocessConfig, raw.get("postprocess"), "postprocess"),
+        tracker=None if raw.get("tracker") is None else from_dict(TrackerConfig, raw["tracker"], "tracker"),
+        analytics=None if raw.get("analytics") is None else from_dict(AnalyticsConfig, raw["analytics"],
+                                                                       "analytics"),
         extra={k: raw[k] for k in _EXTRA_KEYS if k in raw},
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.detections import Detections
+from streams.events import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +22,8 @@ class FrameMeta:
     """Identity of one decoded frame.
 
     Attributes:
-        source_id: short, stable name of the source (file stem or camera id).
+        source_id: stable, unique name of the source (a file's path under its source root, or
+            the camera's id).
         uri: the file path or stream URI the frame was decoded from (credentials removed).
         frame_index: 0-based index of the frame in presentation order within the source.
         pts: presentation timestamp in units of ``time_base`` (``None`` if the container has none).
@@ -58,7 +60,9 @@ class FrameMeta:
 
 @dataclass(frozen=True, slots=True)
 class FrameResult:
-    """One frame's metadata with its detections, as handed to sinks."""
+    """One frame's metadata with its detections (and the events that happened at it), as
+    handed to sinks."""
 
     frame: FrameMeta
     detections: Detections
+    events: tuple[Event, ...] = ()

@@ -118,6 +118,9 @@ class StrictOrder:
             self.ended[sid] = event.reason
         return []
 
+    def report(self) -> dict[str, object]:
+        return {"sources": len(self.seen)}
+
 
 def test_per_source_stages_see_order_gaps_and_end_then_sinks_get_them() -> None:
     stage = StrictOrder()
