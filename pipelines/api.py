@@ -31,18 +31,20 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.live import LiveRunner, LiveSummary
 from pipelines.progress import JobSummary
 from pipelines.runner import FileJob
 from pipelines.stages import SourceStage
 from streams.config import JobConfig, load_config, parse_config
-from streams.errors import ConfigError
+from streams.errors import ConfigError, MissingDependencyError
 from streams.frames import FrameResult
 from streams.schema import from_dict
 from streams.sinks import Sink
 from streams.sinks.callback import CallbackSink
+
+if TYPE_CHECKING:  # live jobs need the 'live' extra: imported when a live run starts
+    from pipelines.live import LiveRunner, LiveSummary
 
 # keyword arguments → (section, key) of the config
 _KEYWORDS: dict[str, tuple[str, str]] = {
@@ -156,6 +158,11 @@ class Pipeline:
             self._live.stop_event.set()
 
     def _run_live(self, cfg: JobConfig, extra: list[Sink], duration_s: float | None) -> Iterator[FrameResult]:
+        try:
+            from pipelines.live import LiveRunner
+        except ModuleNotFoundError as e:
+            raise MissingDependencyError(e.name or "prometheus_client", "live cameras",
+                                         'pip install -e ".[live]"') from e
         out: queue.Queue[Sequence[FrameResult] | None] = queue.Queue(maxsize=256)
         runner = LiveRunner(cfg, stages=self._stages, sinks=[*extra, CallbackSink(out.put)])
         self._live = runner

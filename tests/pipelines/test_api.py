@@ -54,3 +54,31 @@ def test_bad_options_are_refused_before_any_work() -> None:
         Pipeline(conf_threshold=3.0)
     with pytest.raises(ConfigError, match="sources"):
         list(Pipeline().run([]))
+
+
+def test_files_need_no_live_extra(clip_dir: Path, bright_model: Path) -> None:
+    """Without prometheus_client (the 'live' extra), the API still runs file jobs; a live source
+    gets one clear error naming the extra."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[2]
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["prometheus_client"] = None  # as if the extra were not installed
+        sys.path.insert(0, {str(root)!r})
+        from pipelines import Pipeline
+        from streams.errors import MissingDependencyError
+        p = Pipeline(model={str(bright_model)!r}, device="cpu", batch_size=8)
+        print(sum(1 for _ in p.run([{str(clip_dir / "landscape.mp4")!r}])))
+        try:
+            list(p.run(["rtsp://127.0.0.1:1/x"], duration_s=1))
+        except MissingDependencyError as e:
+            print("live:", e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(len(pyav_frames(clip_dir / "landscape.mp4")))
+    assert lines[1].startswith("live:") and '".[live]"' in lines[1]
