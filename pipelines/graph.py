@@ -174,6 +174,7 @@ class PerSourceStages:
         self.ordered = bool(self.stages) if ordered is None else ordered
         self.reorder = ReorderBuffer()
         self.sink_seconds = 0.0
+        self._ended: set[str] = set()  # sources ended: a late frame of theirs skips the stages
 
     def __enter__(self) -> PerSourceStages:
         return self
@@ -190,8 +191,14 @@ class PerSourceStages:
         """Results of one batch (any sources, any order)."""
         if not self.ordered:
             return self._write(results)
+        late: list[FrameResult] = []
+        if self._ended and any(r.frame.source_id in self._ended for r in results):
+            late = [r for r in results if r.frame.source_id in self._ended]
+            results = [r for r in results if r.frame.source_id not in self._ended]
+            log.debug("%d frames of ended sources (a camera removed with batches in flight) go to the sinks "
+                      "without the per-source stages", len(late))
         self.reorder.add(results)
-        return self._release()
+        return self._write(late) + self._release()
 
     def gap(self, source_id: str, frame_indices: range | tuple[int, ...]) -> list[FrameResult]:
         """Frames of ``source_id`` that will never come (the stages hear of them in their place)."""
@@ -204,6 +211,7 @@ class PerSourceStages:
         """``source_id`` has ended: everything it still holds leaves, then the stages are told."""
         if not self.ordered:
             return []
+        self._ended.add(source_id)
         self.reorder.end(source_id)
         out = self._release()
         return out + self._event(SourceEnd(source_id, reason))

@@ -190,6 +190,8 @@ class LiveRunner:
                             drops_at_warmup = {st.id: st.dropped for st in mgr.streams()}
                         for sid, indices in mgr.take_dropped().items():  # the stages must not wait for them
                             after.gap(sid, tuple(indices))
+                        for sid in mgr.take_removed():  # its tracker and its held frames go
+                            after.end(sid, "removed")
                         try:
                             item = infer.get(timeout=0.1)
                         except queue.Empty:

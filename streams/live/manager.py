@@ -99,6 +99,8 @@ class StreamManager:
         self._lock = threading.RLock()
         self._sources: dict[str, LiveSource] = {}
         self._retired: list[LiveSource] = []  # removed, thread not ended yet
+        self._removed: set[str] = set()  # ids removed in this job: not reused (frame indices restart)
+        self._removed_untold: list[str] = []  # removed since the last take_removed()
         self._stop = threading.Event()
         self._started = False
         self._monitor: threading.Thread | None = None
@@ -186,6 +188,10 @@ class StreamManager:
                 raise SourceError(spec.id, "the stream manager is stopped")
             if spec.id in self._sources:
                 raise SourceError(spec.id, "a stream with this id already exists")
+            if spec.id in self._removed:
+                raise SourceError(spec.id, "a stream with this id was removed earlier in this job; ids are not "
+                                           "reused within a job (its frame indices and tracks would mix): "
+                                           "add it under a new id")
             queue = self.batcher.add_stream(spec.id)
             source: LiveSource
             if self._source_factory is not None:
@@ -221,6 +227,8 @@ class StreamManager:
             self.batcher.remove_stream(stream_id)
             self.metrics.forget(stream_id)
             self._drops.forget(stream_id)
+            self._removed.add(stream_id)
+            self._removed_untold.append(stream_id)
         if not source.join(timeout):
             with self._lock:
                 self._retired.append(source)
@@ -257,6 +265,12 @@ class StreamManager:
         if max_wait_s is None:
             max_wait_s = self.config.batch.max_wait_s
         return self.batcher.next_batch(max_batch, max_wait_s)
+
+    def take_removed(self) -> list[str]:
+        """Ids of the streams removed since the last call (the job ends them in its stages)."""
+        with self._lock:
+            out, self._removed_untold = self._removed_untold, []
+        return out
 
     def take_dropped(self) -> dict[str, list[int]]:
         """Frame indices dropped since the last call, per stream id, ascending; cleared on

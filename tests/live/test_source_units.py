@@ -273,6 +273,20 @@ def test_take_dropped_forgets_a_removed_stream_and_is_thread_safe() -> None:
         assert "b" not in mgr.take_dropped()
 
 
+def test_a_removed_stream_is_told_once_and_its_id_is_not_reused() -> None:
+    mgr, _ = _manager(queue_size=2)
+    with mgr:
+        mgr.add_stream(StreamSpec("a", "rtsp://h/a"))
+        mgr.add_stream(StreamSpec("b", "rtsp://h/b"))
+        assert mgr.take_removed() == []
+        assert mgr.remove_stream("b")
+        assert mgr.take_removed() == ["b"]
+        assert mgr.take_removed() == []  # told once
+        with pytest.raises(SourceError, match="removed earlier in this job"):
+            mgr.add_stream(StreamSpec("b", "rtsp://h/b"))
+        mgr.add_stream(StreamSpec("b2", "rtsp://h/b"))  # a new id is fine
+
+
 def test_every_frame_index_is_delivered_or_reported_across_reconnects(tmp_path: Path) -> None:
     """A real source (a clip read twice: the end of the file is a reconnect) behind a queue
     of one: per stream, indices 0..n are each either handed out or reported dropped."""

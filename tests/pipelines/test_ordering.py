@@ -179,3 +179,15 @@ def test_a_job_cut_into_segments_reaches_a_source_stage_in_order(
         (k, i) for k, v in stage.seen.items() for i in v)
     assert summary.reorder_peak > 0, "the segments arrived in order: the test proves nothing"
     assert np.all(np.diff([r.frame.frame_index for r in out if r.frame.source_id.endswith("vp9.webm")]) == 1)
+
+
+def test_frames_of_a_source_that_ended_reach_the_sinks_without_the_stages() -> None:
+    """A camera removed while its batches were in flight: the stage heard its end; the late
+    frames still reach the sinks (they are real results), but not the stage."""
+    stage = StrictOrder()
+    after = PerSourceStages([stage], [])
+    after.add([_result("cam", 0)])
+    after.end("cam", "removed")
+    late = after.add([_result("cam", 1), _result("other", 0)])
+    assert sorted((r.frame.source_id, r.frame.frame_index) for r in late) == [("cam", 1), ("other", 0)]
+    assert stage.seen == {"cam": [0], "other": [0]} and stage.ended == {"cam": "removed"}
