@@ -11,8 +11,8 @@
 * :func:`measure_engine`: the engine alone on device-resident batches (the layout and
   dtype the engine asks preprocessing for, filled with real letterboxed frames), timed
   with CUDA events after warm-up (CUDA graphs captured), in 1 thread/stream and in as many
-  threads, each with its own stream and buffer, as the pipeline has decode sessions (the
-  runner runs the engine in each session's thread); plus the job's ``InferenceStage.process``
+  threads, each with its own stream and buffer, as the pipeline has decode sessions; plus
+  the job's ``InferenceStage.process``
   (engine + postprocess) the same way, for reference.
 * :func:`measure_e2e`: :func:`pipelines.runner.run_job` on the workload with a JSONL sink;
   every frame is accounted for (JSONL lines = probed frames = ``summary.frames``).
