@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from benchmarks.cli import add_parser
 from pipelines.cli import main
 
 
@@ -21,7 +22,9 @@ def run(argv: list[str]) -> int:
         head, rest = rest[:2], rest[2:]
     elif rest and rest[0].startswith("--log-level="):
         head, rest = rest[:1], rest[1:]
-    return main([*head, "bench", *rest])
+    # the bench command passed in, not looked up in the installed entry points: this runs
+    # from a source tree that was never pip-installed too
+    return main([*head, "bench", *rest], commands=[("bench", add_parser)])
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from streams.errors import ConfigError, EngineError, FoveaError, MissingDependencyError
+from streams.errors import ConfigError, EngineError, FoveaError, MissingDependencyError, MissingExtraError
 
 log = logging.getLogger("fovea")
 
@@ -76,23 +76,6 @@ MAIN_EPILOG = f"""\
 'fovea COMMAND --help' explains a command's options; examples/ holds annotated configs.
 
 {EXIT_CODES}"""
-
-
-class MissingExtraError(FoveaError):
-    """A command needs an optional extra (``pip install -e ".[live]"``) that is not installed.
-
-    Raised by a command before it imports the modules that need the extra, so the user
-    gets one line naming the extra instead of a ``ModuleNotFoundError`` traceback; exit 2
-    (a setup problem of the command, like a bad argument), while a package missing deep
-    inside a job (:class:`MissingDependencyError`) exits 3.
-    """
-
-    def __init__(self, command: str, extra: str, missing: Sequence[str]) -> None:
-        self.command = command
-        self.extra = extra
-        self.missing = list(missing)
-        super().__init__(f"fovea {command} needs the '{extra}' extra ({', '.join(missing)} not installed): "
-                         f'pip install -e ".[{extra}]"')
 
 
 def _importable(module: str) -> bool:
@@ -170,7 +153,11 @@ def command_hooks() -> list[tuple[str, Callable[[argparse._SubParsersAction[argp
     return hooks
 
 
-def build_parser() -> argparse.ArgumentParser:
+Hook = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], object]
+
+
+def build_parser(commands: Sequence[tuple[str, Hook]] | None = None) -> argparse.ArgumentParser:
+    """The ``fovea`` parser: ``run`` plus ``commands`` (default: the installed entry points)."""
     parser = argparse.ArgumentParser(
         prog="fovea",
         description="Fovea: GPU-resident video analytics (DALI/NVDEC decode, in-place\n"
@@ -182,14 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging verbosity")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
-    for _name, hook in command_hooks():
+    for _name, hook in (command_hooks() if commands is None else commands):
         hook(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fovea`` console script."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, commands: Sequence[tuple[str, Hook]] | None = None) -> int:
+    """Entry point of the ``fovea`` console script; ``commands`` as in :func:`build_parser`
+    (a module's own ``__main__`` passes its command, so it runs from a source tree too)."""
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
