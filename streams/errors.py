@@ -10,7 +10,12 @@ catch all of them at once and still tell the kinds apart::
     ├── EngineError          model loading, engine build or inference failed
     │   ├── MissingDependencyError   an optional package (tensorrt, pycuda, ...) is absent
     │   └── ShapeError       a tensor's shape is not what the engine or op expects
+    ├── MissingExtraError    a command or stage needs an optional extra ("live", "tracking")
     └── SinkError            a sink cannot be opened or written
+
+``fovea`` maps them to exit codes (pipelines/cli.py, README "Exit codes"): ConfigError and
+MissingExtraError 2, MissingDependencyError 3, other EngineErrors 4, SourceError and
+SinkError 1.
 
 Usage::
 
@@ -21,6 +26,8 @@ Usage::
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class FoveaError(Exception):
@@ -59,6 +66,23 @@ class MissingDependencyError(EngineError):
     def __init__(self, package: str, purpose: str, install: str) -> None:
         self.package = package
         super().__init__(f"{purpose} needs the '{package}' package, which is not installed: {install}")
+
+
+class MissingExtraError(FoveaError):
+    """A command needs an optional extra (``pip install -e ".[live]"``) that is not installed.
+
+    Raised by a command before it imports the modules that need the extra, so the user
+    gets one line naming the extra instead of a ``ModuleNotFoundError`` traceback; exit 2
+    (a setup problem of the command, like a bad argument), while a package missing deep
+    inside a job (:class:`MissingDependencyError`) exits 3.
+    """
+
+    def __init__(self, command: str, extra: str, missing: Sequence[str]) -> None:
+        self.command = command
+        self.extra = extra
+        self.missing = list(missing)
+        super().__init__(f"fovea {command} needs the '{extra}' extra ({', '.join(missing)} not installed): "
+                         f'pip install -e ".[{extra}]"')
 
 
 class ShapeError(EngineError, ValueError):
