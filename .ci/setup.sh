@@ -14,4 +14,5 @@ if command -v apt-get >/dev/null 2>&1; then
 fi
 python3 -m pip install -q --upgrade pip
 python3 -m pip install -q "torch==2.13.0"
-python3 -m pip install -q -e ".[dev,live]"
+python3 -m pip install -q -e ".[dev,live,tracking]"
+python3 -m pip install -q --no-deps "trackers==2.6.1"  # its opencv-python needs libGL: the extra brings the headless build

@@ -137,9 +137,13 @@ class EvalReport:
 
 # -- loading --------------------------------------------------------------------------------
 def load_predictions_jsonl(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Read a JSONL file written by the ``jsonl`` sink: ``{source_id: [record, ...]}``.
+    """Read the frame records of a JSONL file written by the ``jsonl`` sink:
+    ``{source_id: [record, ...]}``.
 
-    Records keep their file order. Raises ``ValueError`` naming the line of a bad record.
+    Records keep their file order. Event records (``{"event": "line_cross", ...}``: what
+    the analytics stages write beside the frames) are skipped: they are not frames
+    (:func:`pipelines.track_eval.load_events_jsonl` reads them). Raises ``ValueError``
+    naming the line of a bad record.
     """
     path = Path(path).expanduser()
     out: dict[str, list[dict[str, Any]]] = {}
@@ -155,6 +159,8 @@ def load_predictions_jsonl(path: str | Path) -> dict[str, list[dict[str, Any]]]:
                     or "frame_index" not in record:
                 raise ValueError(f"{path}:{lineno}: expected a frame record with 'source' and "
                                  f"'frame_index'")
+            if "event" in record:
+                continue
             out.setdefault(str(record["source"]), []).append(record)
     return out
 
@@ -206,7 +212,7 @@ def _gt_frames(source: str, gt: Mapping[str, Any]) -> tuple[int, dict[int, _Box]
     return num_frames, by_index
 
 
-def _class_of(
+def class_indices(
     ids: Iterable[int], labels: Iterable[str], match_by: str, gt_names: Sequence[str]
 ) -> npt.NDArray[np.int64]:
     """Predicted classes as ground-truth class indices (-1: not a ground-truth class)."""
@@ -227,11 +233,11 @@ def _prediction(item: Any, match_by: str, gt_names: Sequence[str]) -> tuple[int,
         conf = np.array([d["confidence"] for d in dets], np.float64)
         ids = [int(d.get("class_id", -1)) for d in dets]
         labels = [str(d.get("label", d.get("class_id"))) for d in dets]
-        return int(item["frame_index"]), _Box(xyxy, _class_of(ids, labels, match_by, gt_names),
+        return int(item["frame_index"]), _Box(xyxy, class_indices(ids, labels, match_by, gt_names),
                                                conf)
     if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], Detections):
         index, d = item
-        cls = _class_of(d.class_id.tolist(), d.labels, match_by, gt_names)
+        cls = class_indices(d.class_id.tolist(), d.labels, match_by, gt_names)
         return int(index), _Box(d.xyxy.astype(np.float64), cls,
                                 d.confidence.astype(np.float64))
     raise TypeError(f"unsupported prediction item {type(item).__name__}: expected a frame "
@@ -243,7 +249,9 @@ def _summarise(indices: Sequence[object], limit: int = 10) -> str:
     return shown + (f", ... ({len(indices) - limit} more)" if len(indices) > limit else "")
 
 
-def _check_frames(source: str, num_frames: int, indices: Sequence[int]) -> None:
+def check_frames(source: str, num_frames: int, indices: Sequence[int]) -> None:
+    """Raise :class:`FrameMismatchError` unless ``indices`` (the frames of a source's
+    prediction records) are ``0 .. num_frames-1``, each once."""
     counts: dict[int, int] = {}
     for i in indices:
         counts[i] = counts.get(i, 0) + 1
@@ -331,6 +339,7 @@ def _coco_eval(
     with contextlib.redirect_stdout(chatter):
         coco_gt = COCO()
         coco_gt.dataset = {
+            "info": {},  # pycocotools 2.0.10's loadRes copies it and fails without it
             "images": images,
             "annotations": gt_anns,
             "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)],
@@ -419,7 +428,7 @@ def evaluate(
                 source, f"no predictions for this ground-truth source (prediction sources: "
                 f"{_summarise(sorted(predictions)) or 'none'})")
         preds = [_prediction(item, match_by, names) for item in predictions[source]]
-        _check_frames(source, num_frames, [i for i, _ in preds])
+        check_frames(source, num_frames, [i for i, _ in preds])
         frames_per_source[source] = num_frames
         width, height = int(gt.get("width", 0)), int(gt.get("height", 0))
         for index, pred in sorted(preds, key=lambda ip: ip[0]):

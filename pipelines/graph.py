@@ -131,14 +131,32 @@ def _blank_batch(engine: Engine, batch: int, size: tuple[int, int]) -> torch.Ten
 
 def source_stages(cfg: JobConfig) -> list[SourceStage]:
     """The per-source stages the config asks for, in the order they run (tracker first,
-    then the analytics that read its tracks). Not entered yet."""
+    then the analytics that read its tracks). Not entered yet.
+
+    A ``tracker:`` section without the ``tracking`` extra raises
+    :class:`~pipelines.tracking.TrackingExtraError` here, before any work."""
     stages: list[SourceStage] = []
+    if cfg.tracker is not None:
+        from pipelines.tracking import TrackerStage  # imports trackers (the tracking extra)
+
+        stages.append(TrackerStage(cfg.tracker))
+    if cfg.analytics is not None:  # after the tracker: it counts tracks (refused without one)
+        from pipelines.analytics import analytics_stage
+
+        stages.append(analytics_stage(cfg))
     return stages
 
 
 def open_sinks(cfg: JobConfig, stack: contextlib.ExitStack) -> list[Sink]:
-    """Create and enter every configured sink."""
-    return [stack.enter_context(SINKS.create(s)) for s in cfg.sinks]
+    """Create and enter every configured sink; one that draws zones and lines (the video
+    sink, :class:`~streams.analytics_config.AnalyticsAware`) gets the job's ``analytics:`` first."""
+    from streams.analytics_config import AnalyticsAware
+
+    sinks = [SINKS.create(s) for s in cfg.sinks]
+    for sink in sinks:
+        if cfg.analytics is not None and isinstance(sink, AnalyticsAware):
+            sink.use_analytics(cfg.analytics)
+    return [stack.enter_context(s) for s in sinks]
 
 
 @contextlib.contextmanager

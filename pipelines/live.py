@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from engines.factory import resolve_device
+from pipelines.analytics import AnalyticsStage
 from pipelines.graph import (
     PerSourceStages,
     batch_size_for,
@@ -57,6 +58,7 @@ from streams.errors import ConfigError, DecodeError
 from streams.frames import FrameResult
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
 from streams.live.manager import StreamManager
+from streams.live.metrics import AnalyticsMetrics
 from streams.sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,10 @@ class LiveRunner:
                                                     decoder_factory=factory,
                                                     source_factory=pool.source if pool is not None else None))
             self.manager = mgr
+            metrics = AnalyticsMetrics(mgr.registry)  # line crossings and zone events on /metrics
+            for source_stage in self.stages:
+                if isinstance(source_stage, AnalyticsStage):
+                    source_stage.add_listener(metrics)
             mgr.add_sources(sources)
             # GOP mode: one item is a whole GOP (about 30 frames at a 1 s GOP), so
             # engine.batch_size // 32 GOPs fill an engine batch

@@ -16,6 +16,13 @@ Series (label ``stream`` = stream id; URIs appear only redacted, in ``fovea_live
     fovea_live_fps / _queue_depth / _last_packet_age_seconds
     fovea_live_latency_seconds (histogram)            arrival -> detections emitted
 
+With an ``analytics:`` section, :class:`AnalyticsMetrics` counts the analytics stage's
+events (it is the stage's listener: ``record_events``; streams does not import pipelines)::
+
+    fovea_live_line_crossings_total{stream,line,direction,class}   direction: in | out
+    fovea_live_zone_events_total{stream,zone,kind,class}           kind: enter | exit
+    fovea_live_zone_occupancy{stream,zone,class}                   tracks in the zone now
+
 Usage::
 
     registry = CollectorRegistry()
@@ -32,9 +39,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from streams.events import Event
 from streams.frames import FrameMeta
 from streams.live.types import StreamState, StreamStats
 
@@ -162,3 +170,40 @@ class LiveMetrics:
         for metric in (self._frames_out, self._latency):
             with contextlib.suppress(KeyError):
                 metric.remove(stream_id)
+
+
+class AnalyticsMetrics:
+    """Prometheus series of the analytics stage's events (module docstring), on ``registry``.
+
+    A listener of :class:`pipelines.analytics.AnalyticsStage`: ``stage.add_listener(m)``;
+    :meth:`record_events` is called on the job's thread with each frame's events. The
+    occupancy gauge follows the events (``+1`` per enter, ``-1`` per exit, by the class at
+    entry, which a zone's exit event carries), so it equals the stage's own occupancy.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._lines = Counter(
+            "line_crossings", "Tracks that crossed a counting line, per direction and class.",
+            ["stream", "line", "direction", "class"], namespace=NAMESPACE, registry=registry,
+        )
+        self._zones = Counter(
+            "zone_events", "Tracks that entered or left a zone, per class.",
+            ["stream", "zone", "kind", "class"], namespace=NAMESPACE, registry=registry,
+        )
+        self._occupancy = Gauge(
+            "zone_occupancy", "Tracks in a zone now, per class.",
+            ["stream", "zone", "class"], namespace=NAMESPACE, registry=registry,
+        )
+
+    def record_events(self, events: Sequence[Event]) -> None:
+        """Count ``line_cross``, ``zone_enter`` and ``zone_exit`` events; others are ignored."""
+        for e in events:
+            if e.kind == "line_cross":
+                self._lines.labels(e.source_id, str(e.data.get("line", "")), str(e.data.get("direction", "")),
+                                   e.class_name).inc()
+            elif e.kind in ("zone_enter", "zone_exit"):
+                zone = str(e.data.get("zone", ""))
+                enter = e.kind == "zone_enter"
+                self._zones.labels(e.source_id, zone, "enter" if enter else "exit", e.class_name).inc()
+                self._occupancy.labels(e.source_id, zone, e.class_name).inc(1 if enter else -1)

@@ -1,4 +1,5 @@
-"""MQTT sink: one JSON message per frame (:func:`streams.sinks.records.frame_json`, the JSONL line).
+"""MQTT sink: one JSON message per frame (:func:`streams.sinks.records.frame_json`, the JSONL line),
+and one per event (:func:`streams.sinks.records.event_json`) on a topic per event type.
 
 ``paho-mqtt`` (2.x, ``pip install 'fovea[live]'``) is imported only when the sink opens,
 so :mod:`streams.sinks` imports without it.
@@ -9,6 +10,8 @@ Config (``sinks:`` entry)::
       host: 127.0.0.1
       port: 1883
       topic: "fovea/{source}/detections"   # {source}; with {label}: one message per label
+      events_topic: "fovea/{source}/events/{event}"   # {source}, {event}: line_cross, zone_enter, ...;
+                                                       # null: events are not published
       qos: 0                                # 0 | 1 | 2
       client_id: ""                         # "" = broker-assigned / random
       username: null
@@ -29,7 +32,10 @@ full the OLDEST message is dropped and counted (:attr:`MqttSink.dropped`). On re
 the buffer is sent in order. Leaving the ``with`` block waits up to ``flush_timeout_s``
 for the buffer and in-flight messages, then disconnects; what is still unsent is counted
 as dropped. With ``{label}`` in the topic a frame becomes one message per detected label
-(its detections only), and frames without detections go to label ``none``.
+(its detections only), and frames without detections go to label ``none``. A frame's
+events (:class:`~streams.events.Event`, from the analytics stage) follow its message, one
+message each on ``events_topic`` (``fovea/cam1/events/line_cross``), also for frames that
+``only_with_detections`` leaves out.
 
 Usage::
 
@@ -55,7 +61,7 @@ from streams.detections import Detections
 from streams.errors import ConfigError, SinkError
 from streams.frames import FrameResult
 from streams.sinks import SINKS
-from streams.sinks.records import frame_json
+from streams.sinks.records import event_json, frame_json
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,7 @@ class MqttConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     topic: str = "fovea/{source}/detections"
+    events_topic: str | None = "fovea/{source}/events/{event}"
     qos: Literal[0, 1, 2] = 0
     client_id: str = ""
     username: str | None = None
@@ -102,6 +109,14 @@ class MqttConfig:
             ) from e
         if not sample or "+" in sample or "#" in sample:
             raise ConfigError(f"{key}.topic", "must be non-empty, without + or # wildcards")
+        if self.events_topic is not None:
+            try:
+                sample = self.events_topic.format(source="s", event="e")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"{key}.events_topic", f"only {{source}} and {{event}} may be used ({e})") from e
+            if not sample or "+" in sample or "#" in sample:
+                raise ConfigError(f"{key}.events_topic", "must be non-empty, without + or # wildcards "
+                                                         "(null: no event messages)")
         if self.keepalive < 1:
             raise ConfigError(f"{key}.keepalive", f"expected >= 1, got {self.keepalive}")
         if self.max_offline < 0:
@@ -116,9 +131,18 @@ class MqttConfig:
 
 
 def topic_messages(
-    result: FrameResult, topic: str, only_with_detections: bool = False
+    result: FrameResult, topic: str, only_with_detections: bool = False, events_topic: str | None = None
 ) -> list[tuple[str, bytes]]:
-    """The ``(topic, payload)`` messages of one frame (see the module docstring)."""
+    """The ``(topic, payload)`` messages of one frame, its events' last (module docstring)."""
+    messages = _frame_messages(result, topic, only_with_detections)
+    if result.events and events_topic is not None:
+        source = result.frame.source_id.translate(_TOPIC_UNSAFE)
+        messages += [(events_topic.format(source=source, event=e.kind.translate(_TOPIC_UNSAFE)),
+                      event_json(e).encode()) for e in result.events]
+    return messages
+
+
+def _frame_messages(result: FrameResult, topic: str, only_with_detections: bool) -> list[tuple[str, bytes]]:
     dets = result.detections
     source = result.frame.source_id.translate(_TOPIC_UNSAFE)
     if not len(dets) and only_with_detections:
@@ -133,7 +157,7 @@ def topic_messages(
     out = []
     for label in dict.fromkeys(labels):
         mask = [lab == label for lab in labels]
-        sub = FrameResult(result.frame, _select(dets, mask))
+        sub = FrameResult(result.frame, _select(dets, mask))  # its events go once, on their own topics
         payload = frame_json(sub).encode()
         out.append((topic.format(source=source, label=label.translate(_TOPIC_UNSAFE)), payload))
     return out
@@ -280,13 +304,13 @@ class MqttSink:
         self._pending.append((topic, payload))
 
     def write(self, results: Sequence[FrameResult]) -> None:
-        """Publish one message per frame (or per label); buffers while disconnected."""
+        """Publish one message per frame (or per label) and per event; buffers while disconnected."""
         if self._client is None:
             raise SinkError(f"{self.where}: write() called outside 'with'")
         c = self.config
         with self._lock:
             for r in results:
-                for topic, payload in topic_messages(r, c.topic, c.only_with_detections):
+                for topic, payload in topic_messages(r, c.topic, c.only_with_detections, c.events_topic):
                     if (self._connected.is_set() and not self._pending
                             and self._send_locked(topic, payload)):
                         continue

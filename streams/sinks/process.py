@@ -42,9 +42,11 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from streams.detections import Detections
 from streams.errors import SinkError
+from streams.events import Event
 from streams.frames import FrameMeta, FrameResult
 from streams.registry import PluginConfig
 
@@ -56,7 +58,12 @@ _QUEUE_BATCHES = 64  # batches the child holds before the job waits for it
 
 
 def encode_results(results: Sequence[FrameResult]) -> bytes:
-    """``results`` as one message: metadata tuples and the batch's detections concatenated."""
+    """``results`` as one message: metadata tuples and the batch's detections concatenated.
+
+    Everything a sink may write travels: boxes, scores, classes and class names; track ids
+    (concatenated, ``None`` when no frame has any); attributes and events (plain tuples,
+    only for the frames that have some). :func:`decode_results` gives equal results back.
+    """
     metas = [(f.source_id, f.uri, f.frame_index, f.pts, f.time_base, f.width, f.height, f.arrival_time)
              for f in (r.frame for r in results)]
     dets = [r.detections for r in results]
@@ -68,17 +75,34 @@ def encode_results(results: Sequence[FrameResult]) -> bytes:
     else:
         xyxy, conf, cls = np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
     names = [d.class_names for d in dets]  # pickle stores a tuple shared by every frame once
-    return pickle.dumps((metas, counts, xyxy, conf, cls, names), protocol=pickle.HIGHEST_PROTOCOL)
+    tracked = [d.track_id is not None for d in dets]
+    tracks = None
+    if any(tracked):  # the ids, and which frames have them (None: all)
+        tids = np.concatenate([np.full(len(d), -1, np.int64) if d.track_id is None else d.track_id for d in dets])
+        tracks = (tids, None if all(tracked) else tracked)
+    attrs = [(i, d.attributes) for i, d in enumerate(dets) if d.attributes is not None] or None
+    events = [(i, [(e.kind, e.source_id, e.frame_index, e.pts, e.time_base, e.track_id, e.class_name, dict(e.data))
+                   for e in r.events]) for i, r in enumerate(results) if r.events] or None
+    return pickle.dumps((metas, counts, xyxy, conf, cls, names, tracks, attrs, events),
+                        protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode_results(data: bytes) -> list[FrameResult]:
     """The inverse of :func:`encode_results`."""
-    metas, counts, xyxy, conf, cls, names = pickle.loads(data)
+    metas, counts, xyxy, conf, cls, names, tracks, attrs, events = pickle.loads(data)
     ends = np.cumsum(counts).tolist()
+    tids: npt.NDArray[np.int64] | None = None
+    tracked: list[bool] | None = None
+    if tracks is not None:
+        tids, tracked = tracks
+    frame_attrs = dict(attrs or ())
+    frame_events = {i: tuple(Event(*e) for e in evs) for i, evs in events or ()}
     out: list[FrameResult] = []
     start = 0
-    for m, end, n in zip(metas, ends, names, strict=True):
-        out.append(FrameResult(FrameMeta(*m), Detections(xyxy[start:end], conf[start:end], cls[start:end], n)))
+    for i, (m, end, n) in enumerate(zip(metas, ends, names, strict=True)):
+        ids = None if tids is None or (tracked is not None and not tracked[i]) else tids[start:end]
+        d = Detections(xyxy[start:end], conf[start:end], cls[start:end], n, ids, frame_attrs.get(i))
+        out.append(FrameResult(FrameMeta(*m), d, frame_events.get(i, ())))
         start = end
     return out
 

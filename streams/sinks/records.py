@@ -8,6 +8,19 @@ JSONL record::
     {"source": "a", "uri": "/v/a.mp4", "frame_index": 7, "pts": 3584, "time_base": "1/12800",
      "pts_seconds": 0.28, "width": 1920, "height": 1080,
      "detections": [{"box": [x1, y1, x2, y2], "confidence": 0.91, "class_id": 0, "label": "person"}]}
+
+A detection gets ``"track_id"`` when a tracker ran (``-1``: no track took it) and
+``"attributes"`` when a stage added some. The frame's events (:class:`~streams.events.Event`:
+``line_cross``, ``zone_enter``, ...) follow its record, one line each
+(:meth:`Event.to_record`)::
+
+    {"event": "line_cross", "source": "a", "frame_index": 7, "pts": 3584, "pts_seconds": 0.28,
+     "track_id": 3, "class": "person", "line": "gate", "direction": "in"}
+
+so a reader tells the two apart by the ``"event"`` key. CSV: detections in ``path``, with a
+``track_id`` column always (the last one; empty without a tracker), events in a file of
+their own beside it (:func:`events_path`: ``detections.csv`` -> ``detections.events.csv``,
+columns :data:`EVENT_CSV_COLUMNS`), created at the first event.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from types import TracebackType
 from typing import IO, Any, Literal, TypeVar
 
 from streams.errors import SinkError
+from streams.events import Event
 from streams.frames import FrameResult
 from streams.registry import PluginConfig
 from streams.sinks import SINKS
@@ -52,7 +66,9 @@ def frame_record(result: FrameResult) -> dict[str, Any]:
     }
 
 
-_DETECTION = '{"box":[%.2f,%.2f,%.2f,%.2f],"confidence":%.4f,"class_id":%d,"label":%s}'
+_DETECTION_BODY = '{"box":[%.2f,%.2f,%.2f,%.2f],"confidence":%.4f,"class_id":%d,"label":%s'
+_DETECTION = _DETECTION_BODY + "}"
+_TRACKED = _DETECTION_BODY + ',"track_id":%d}'
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,9 +80,10 @@ def frame_json(result: FrameResult) -> str:
     """:func:`frame_record` as compact JSON, formatted directly: much cheaper than ``json.dumps`` of it.
 
     ``json.loads(frame_json(r)) == frame_record(r)``: the same keys and values (boxes to 2
-    decimals, confidences to 4, both correctly rounded); numbers may be written with
-    trailing zeros (``12.50``). This runs for every frame of a job (the JSONL sink and the
-    MQTT payloads), so it formats each detection with one ``%`` instead of building dicts.
+    decimals, confidences to 4, both correctly rounded; attributes as JSON has them: tuples
+    become lists); numbers may be written with trailing zeros (``12.50``). This runs for
+    every frame of a job (the JSONL sink and the MQTT payloads), so it formats each
+    detection with one ``%`` instead of building dicts.
     """
     f = result.frame
     d = result.detections
@@ -82,11 +99,37 @@ def frame_json(result: FrameResult) -> str:
     names = _json_labels(d.class_names)
     k = len(names)
     boxes = d.xyxy.tolist()
-    dets = [
-        _DETECTION % (b[0], b[1], b[2], b[3], c, i, names[i] if 0 <= i < k else f'"{i}"')
-        for b, c, i in zip(boxes, d.confidence.tolist(), d.class_id.tolist(), strict=True)
-    ]
+    labels = [names[i] if 0 <= i < k else f'"{i}"' for i in d.class_id.tolist()]
+    rows = zip(boxes, d.confidence.tolist(), d.class_id.tolist(), labels, strict=True)
+    tids = None if d.track_id is None else d.track_id.tolist()
+    if d.attributes is None:
+        if tids is None:
+            dets = [_DETECTION % (b[0], b[1], b[2], b[3], c, i, label) for b, c, i, label in rows]
+        else:
+            dets = [_TRACKED % (b[0], b[1], b[2], b[3], c, i, label, t)
+                    for (b, c, i, label), t in zip(rows, tids, strict=True)]
+    else:  # rare (a stage added attributes): the general path
+        dets = []
+        for j, ((b, c, i, label), attrs) in enumerate(zip(rows, d.attributes, strict=True)):
+            text = _DETECTION_BODY % (b[0], b[1], b[2], b[3], c, i, label)
+            if tids is not None:
+                text += f',"track_id":{int(tids[j])}'
+            if attrs:
+                text += ',"attributes":' + json.dumps(attrs, separators=(",", ":"))
+            dets.append(text + "}")
     return head + ",".join(dets) + "]}"
+
+
+def event_json(event: Event) -> str:
+    """An event's record (:meth:`Event.to_record`) as compact JSON, one JSONL line without its newline."""
+    return json.dumps(event.to_record(), separators=(",", ":"))
+
+
+def result_lines(result: FrameResult) -> str:
+    """A frame's JSONL lines: its record, then one line per event, each ending in a newline."""
+    if not result.events:
+        return frame_json(result) + "\n"
+    return frame_json(result) + "\n" + "".join(event_json(e) + "\n" for e in result.events)
 
 
 class _FileSink:
@@ -153,19 +196,47 @@ class JsonlSink(_FileSink):
 
     def write(self, results: Sequence[FrameResult]) -> None:
         if results:
-            self._emit("".join([frame_json(r) + "\n" for r in results]))
+            self._emit("".join([result_lines(r) for r in results]))
 
 
+#: The detections CSV's columns. ``track_id`` is always there (the header is the same for
+#: every job, tracker or not): the track's id, ``-1`` for a detection no track took, empty
+#: when no tracker ran.
 CSV_COLUMNS = (
     "source", "uri", "frame_index", "pts", "pts_seconds",
-    "x1", "y1", "x2", "y2", "confidence", "class_id", "label",
+    "x1", "y1", "x2", "y2", "confidence", "class_id", "label", "track_id",
 )
+
+#: The events CSV's columns: the fields of every event kind (empty where a kind has none);
+#: ``data``: any other field of the event, as a JSON object (empty when none).
+EVENT_CSV_COLUMNS = (
+    "event", "source", "frame_index", "pts", "pts_seconds", "track_id", "class",
+    "line", "direction", "zone", "dwell_s", "reason", "data",
+)
+_EVENT_FIELDS = ("line", "direction", "zone", "dwell_s", "reason")
+
+
+def events_path(path: str | Path) -> Path:
+    """Where a CSV sink writing ``path`` writes events: ``out/detections.csv`` ->
+    ``out/detections.events.csv``."""
+    p = Path(path).expanduser()
+    return p.with_name(f"{p.stem}.events{p.suffix or '.csv'}")
+
+
+def event_row(event: Event) -> list[Any]:
+    """An event's CSV row (:data:`EVENT_CSV_COLUMNS`)."""
+    pts_s = "" if event.pts is None else f"{event.pts * event.time_base[0] / event.time_base[1]:.6f}"
+    extra = {k: v for k, v in event.data.items() if k not in _EVENT_FIELDS}
+    return [event.kind, event.source_id, event.frame_index, "" if event.pts is None else event.pts, pts_s,
+            event.track_id, event.class_name,
+            *("" if event.data.get(k) is None else event.data[k] for k in _EVENT_FIELDS),
+            json.dumps(extra, separators=(",", ":")) if extra else ""]
 
 
 @dataclass(frozen=True)
 class CsvConfig:
-    """``type: csv``: one row per detection (frames without detections have no row);
-    ``writer`` as for :class:`JsonlConfig`."""
+    """``type: csv``: one row per detection (frames without detections have no row), events
+    in a file of their own beside it (:func:`events_path`); ``writer`` as for :class:`JsonlConfig`."""
 
     path: str
     append: bool = False
@@ -173,7 +244,36 @@ class CsvConfig:
 
 
 class CsvSink(_FileSink):
-    """CSV: one row per detection with the columns of :data:`CSV_COLUMNS`."""
+    """CSV: one row per detection with the columns of :data:`CSV_COLUMNS`; events in
+    :func:`events_path` (:data:`EVENT_CSV_COLUMNS`), created at the first event.
+
+    With ``append: false`` an events file left beside ``path`` by an earlier job is removed
+    when the sink opens, so the two files always come from the same job. Appending to a
+    CSV whose header is not :data:`CSV_COLUMNS` (an older Fovea's) is refused.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False) -> None:
+        super().__init__(path, append)
+        self.events_path = events_path(path)
+        self._events_fh: IO[str] | None = None
+
+    def __enter__(self) -> CsvSink:
+        header = ",".join(CSV_COLUMNS)
+        if self.append and self.path.exists() and self.path.stat().st_size > 0:
+            try:
+                with open(self.path, encoding="utf-8", newline="") as fh:
+                    first = fh.readline().rstrip("\r\n")
+            except OSError as e:
+                raise SinkError(f"cannot read {self.path}: {e.strerror or e}") from e
+            if first != header:
+                raise SinkError(f"cannot append to {self.path}: its columns ({first}) are not this version's "
+                                f"({header}); write to a new file or set append: false")
+        if not self.append:
+            try:
+                self.events_path.unlink(missing_ok=True)
+            except OSError as e:
+                raise SinkError(f"cannot remove the earlier job's {self.events_path}: {e.strerror or e}") from e
+        return super().__enter__()
 
     def _start(self, resumed: bool) -> None:
         if not resumed:
@@ -182,15 +282,54 @@ class CsvSink(_FileSink):
     def write(self, results: Sequence[FrameResult]) -> None:
         buf = io.StringIO()
         w = csv.writer(buf)
+        events: list[Event] = []
         for r in results:
             f = r.frame
             pts_s = "" if f.pts_seconds is None else f"{f.pts_seconds:.6f}"
-            for det in r.detections.to_records():
+            records = r.detections.to_records()
+            tids = [""] * len(records) if r.detections.track_id is None else r.detections.track_id.tolist()
+            for det, tid in zip(records, tids, strict=True):
                 x1, y1, x2, y2 = det["box"]
                 w.writerow([f.source_id, f.uri, f.frame_index, "" if f.pts is None else f.pts, pts_s,
-                            x1, y1, x2, y2, det["confidence"], det["class_id"], det["label"]])
+                            x1, y1, x2, y2, det["confidence"], det["class_id"], det["label"], tid])
+            events += r.events
         if buf.tell():
             self._emit(buf.getvalue())
+        if events:
+            self._write_events(events)
+
+    def _write_events(self, events: Sequence[Event]) -> None:
+        if self._fh is None:
+            raise SinkError(f"{self.path}: write() called outside 'with'")
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        try:
+            if self._events_fh is None:
+                existed = self.events_path.exists() and self.events_path.stat().st_size > 0
+                self._events_fh = open(self.events_path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (__exit__ closes it)
+                if not existed:
+                    w.writerow(EVENT_CSV_COLUMNS)
+            for e in events:
+                w.writerow(event_row(e))
+            self._events_fh.write(buf.getvalue())
+            self._events_fh.flush()
+        except OSError as e:
+            raise SinkError(f"cannot write {self.events_path}: {e.strerror or e}") from e
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        fh, self._events_fh = self._events_fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.flush()
+                os.fsync(fh.fileno())
+            fh.close()
+            log.info("wrote %s", self.events_path)
+        super().__exit__(exc_type, exc, tb)
 
 
 @SINKS.register("jsonl", JsonlConfig)

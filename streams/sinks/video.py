@@ -22,6 +22,15 @@ exception is propagating, so the MP4 is always playable.
 Memory: per source being written, one decoded frame, the decoder and the encoder
 (x264's lookahead: ``preset: veryfast`` keeps it to ~10 frames). Nothing else is held.
 
+Tracks and analytics: a detection with a track id is labelled ``#id`` and, with
+``trail`` > 0, leaves a trail of its last ``trail`` anchor points (the analytics anchor,
+bottom centre by default). With an ``analytics:`` section in the job (handed over by
+:func:`pipelines.graph.open_sinks` through :meth:`VideoSink.use_analytics`) each source's
+zones are outlined with their current occupancy and total entries, and its lines drawn
+with an arrow towards their ``in`` side and their running ``in``/``out`` counts; the
+counts are kept from the frames' events (:class:`~streams.events.Event`), so the video
+shows what the event records say, frame by frame.
+
 Only file sources can be annotated: results from ``rtsp://`` (or any other network
 URI) sources are ignored after one warning per source.
 
@@ -32,6 +41,7 @@ Usage::
         path: out/annotated          # or out/a.annotated.mp4 with a single source
         crf: 23                      # x264 quality: lower = better/bigger; null = encoder default
         draw_labels: true
+        trail: 20                    # anchor points per track trail (0: none)
 
     with SINKS.create(SINKS.parse({"type": "video", "path": "out"}, key="sinks[0]")) as sink:
         sink.write(results)          # Sequence[FrameResult]
@@ -45,8 +55,10 @@ Usage::
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -58,6 +70,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from streams.analytics_config import ANCHOR_FRACTIONS, AnalyticsConfig, SourceGeometry
 from streams.detections import Detections
 from streams.errors import ConfigError, SinkError
 from streams.frames import FrameResult
@@ -75,6 +88,13 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (44, 153, 168), (0, 194, 255), (52, 69, 147), (100, 115, 255), (0, 24, 236),
     (132, 56, 255), (82, 0, 133), (203, 56, 255), (255, 149, 200), (255, 55, 199),
 )
+
+#: Colours of the analytics drawing: lines (with their counts) and zones.
+LINE_COLOUR = (255, 255, 0)
+ZONE_COLOUR = (0, 255, 255)
+
+#: ``overlay(draw, line_width, font)``: draws under the boxes (:func:`draw_detections`).
+Overlay = Callable[[Any, int, Any], None]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NETWORK_HINT = "only file sources can be annotated"
@@ -119,11 +139,14 @@ def draw_detections(
     draw_labels: bool = True,
     line_width: int | None = None,
     font: Any = None,
+    overlay: Overlay | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Draw ``detections`` (boxes in ``rgb``'s pixels) on an ``uint8[H, W, 3]`` RGB image.
 
     Returns a new array. Boxes are clipped to the image; labels go above the box (inside
-    it when there is no room); ``frame_index`` is written in the top-left corner.
+    it when there is no room), ``#<track id>`` first for a tracked detection;
+    ``frame_index`` is written in the top-left corner. ``overlay(draw, line_width, font)``
+    draws first, under the boxes (zones, lines, trails: :class:`_Overlay`).
 
     Usage::
 
@@ -137,12 +160,15 @@ def draw_detections(
         font = _load_font(max(10, round(h / 36)))
     image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     draw = ImageDraw.Draw(image)
+    if overlay is not None:
+        overlay(draw, lw, font)
     boxes = np.round(detections.xyxy).astype(np.int64)
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w - 1)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h - 1)
     labels = detections.labels
-    for (x1, y1, x2, y2), conf, cid, label in zip(
-        boxes.tolist(), detections.confidence.tolist(), detections.class_id.tolist(), labels,
+    tids = [-1] * len(detections) if detections.track_id is None else detections.track_id.tolist()
+    for (x1, y1, x2, y2), conf, cid, label, tid in zip(
+        boxes.tolist(), detections.confidence.tolist(), detections.class_id.tolist(), labels, tids,
         strict=True,
     ):
         if x2 < x1 or y2 < y1:
@@ -150,20 +176,110 @@ def draw_detections(
         colour = color_for_class(cid)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=lw)
         if draw_labels:
-            text = f"{label} {conf:.2f}"
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-            tw, th = right - left + 4, bottom - top + 4
-            ty = y1 - th if y1 - th >= 0 else y1 + lw
-            draw.rectangle((x1, ty, x1 + tw, ty + th), fill=colour)
-            dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150
-            draw.text((x1 + 2 - left, ty + 2 - top), text, fill=(0, 0, 0) if dark else
-                      (255, 255, 255), font=font)
+            text = f"#{tid} {label} {conf:.2f}" if tid >= 0 else f"{label} {conf:.2f}"
+            _label(draw, (x1, y1), text, colour, font, above=True, fallback_y=y1 + lw)
     if frame_index is not None:
         text = f"#{frame_index}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         draw.rectangle((0, 0, right - left + 6, bottom - top + 6), fill=(0, 0, 0))
         draw.text((3 - left, 3 - top), text, fill=(255, 255, 255), font=font)
     return np.asarray(image)
+
+
+def _label(draw: Any, at: tuple[float, float], text: str, colour: tuple[int, int, int], font: Any,
+           above: bool = False, fallback_y: float | None = None) -> None:
+    """``text`` on a box of ``colour`` with its top-left corner at ``at`` (``above``: the
+    box ends at ``at``'s row; at ``fallback_y`` instead when that leaves the image)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tw, th = right - left + 4, bottom - top + 4
+    x, y = round(at[0]), round(at[1])
+    if above:
+        y = y - th
+        if y < 0 and fallback_y is not None:
+            y = round(fallback_y)
+    draw.rectangle((x, y, x + tw, y + th), fill=colour)
+    dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150
+    draw.text((x + 2 - left, y + 2 - top), text, fill=(0, 0, 0) if dark else (255, 255, 255), font=font)
+
+
+class _Overlay:
+    """One source's analytics drawing: its zones and lines (resolved at the first result),
+    the running counts kept from the results' events, and each track's recent anchors.
+
+    All points are in the results' (source) pixels; :meth:`draw` scales them to the
+    decoded frame.
+    """
+
+    def __init__(self, source_id: str, analytics: AnalyticsConfig | None, trail: int) -> None:
+        self.source_id = source_id
+        self.analytics = analytics
+        self.geometry: SourceGeometry | None = None
+        self.fractions = ANCHOR_FRACTIONS[analytics.anchor if analytics is not None else "bottom_center"]
+        self.trail = trail
+        self.crossings: dict[str, Counter[str]] = {}  # line -> direction -> count
+        self.occupancy: Counter[str] = Counter()      # zone -> tracks inside now
+        self.entered: Counter[str] = Counter()        # zone -> entries so far
+        self.trails: dict[int, deque[tuple[float, float]]] = {}
+        self._last_seen: dict[int, int] = {}
+        self._geometry_failed = False
+
+    def update(self, result: FrameResult) -> None:
+        """Take in one result of this source (in frame order): geometry, events, anchors."""
+        meta = result.frame
+        if self.analytics is not None and not self._geometry_failed and (
+                self.geometry is None or (self.geometry.width, self.geometry.height) != (meta.width, meta.height)):
+            try:
+                self.geometry = self.analytics.resolve(self.source_id, meta.width, meta.height)
+            except ConfigError as e:  # the analytics stage refuses it first; alone, draw no geometry
+                self._geometry_failed = True
+                log.warning("video sink: source '%s': zones and lines not drawn: %s", self.source_id, e)
+        for ev in result.events:
+            if ev.kind == "line_cross":
+                self.crossings.setdefault(str(ev.data.get("line")), Counter())[str(ev.data.get("direction"))] += 1
+            elif ev.kind == "zone_enter":
+                self.occupancy[str(ev.data.get("zone"))] += 1
+                self.entered[str(ev.data.get("zone"))] += 1
+            elif ev.kind == "zone_exit":
+                self.occupancy[str(ev.data.get("zone"))] -= 1
+        dets = result.detections
+        if self.trail <= 0 or dets.track_id is None:
+            return
+        fx, fy = self.fractions
+        b = dets.xyxy.astype(np.float64)
+        xs, ys = (b[:, 0] + fx * (b[:, 2] - b[:, 0])).tolist(), (b[:, 1] + fy * (b[:, 3] - b[:, 1])).tolist()
+        for tid, x, y in zip(dets.track_id.tolist(), xs, ys, strict=True):
+            if tid >= 0:
+                self.trails.setdefault(tid, deque(maxlen=self.trail)).append((x, y))
+                self._last_seen[tid] = meta.frame_index
+        for tid in [t for t, seen in self._last_seen.items() if meta.frame_index - seen > self.trail]:
+            del self._last_seen[tid], self.trails[tid]
+
+    def draw(self, draw: Any, scale: tuple[float, float], lw: int, font: Any) -> None:
+        sx, sy = scale
+        for points in self.trails.values():
+            if len(points) > 1:
+                draw.line([(x * sx, y * sy) for x, y in points], fill=(255, 255, 255), width=max(2, lw // 2))
+        if self.geometry is None:
+            return
+        for zone in self.geometry.zones:
+            pts = [(x * sx, y * sy) for x, y in zone.polygon.tolist()]
+            draw.line([*pts, pts[0]], fill=ZONE_COLOUR, width=lw)
+            corner = min(pts, key=lambda p: (p[1], p[0]))
+            _label(draw, corner, f"{zone.name}: {self.occupancy[zone.name]} (total {self.entered[zone.name]})",
+                   ZONE_COLOUR, font)
+        for line in self.geometry.lines:
+            (ax, ay), (bx, by) = (line.a * (sx, sy)).tolist(), (line.b * (sx, sy)).tolist()
+            draw.line([(ax, ay), (bx, by)], fill=LINE_COLOUR, width=lw)
+            length = math.hypot(bx - ax, by - ay) or 1.0
+            nx, ny = -(by - ay) / length, (bx - ax) / length  # towards the right-hand ("in") side
+            mx, my = (ax + bx) / 2, (ay + by) / 2
+            tip = (mx + 6 * lw * nx, my + 6 * lw * ny)
+            draw.line([(mx, my), tip], fill=LINE_COLOUR, width=lw)
+            draw.polygon([tip, (tip[0] - 3 * lw * (nx - ny), tip[1] - 3 * lw * (ny + nx)),
+                          (tip[0] - 3 * lw * (nx + ny), tip[1] - 3 * lw * (ny - nx))], fill=LINE_COLOUR)
+            counts = self.crossings.get(line.name, Counter())
+            _label(draw, (mx - 6 * lw * nx + 2, my - 6 * lw * ny),
+                   f"{line.name} in {counts['in']} out {counts['out']}", LINE_COLOUR, font)
 
 
 @dataclass(frozen=True)
@@ -182,6 +298,7 @@ class VideoSinkConfig:
             left out (``skip``).
         line_width: box outline width in pixels; ``null`` scales with the frame size.
         threads: decoder and encoder threads per source (0 = FFmpeg's choice).
+        trail: how many recent anchor points of each track are drawn as its trail (0: none).
     """
 
     path: str
@@ -192,6 +309,7 @@ class VideoSinkConfig:
     unmatched: Literal["copy", "skip"] = "copy"
     line_width: int | None = None
     threads: int = 2
+    trail: int = 20
 
     def validate(self, key: str) -> None:
         if self.crf is not None and not 0 <= self.crf <= 63:
@@ -200,6 +318,8 @@ class VideoSinkConfig:
             raise ConfigError(f"{key}.line_width", f"expected >= 1, got {self.line_width}")
         if self.threads < 0:
             raise ConfigError(f"{key}.threads", f"expected >= 0, got {self.threads}")
+        if not 0 <= self.trail <= 1000:
+            raise ConfigError(f"{key}.trail", f"expected 0..1000 points, got {self.trail}")
         try:
             av.codec.Codec(self.codec, "w")
         except Exception as e:  # UnknownCodecError and friends
@@ -210,8 +330,9 @@ class _SourceWriter:
     """Decodes one source file in lockstep with its results and encodes the annotated copy."""
 
     def __init__(self, source_id: str, uri: str, out_path: Path, cfg: VideoSinkConfig,
-                 font_cache: dict[int, Any]) -> None:
+                 font_cache: dict[int, Any], analytics: AnalyticsConfig | None = None) -> None:
         self.source_id = source_id
+        self.overlay = _Overlay(source_id, analytics, cfg.trail)
         self.uri = uri
         self.out_path = out_path
         self.cfg = cfg
@@ -346,6 +467,7 @@ class _SourceWriter:
             self.close()
             return
         self._check_pts(meta.pts, meta.time_base, frame)
+        self.overlay.update(result)
         rgb = _to_rgb(frame)
         self._encode(self._annotate(rgb, result.detections, index, (meta.width, meta.height)),
                      frame.pts)
@@ -358,12 +480,18 @@ class _SourceWriter:
         h, w = rgb.shape[:2]
         if meta_size is not None and meta_size != (w, h) and len(dets):
             scale = np.array([w / meta_size[0], h / meta_size[1]] * 2, np.float32)
-            dets = Detections(dets.xyxy * scale, dets.confidence, dets.class_id, dets.class_names)
+            dets = Detections(dets.xyxy * scale, dets.confidence, dets.class_id, dets.class_names, dets.track_id)
         size = max(10, round(h / 36))
         if size not in self._fonts:
             self._fonts[size] = _load_font(size)
+        geometry = self.overlay.geometry
+        xy_scale = (1.0, 1.0) if geometry is None else (w / geometry.width, h / geometry.height)
+
+        def overlay(draw: Any, lw: int, font: Any) -> None:
+            self.overlay.draw(draw, xy_scale, lw, font)
+
         drawn = draw_detections(rgb, dets, index, draw_labels=self.cfg.draw_labels,
-                                line_width=self.cfg.line_width, font=self._fonts[size])
+                                line_width=self.cfg.line_width, font=self._fonts[size], overlay=overlay)
         return av.VideoFrame.from_ndarray(drawn, format="rgb24")
 
     def _check_pts(self, pts: int | None, time_base: tuple[int, int],
@@ -432,9 +560,10 @@ class VideoSink:
     def __init__(self, path: str | Path, codec: str = "libx264", crf: int | None = 23,
                  preset: str | None = "veryfast", draw_labels: bool = True,
                  unmatched: Literal["copy", "skip"] = "copy", line_width: int | None = None,
-                 threads: int = 2) -> None:
+                 threads: int = 2, trail: int = 20, analytics: AnalyticsConfig | None = None) -> None:
         self.config = VideoSinkConfig(str(path), codec, crf, preset, draw_labels, unmatched,
-                                      line_width, threads)
+                                      line_width, threads, trail)
+        self.analytics = analytics
         self.path = Path(path).expanduser()
         self._single_file = self.path.suffix.lower() in VIDEO_SUFFIXES
         self._writers: dict[str, _SourceWriter] = {}
@@ -443,6 +572,13 @@ class VideoSink:
         self._entered = False
         #: source id -> output file, for every source that got a writer.
         self.outputs: dict[str, Path] = {}
+
+    def use_analytics(self, config: AnalyticsConfig) -> None:
+        """Draw ``config``'s zones and lines with their running counts (the job calls this
+        before entering the sink when its config has an ``analytics:`` section)."""
+        if self._writers:
+            raise SinkError("video sink: use_analytics() must come before the first write()")
+        self.analytics = config
 
     def __enter__(self) -> VideoSink:
         _load_font(12)  # fail now, not at the first frame, when Pillow is missing
@@ -467,7 +603,7 @@ class VideoSink:
             out = self.path
         else:
             out = self.path / _output_name(sid)
-        writer = _SourceWriter(sid, meta.uri, out, self.config, self._fonts)
+        writer = _SourceWriter(sid, meta.uri, out, self.config, self._fonts, self.analytics)
         self._writers[sid] = writer
         self.outputs[sid] = out
         return writer
@@ -510,4 +646,4 @@ class VideoSink:
 @SINKS.register("video", VideoSinkConfig)
 def _video(config: VideoSinkConfig) -> VideoSink:
     return VideoSink(config.path, config.codec, config.crf, config.preset, config.draw_labels,
-                     config.unmatched, config.line_width, config.threads)
+                     config.unmatched, config.line_width, config.threads, config.trail)

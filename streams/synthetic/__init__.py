@@ -24,6 +24,10 @@ Modules:
 - :mod:`~streams.synthetic.render`: drawing and labelling frames (:func:`render_scene`).
 - :mod:`~streams.synthetic.truth`: the labelling rule, :class:`GTBox`, the ``.gt.json`` file.
 - :mod:`~streams.synthetic.clips`: encoding clips with their ground truth.
+- :mod:`~streams.synthetic.tracking_scene`: scripted scenes for tracking and counting
+  (:func:`tracking_scene`), with identities and exact line/zone counts in their truth.
+- :mod:`~streams.synthetic.counting`, :mod:`~streams.synthetic.regions`: that truth, by
+  the analytics stage's rules.
 
 Usage::
 
@@ -33,11 +37,25 @@ Usage::
     clip = write_clip("out/clip.mp4", spec)     # + out/clip.gt.json
     gt = load_ground_truth(clip)
     gt.boxes[12], gt.class_ids[12]              # float32[N, 4], int64[N]
+
+    clip = write_clip("out/track.mp4", tracking_scene(3))   # scripted: crossings, a line, a zone
+    gt = load_ground_truth(clip)
+    gt.track_ids[40], gt.tracking["line_counts"]            # int64[N]; {"line": {"in": {...}, ...}}
 """
 
 from streams.synthetic.clips import make_clips, write_clip
+from streams.synthetic.counting import Trajectory, line_crossings, tracking_truth, zone_visits
 from streams.synthetic.render import render_scene
-from streams.synthetic.spec import CLASS_COLORS, CLASS_NAMES, Codec, SceneSpec
+from streams.synthetic.spec import (
+    CLASS_COLORS,
+    CLASS_NAMES,
+    Codec,
+    CountingLine,
+    CountingZone,
+    SceneSpec,
+    ScriptedObject,
+)
+from streams.synthetic.tracking_scene import make_tracking_clips, tracking_scene
 from streams.synthetic.truth import (
     MIN_BOX_SIZE,
     MIN_VISIBLE,
@@ -54,13 +72,22 @@ __all__ = [
     "MIN_BOX_SIZE",
     "MIN_VISIBLE",
     "Codec",
+    "CountingLine",
+    "CountingZone",
     "GTBox",
     "GroundTruth",
     "SceneSpec",
+    "ScriptedObject",
+    "Trajectory",
     "boxes_to_arrays",
     "gt_path_for",
+    "line_crossings",
     "load_ground_truth",
     "make_clips",
+    "make_tracking_clips",
     "render_scene",
+    "tracking_scene",
+    "tracking_truth",
     "write_clip",
+    "zone_visits",
 ]

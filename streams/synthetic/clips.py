@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from streams.synthetic.counting import TrajectoryRecorder, tracking_truth
 from streams.synthetic.render import render_scene
 from streams.synthetic.spec import CODECS, Codec, SceneSpec
 from streams.synthetic.truth import frame_record, write_ground_truth
@@ -42,7 +43,8 @@ def write_clip(path: str | Path, spec: SceneSpec) -> Path:
 
     ``h264`` uses libx264 with its default settings (B-frames on) in .mp4, ``vp9``
     libvpx-vp9 in .webm, ``hevc`` libx265 in .mp4. A path without a suffix gets the
-    codec's. The keyframe interval is ``spec.gop``. Returns the clip's path.
+    codec's. The keyframe interval is ``spec.gop``. A spec with ``lines`` or ``zones``
+    also gets their exact counts in the ground truth (``"tracking"``). Returns the clip's path.
     """
     import av  # local: the renderer itself needs only NumPy
 
@@ -55,6 +57,7 @@ def write_clip(path: str | Path, spec: SceneSpec) -> Path:
         raise RuntimeError(f"write_clip: this PyAV/FFmpeg build has no {encoder} encoder")
     rate = _fps_fraction(spec.fps)
     frames_gt: list[dict[str, Any]] = []
+    recorder = TrajectoryRecorder(spec.width, spec.height) if spec.lines or spec.zones else None
     with av.open(str(path), "w") as container:
         stream: Any = container.add_stream(encoder, rate=rate, options=_encoder_options(spec))
         stream.width, stream.height = spec.width, spec.height
@@ -62,16 +65,18 @@ def write_clip(path: str | Path, spec: SceneSpec) -> Path:
         stream.codec_context.gop_size = spec.gop
         if spec.codec == "hevc":
             stream.codec_tag = "hvc1"
-        for i, (rgb, boxes) in enumerate(render_scene(spec)):
+        for i, (rgb, boxes) in enumerate(render_scene(spec, recorder)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             frame.time_base = 1 / rate
             for packet in stream.encode(frame):
                 container.mux(packet)
-            frames_gt.append(frame_record(i, boxes))
+            frames_gt.append(frame_record(i, boxes, spec.identities))
         for packet in stream.encode(None):
             container.mux(packet)
-    write_ground_truth(path, spec, frames_gt)
+    tracking = None if recorder is None else tracking_truth(recorder.trajectories(), spec.lines, spec.zones,
+                                                            spec.fps)
+    write_ground_truth(path, spec, frames_gt, tracking)
     logger.debug("wrote %s (%d frames, seed %d)", path, spec.num_frames, spec.seed)
     return path
 

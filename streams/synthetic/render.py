@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.synthetic.background import Background
-from streams.synthetic.scene import SceneModel, SceneObject
+from streams.synthetic.counting import TrajectoryRecorder
+from streams.synthetic.scene import SceneModel, SceneObject, ScriptedSceneModel
 from streams.synthetic.shapes import UNIT_AREA, coverage, extent, frame_extent, signed_distance
 from streams.synthetic.spec import SceneSpec
 from streams.synthetic.truth import MIN_BOX_SIZE, MIN_VISIBLE, GTBox
@@ -36,7 +37,8 @@ class _Renderer:
         self.spec = spec
         self.rng = np.random.default_rng(spec.seed)
         self.bg = Background(self.rng, spec)
-        self.model = SceneModel(spec, self.rng)
+        self.model: SceneModel | ScriptedSceneModel = (
+            ScriptedSceneModel(spec, self.rng) if spec.script else SceneModel(spec, self.rng))
         self.edge = max(1.0, 1.0 + 2.0 * spec.blur)
         pad = 16
         self.noise: np.ndarray | None = None
@@ -120,11 +122,18 @@ class _Renderer:
             region[:] = (reg + 0.5).astype(np.uint8)
 
 
-def render_scene(spec: SceneSpec) -> Iterator[tuple[npt.NDArray[np.uint8], list[GTBox]]]:
+def render_scene(
+    spec: SceneSpec, recorder: TrajectoryRecorder | None = None
+) -> Iterator[tuple[npt.NDArray[np.uint8], list[GTBox]]]:
     """Yield ``(rgb uint8[H, W, 3], boxes)`` for each of ``spec.num_frames`` frames.
 
-    Deterministic: the same spec yields the same pixels and boxes.
+    Deterministic: the same spec yields the same pixels and boxes. A ``recorder`` gets
+    every object's position each frame, for the tracking ground truth (it only reads the
+    scene: the frames are the same with or without it).
     """
     renderer = _Renderer(spec)
     for t in range(spec.num_frames):
-        yield renderer.render(t)
+        frame = renderer.render(t)
+        if recorder is not None:
+            recorder.add(t, renderer.model.objects)
+        yield frame

@@ -6,6 +6,10 @@ spin). Objects that leave the frame are dropped; new ones enter from an edge to 
 count within ``spec.num_objects``. Every object gets a ``track`` id, counted from 0 in
 order of appearance, that it keeps while it is in the scene.
 
+A spec with a ``script`` uses :class:`ScriptedSceneModel` instead: its objects follow fixed
+paths (:class:`~streams.synthetic.spec.ScriptedObject`), so a tracking scene can stage
+crossings, occlusions and line passages at known frames.
+
 This module knows nothing about pixels: :mod:`streams.synthetic.render` draws the model's
 objects and labels them. All randomness comes from the generator the renderer passes in
 (shared with the background and the pixel noise), and the order of the draws is part of a
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streams.synthetic.shapes import extent
-from streams.synthetic.spec import CLASS_COLORS, CLASS_NAMES, SceneSpec
+from streams.synthetic.spec import CLASS_COLORS, CLASS_NAMES, SceneSpec, ScriptedObject
 
 
 @dataclass
@@ -115,3 +119,36 @@ class SceneModel:
         self.objects = keep
         if len(self.objects) < lo or (len(self.objects) < hi and rng.random() < 0.03):
             self.objects.append(self.spawn(True))
+
+
+class ScriptedSceneModel:
+    """The objects of a scripted scene (``spec.script``): object ``i`` has track id ``i``
+    and is in the scene on its path's frames, at its path's positions.
+
+    The random generator gives each object only its colour jitter (as the random model
+    does), drawn once, in script order, when the model is made.
+    """
+
+    def __init__(self, spec: SceneSpec, rng: np.random.Generator) -> None:
+        self.spec = spec
+        self.script: tuple[ScriptedObject, ...] = spec.script
+        m = min(spec.width, spec.height)
+        self.all: list[SceneObject] = []
+        for i, s in enumerate(self.script):
+            cls = CLASS_NAMES.index(s.cls)
+            color = np.clip(np.array(CLASS_COLORS[cls], np.float32) + rng.uniform(-18, 18, 3), 0, 255)
+            x, y = s.path[0][1], s.path[0][2]
+            self.all.append(SceneObject(cls=cls, track=i, x=x, y=y, r=s.size * m / 2, angle=s.angle, vx=0.0, vy=0.0,
+                                        vr=0.0, va=s.spin, color=color.astype(np.float32), z=s.z))
+        self.objects: list[SceneObject] = []
+
+    def step(self, t: int) -> None:
+        """Frame ``t``: the objects whose paths cover ``t``, placed on them."""
+        self.objects = []
+        for s, o in zip(self.script, self.all, strict=True):
+            pos = s.position(t)
+            if pos is None:
+                continue
+            o.x, o.y = pos
+            o.angle = s.angle + s.spin * (t - s.path[0][0])
+            self.objects.append(o)

@@ -13,14 +13,24 @@ Labelling rule (what :class:`GTBox` lists for a frame):
   (too little of it shows to expect a detection).
 
 A clip's ground truth is written beside it as ``<stem>.gt.json`` (compact JSON, boxes
-rounded to 0.01 px); :func:`load_ground_truth` reads it back as arrays per frame.
+rounded to 0.01 px); :func:`load_ground_truth` reads it back as arrays per frame::
+
+    {"width": 640, "height": 360, "fps": 30.0, "num_frames": 60, "class_names": [...],
+     "codec": "h264", "seed": 0, "spec": {...},
+     "frames": [{"frame_index": 0, "boxes": [[x1, y1, x2, y2], ...], "class_ids": [2, ...]}, ...]}
+
+Tracking scenes add to it, only when their spec asks (so every other file stays
+byte-for-byte what it was, and readers that do not know the new keys read it as before):
+``"track_ids"`` in every frame (``SceneSpec.identities``: each box's object id, the same
+for the object in every frame), and ``"tracking"`` (``SceneSpec.lines``/``zones``: the
+exact line and zone counts, :mod:`streams.synthetic.counting`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.detections import Detections
-from streams.synthetic.spec import CLASS_NAMES, SceneSpec
+from streams.synthetic.spec import CLASS_NAMES, SceneSpec, spec_record
 
 MIN_VISIBLE = 0.4
 MIN_BOX_SIZE = 8.0
@@ -71,6 +81,8 @@ class GroundTruth:
     class_names: tuple[str, ...]
     boxes: list[npt.NDArray[np.float32]] = field(repr=False)  # float32[N, 4] per frame
     class_ids: list[npt.NDArray[np.int64]] = field(repr=False)  # int64[N] per frame
+    track_ids: list[npt.NDArray[np.int64]] | None = field(default=None, repr=False)  # int64[N] per frame
+    tracking: dict[str, Any] | None = field(default=None, repr=False)  # lines, zones and their counts
 
     @property
     def num_frames(self) -> int:
@@ -88,18 +100,24 @@ def gt_path_for(clip: str | Path) -> Path:
     return clip.with_name(clip.stem + ".gt.json")
 
 
-def frame_record(frame_index: int, boxes: Sequence[GTBox]) -> dict[str, Any]:
-    """One frame's entry of the ``.gt.json`` file (boxes rounded to 0.01 px)."""
+def frame_record(frame_index: int, boxes: Sequence[GTBox], identities: bool = False) -> dict[str, Any]:
+    """One frame's entry of the ``.gt.json`` file (boxes rounded to 0.01 px; with
+    ``identities``, each box's object id too)."""
     xyxy, cls = boxes_to_arrays(boxes)
-    return {
+    record: dict[str, Any] = {
         "frame_index": frame_index,
         "boxes": np.round(xyxy.astype(np.float64), 2).tolist(),
         "class_ids": cls.tolist(),
     }
+    if identities:
+        record["track_ids"] = [b.track_id for b in boxes]
+    return record
 
 
-def write_ground_truth(clip: Path, spec: SceneSpec, frames: list[dict[str, Any]]) -> Path:
-    """Write ``frames`` (from :func:`frame_record`) and the spec to the clip's ``.gt.json``."""
+def write_ground_truth(clip: Path, spec: SceneSpec, frames: list[dict[str, Any]],
+                       tracking: dict[str, Any] | None = None) -> Path:
+    """Write ``frames`` (from :func:`frame_record`), the spec and the tracking truth (if
+    any: :func:`streams.synthetic.counting.tracking_truth`) to the clip's ``.gt.json``."""
     doc = {
         "width": spec.width,
         "height": spec.height,
@@ -108,9 +126,11 @@ def write_ground_truth(clip: Path, spec: SceneSpec, frames: list[dict[str, Any]]
         "class_names": list(CLASS_NAMES),
         "codec": spec.codec,
         "seed": spec.seed,
-        "spec": asdict(spec),
+        "spec": spec_record(spec),
         "frames": frames,
     }
+    if tracking is not None:
+        doc["tracking"] = tracking
     path = gt_path_for(clip)
     path.write_text(json.dumps(doc, separators=(",", ":")))
     return path
@@ -131,4 +151,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         class_names=tuple(doc["class_names"]),
         boxes=[np.array(f["boxes"], np.float32).reshape(-1, 4) for f in frames],
         class_ids=[np.array(f["class_ids"], np.int64) for f in frames],
+        track_ids=[np.array(f["track_ids"], np.int64) for f in frames]
+        if frames and all("track_ids" in f for f in frames) else None,
+        tracking=doc.get("tracking"),
     )

@@ -13,6 +13,7 @@ import pytest
 
 from streams.detections import Detections
 from streams.errors import ConfigError
+from streams.events import Event
 from streams.frames import FrameMeta, FrameResult
 from streams.sinks import SINKS
 from streams.sinks.mqtt import MqttSink, topic_messages
@@ -146,3 +147,49 @@ def test_mqtt_offline_buffer_drops_oldest_and_reconnects(
     # qos 1 is at-least-once: the broker may redeliver a message across its restart
     assert list(dict.fromkeys(indices)) == [0, 1, 2, 107, 108, 109, 110, 111, 200]
     assert sink.dropped == 7
+
+
+def _with_events(r: FrameResult) -> FrameResult:
+    m = r.frame
+    events = (Event("line_cross", m.source_id, m.frame_index, m.pts, m.time_base, 7, "car",
+                    {"line": "gate", "direction": "in"}),
+              Event("zone_exit", m.source_id, m.frame_index, m.pts, m.time_base, 8, "person",
+                    {"zone": "lot", "dwell_s": 1.5, "reason": "left"}))
+    return FrameResult(m, r.detections, events)
+
+
+def test_events_topic_is_validated() -> None:
+    assert SINKS.parse({"type": "mqtt", "events_topic": None}, "sinks[0]").config.events_topic is None
+    for bad in ("a/{cam}/{event}", "a/{label}", "x/#/{event}", ""):
+        with pytest.raises(ConfigError) as e:
+            SINKS.parse({"type": "mqtt", "events_topic": bad}, "sinks[0]")
+        assert e.value.key == "sinks[0].events_topic", bad
+
+
+def test_topic_messages_publish_each_event_on_its_type_topic() -> None:
+    r = _with_events(_result("cam/1", 3, labels=(0, 1)))
+    messages = topic_messages(r, "fovea/{source}/detections", events_topic="fovea/{source}/events/{event}")
+    assert [t for t, _ in messages] == ["fovea/cam_1/detections", "fovea/cam_1/events/line_cross",
+                                        "fovea/cam_1/events/zone_exit"]
+    assert json.loads(messages[1][1]) == r.events[0].to_record()
+    assert json.loads(messages[2][1])["dwell_s"] == 1.5
+    per_label = topic_messages(r, "fovea/{source}/{label}", events_topic="e/{event}")  # events once, not per label
+    assert [t for t, _ in per_label] == ["fovea/cam_1/person", "fovea/cam_1/car", "e/line_cross", "e/zone_exit"]
+    empty = _with_events(_result("c", 0, labels=()))
+    assert [t for t, _ in topic_messages(empty, "x/{source}", True, "x/{source}/{event}")] == [
+        "x/c/line_cross", "x/c/zone_exit"]  # no detections: no frame message, the events still go
+    assert [t for t, _ in topic_messages(r, "x/{source}", events_topic=None)] == ["x/cam_1"]
+
+
+@pytest.mark.slow
+def test_mqtt_events_arrive_on_their_topics(mosquitto: MosquittoProcess, subscriber: Subscriber) -> None:
+    results = [_result("cam0", i) for i in range(6)]
+    results[2] = _with_events(results[2])
+    with _sink(mosquitto.port, qos=1) as sink:
+        sink.write(results)
+    assert sink.published == 8 and sink.dropped == 0
+    assert wait_until(lambda: len(subscriber.received()) >= 8, 5)
+    got = subscriber.received()
+    assert [t for t, _ in got] == ["fovea/cam0/detections"] * 3 + [
+        "fovea/cam0/events/line_cross", "fovea/cam0/events/zone_exit"] + ["fovea/cam0/detections"] * 3
+    assert got[3][1] == results[2].events[0].to_record()

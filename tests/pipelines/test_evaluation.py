@@ -172,3 +172,25 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"source": "a", "frame_index": 0}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         load_predictions_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_event_records_in_the_jsonl_are_not_frames(tmp_path: Path) -> None:
+    """A job with analytics writes its events beside the frames: they are not prediction
+    records (else every crossing would look like a duplicated frame)."""
+    from streams.events import Event
+
+    g = _gt(num_frames=6)
+    results = []
+    for i, frame in enumerate(g["frames"]):
+        events = (Event("line_cross", "clip", i, i * 512, (1, 12288), 3, "car",
+                        {"line": "gate", "direction": "in"}),) if i in (2, 4) else ()
+        results.append(FrameResult(FrameMeta("clip", "clip.mp4", i, i * 512, (1, 12288), 320, 240),
+                                   _detections(frame), events))
+    path = tmp_path / "dets.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write(results)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sum("event" in r for r in lines) == 2 and len(lines) == 8
+    preds = load_predictions_jsonl(path)
+    assert [r["frame_index"] for r in preds["clip"]] == list(range(6))
+    assert evaluate(preds, {"clip": g}).map50 == 1.0

@@ -16,6 +16,7 @@ import pytest
 
 from streams.detections import Detections
 from streams.errors import SinkError
+from streams.events import Event
 from streams.frames import FrameMeta, FrameResult
 from streams.sinks import SINKS
 from streams.sinks.process import ProcessSink, decode_results, encode_results
@@ -23,7 +24,9 @@ from streams.sinks.process import ProcessSink, decode_results, encode_results
 NAMES = tuple(f"class {i}" for i in range(80))
 
 
-def _batch(k: int, n: int = 16, seed: int = 0) -> list[FrameResult]:
+def _batch(k: int, n: int = 16, seed: int = 0, tracked: bool = False) -> list[FrameResult]:
+    """``tracked``: track ids (some -1; frame 7 of each batch has none), attributes on frame 2's
+    detections, events on frames 1 (two), 3 (pts None) and 9."""
     rng = np.random.default_rng(seed + k)
     out = []
     for i in range(n):
@@ -31,8 +34,22 @@ def _batch(k: int, n: int = 16, seed: int = 0) -> list[FrameResult]:
         d = Detections(rng.uniform(0, 1900, (m, 4)).astype(np.float32), rng.uniform(0, 1, m).astype(np.float32),
                        rng.integers(0, 90, m), NAMES)  # ids past the names: labelled by number
         pts = None if i == 3 else (k * n + i) * 512
-        out.append(FrameResult(FrameMeta(f"src{k % 2}", f"/v/é {k % 2}.mp4", k * n + i, pts, (1, 12800), 1920, 1080,
-                                         arrival_time=1.5 * i if k % 2 else None), d))
+        meta = FrameMeta(f"src{k % 2}", f"/v/é {k % 2}.mp4", k * n + i, pts, (1, 12800), 1920, 1080,
+                         arrival_time=1.5 * i if k % 2 else None)
+        events: tuple[Event, ...] = ()
+        if tracked:
+            if i != 7:
+                d = d.with_tracks(rng.integers(-1, 50, m))
+            if i == 2:
+                d = Detections(d.xyxy, d.confidence, d.class_id, d.class_names, d.track_id,
+                               tuple({"colour": ["red", 0.5 + j / 100]} if j % 2 else {} for j in range(m)))
+            if i in (1, 3, 9):
+                events = (Event("line_cross", meta.source_id, meta.frame_index, pts, meta.time_base, 3, "car",
+                                {"line": "gate é", "direction": "in" if i % 2 else "out"}),)
+            if i == 1:
+                events += (Event("zone_exit", meta.source_id, meta.frame_index, pts, meta.time_base, 4, "person",
+                                 {"zone": "lot", "dwell_s": 1.25, "reason": "lost", "last_seen_frame": 3}),)
+        out.append(FrameResult(meta, d, events))
     return out
 
 
@@ -40,30 +57,49 @@ def _sink(kind: str, path: Path, writer: str) -> object:
     return SINKS.create(SINKS.parse({"type": kind, "path": str(path), "writer": writer}, "sinks[0]"))
 
 
-def test_encode_decode_round_trip() -> None:
-    results = _batch(1)
+@pytest.mark.parametrize("tracked", [False, True])
+def test_encode_decode_round_trip(tracked: bool) -> None:
+    results = _batch(1, tracked=tracked)
     back = decode_results(encode_results(results))
     assert [r.frame for r in back] == [r.frame for r in results]
+    assert [r.events for r in back] == [r.events for r in results]
     for a, b in zip(back, results, strict=True):
         np.testing.assert_array_equal(a.detections.xyxy, b.detections.xyxy)
         np.testing.assert_array_equal(a.detections.confidence, b.detections.confidence)
         np.testing.assert_array_equal(a.detections.class_id, b.detections.class_id)
         assert a.detections.class_names == NAMES
+        assert (a.detections.track_id is None) == (b.detections.track_id is None)
+        if b.detections.track_id is not None:
+            np.testing.assert_array_equal(a.detections.track_id, b.detections.track_id)
+        assert a.detections.attributes == b.detections.attributes
+    if tracked:  # what the checks above compared
+        assert sum(len(r.events) for r in back) == 4 and back[1].events[1].data["last_seen_frame"] == 3
+        assert back[7].detections.track_id is None and back[8].detections.track_id is not None
+        assert back[2].detections.attributes is not None and back[3].detections.attributes is None
     assert decode_results(encode_results([])) == []
 
 
+@pytest.mark.parametrize("tracked", [False, True])
 @pytest.mark.parametrize("kind", ["jsonl", "csv"])
-def test_process_writer_output_equals_inline(tmp_path: Path, kind: str) -> None:
-    batches = [_batch(k) for k in range(12)]
+def test_process_writer_output_equals_inline(tmp_path: Path, kind: str, tracked: bool) -> None:
+    batches = [_batch(k, tracked=tracked) for k in range(12)]
     for writer in ("inline", "process"):
         with _sink(kind, tmp_path / f"{writer}.{kind}", writer) as sink:  # type: ignore[attr-defined]
             for b in batches:
                 sink.write(b)
     inline = (tmp_path / f"inline.{kind}").read_bytes()
     assert (tmp_path / f"process.{kind}").read_bytes() == inline
+    events = tmp_path / "inline.events.csv"
     if kind == "jsonl":
-        assert len(inline.splitlines()) == 12 * 16
-        assert json.loads(inline.splitlines()[3])["pts"] is None
+        lines = [json.loads(x) for x in inline.splitlines()]
+        assert len(lines) == 12 * 16 + (12 * 4 if tracked else 0)
+        assert [x["pts"] for x in lines if "event" not in x][3] is None
+        assert any("track_id" in d for x in lines if "event" not in x for d in x["detections"]) is tracked
+    elif tracked:
+        assert (tmp_path / "process.events.csv").read_bytes() == events.read_bytes()
+        assert len(events.read_text().splitlines()) == 1 + 12 * 4
+    else:
+        assert not events.exists() and not (tmp_path / "process.events.csv").exists()
 
 
 def test_default_writer_is_the_process() -> None:

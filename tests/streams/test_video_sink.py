@@ -10,11 +10,14 @@ import av
 import numpy as np
 import pytest
 
+from streams.analytics_config import AnalyticsConfig
 from streams.detections import Detections
 from streams.errors import ConfigError, SinkError
+from streams.events import Event
 from streams.frames import FrameMeta, FrameResult
+from streams.schema import from_dict
 from streams.sinks import SINKS
-from streams.sinks.video import VideoSink, color_for_class, draw_detections
+from streams.sinks.video import LINE_COLOUR, ZONE_COLOUR, VideoSink, _Overlay, color_for_class, draw_detections
 
 W, H, N, FPS = 320, 240, 64, 24
 Box = tuple[int, int, int, int]
@@ -218,3 +221,85 @@ def test_draw_detections_exact_pixels() -> None:
     assert tuple(out[99, 5]) == color_for_class(2)  # clipped box: edge on the border
     assert tuple(out[65, 100]) == (0, 0, 0)  # inside the box
     assert out[:16, :24].max() > 150  # frame index text in the corner (anti-aliased)
+
+
+ANALYTICS = {"sources": {"*": {"lines": [{"name": "gate", "points": [[160, 0], [160, 240]]}],
+                               "zones": [{"name": "lot", "points": [[0.0625, 0.1], [0.3125, 0.1],
+                                                                    [0.3125, 0.35], [0.0625, 0.35]],
+                                          "normalized": True}]}}}  # x 20..100, y 24..84
+
+
+def _tracked(results: list[FrameResult], crossing: int = 31) -> list[FrameResult]:
+    """The results with track 7, and the gate's line_cross event at ``crossing``."""
+    out = []
+    for r in results:
+        m = r.frame
+        events = (Event("line_cross", m.source_id, m.frame_index, m.pts, m.time_base, 7, "class0",
+                        {"line": "gate", "direction": "out"}),) if m.frame_index == crossing else ()
+        out.append(FrameResult(m, r.detections.with_tracks(np.array([7])), events))
+    return out
+
+
+def test_draws_lines_zones_and_trails(clips, tmp_path: Path) -> None:
+    results = _tracked(_results(clips["a"], "a", 0))
+    with VideoSink(tmp_path / "with", crf=18) as sink:
+        sink.use_analytics(from_dict(AnalyticsConfig, ANALYTICS, "analytics"))
+        sink.write(results)
+    with VideoSink(tmp_path / "without", crf=18, trail=0) as plain:  # no analytics, no trails
+        plain.write(results)
+    drawn, _, _ = _decode(tmp_path / "with" / "a.annotated.mp4")
+    bare, _, _ = _decode(tmp_path / "without" / "a.annotated.mp4")
+    assert len(drawn) == len(bare) == N
+    for i in (0, 40, N - 1):
+        assert _is_colour(drawn[i][220, 160], LINE_COLOUR), drawn[i][220, 160]  # the line, below the box
+        bottom, left = drawn[i][82:87, 60], drawn[i][60, 18:23]  # the zone's edges y 84, x 20 (2 px wide)
+        assert any(_is_colour(p, ZONE_COLOUR) for p in bottom) and any(_is_colour(p, ZONE_COLOUR) for p in left)
+        assert bare[i][220, 160].max() < 40 and bare[i][82:87, 60].max() < 40  # no analytics: background
+        _assert_drawn(drawn[i], clips["a"][1][i], color_for_class(0))  # the boxes still drawn over it
+    # the trail: the anchors (bottom centre, y 169) of the last 20 frames, behind the box
+    assert drawn[30][169, 115].min() > 150 and bare[30][169, 115].max() < 40
+    assert drawn[30][169, 40].max() < 40  # older than 20 frames: gone
+    writer_counts = sink._writers["a"].overlay.crossings
+    assert writer_counts == {"gate": {"out": 1}}
+
+
+def test_overlay_keeps_running_counts_from_events() -> None:
+    overlay = _Overlay("cam", from_dict(AnalyticsConfig, ANALYTICS, "analytics"), trail=3)
+    meta = FrameMeta("cam", "/v/cam.mp4", 0, 0, (1, 25), W, H)
+
+    def ev(kind: str, track: int, **data: object) -> Event:
+        return Event(kind, "cam", 0, 0, (1, 25), track, "car", data)
+
+    dets = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32), np.array([0]),
+                      track_id=np.array([4]))
+    overlay.update(FrameResult(meta, dets, (ev("zone_enter", 1, zone="lot"), ev("zone_enter", 2, zone="lot"),
+                                            ev("line_cross", 1, line="gate", direction="in"))))
+    overlay.update(FrameResult(meta, Detections.empty(), (ev("zone_exit", 1, zone="lot", reason="left"),
+                                                          ev("line_cross", 2, line="gate", direction="in"))))
+    assert overlay.occupancy["lot"] == 1 and overlay.entered["lot"] == 2
+    assert overlay.crossings == {"gate": {"in": 2}}
+    assert overlay.geometry is not None and overlay.geometry.zones[0].polygon[1].tolist() == [100.0, 24.0]
+    assert list(overlay.trails[4]) == [(5.0, 10.0)]  # bottom centre
+
+
+def test_track_ids_are_drawn_in_the_label() -> None:
+    image = np.zeros((100, 200, 3), np.uint8)
+    box = np.array([[20, 50, 120, 90]], np.float32)
+    plain = Detections(box, np.array([0.5], np.float32), np.array([1]), ("a", "b"))
+    tracked = plain.with_tracks(np.array([12345]))
+    untracked = plain.with_tracks(np.array([-1]))
+    colour = color_for_class(1)
+
+    def label_end(out: np.ndarray) -> int:  # the label's last column, on its row above the box
+        row = out[45]
+        return max(x for x in range(200) if tuple(row[x]) == colour)
+
+    ends = [label_end(draw_detections(image, d, line_width=2)) for d in (plain, tracked, untracked)]
+    assert ends[1] > ends[0] + 20  # "#12345 " widens the label
+    assert ends[2] == ends[0]       # -1: no id shown
+
+
+def test_trail_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.trail"):
+        SINKS.parse({"type": "video", "path": "o", "trail": -1}, key="sinks[0]")
+    assert SINKS.parse({"type": "video", "path": "o", "trail": 0}, key="sinks[0]").config.trail == 0
