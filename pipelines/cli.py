@@ -67,6 +67,8 @@ config sections (every key annotated in examples/job.yaml; unknown keys are erro
   decode       backend (NVDEC or CPU) and concurrent decode sessions
   preprocess   letterbox or stretch, padding, mean/std, channel order
   postprocess  confidence and IoU thresholds, max detections, fused GPU NMS
+  tracker      track ids per source: bytetrack or ocsort, thresholds, buffer in seconds
+  analytics    zones and counting lines per source, events (examples/tracking.yaml)
   sinks        outputs: jsonl, csv, video (annotated MP4), mqtt
   live         fovea live only: batching, watchdog, reconnects, HTTP metrics (examples/live.yaml)
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["run", "demo", "eval", "live", "build-engine", "bench"]
 EXIT_LINES = ["  0    success", "  1    some inputs failed", "  2    bad configuration or arguments",
               "  3    a package needed inside the job is missing", "  4    engine error", "  130  interrupted"]
-SECTIONS = ["sources", "model", "engine", "decode", "preprocess", "postprocess", "sinks", "live"]
+SECTIONS = ["sources", "model", "engine", "decode", "preprocess", "postprocess", "tracker", "analytics", "sinks", "live"]
 
 
 def _help(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
@@ -86,5 +86,5 @@ def test_pyproject_license_is_an_spdx_string_with_a_setuptools_that_reads_it() -
 
 def test_gitignore_ignores_what_the_demo_and_examples_write() -> None:
     lines = (ROOT / ".gitignore").read_text().splitlines()
-    for folder in ("fovea-demo/", "fovea-demo-run/", "fovea-live/"):
+    for folder in ("fovea-demo/", "fovea-demo-run/", "fovea-live/", "fovea-tracking/"):
         assert folder in lines or "/" + folder in lines

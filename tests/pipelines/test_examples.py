@@ -127,17 +127,34 @@ def _run_api_py(ws: Path) -> None:
     assert "1 done, 0 incomplete, 0 failed" in proc.stdout
 
 
+def _run_tracking_yaml(ws: Path) -> None:
+    assert main([*QUIET, "run", "examples/tracking.yaml", "--device", "cpu", "--no-progress"]) == 0
+    out = ws / "fovea-tracking"
+    lines = _records(out / "detections.jsonl")
+    frames = [r for r in lines if "event" not in r]
+    events = [r for r in lines if "event" in r]
+    assert len(frames) == 24 and {r["source"] for r in frames} == {"sample.mp4"}
+    tracked = [d["track_id"] for r in frames for d in r["detections"] if d["track_id"] >= 0]
+    assert len(set(tracked)) >= 2, "the tracker gave fewer than two tracks over the demo clip"
+    assert {e["event"] for e in events} <= {"line_cross", "zone_enter", "zone_exit"}
+    assert events, "no line or zone event on the demo clip"
+    rows = (out / "detections.events.csv").read_text().splitlines()
+    assert len(rows) - 1 == len(events)
+    assert _frames(out / "annotated.mp4") == 24
+
+
 RUNS: dict[str, Callable[[Path], None]] = {
     "api.py": _run_api_py,
     "demo.yaml": _run_demo_yaml,
     "job.yaml": _run_job_yaml,
     "live.yaml": _run_live_yaml,
+    "tracking.yaml": _run_tracking_yaml,
 }
 
 
 def test_this_test_runs_every_example_file() -> None:
     found = sorted(p.name for p in EXAMPLES.iterdir() if p.is_file())
-    assert len(found) == 4, found
+    assert len(found) == 5, found
     assert found == sorted(RUNS)
 
 
