@@ -1,5 +1,7 @@
 """Print one line per e2e measurement of a bench.json: label codec fps steady frames ok seconds."""
-import json, sys
+import json
+import sys
+
 label, path = sys.argv[1], sys.argv[2]
 doc = json.load(open(path))
 for m in doc.get("measurements", doc.get("results", [])):
