@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["run", "demo", "eval", "live", "build-engine", "bench"]
 EXIT_LINES = ["  0    success", "  1    some inputs failed", "  2    bad configuration or arguments",
               "  3    a package needed inside the job is missing", "  4    engine error", "  130  interrupted"]
-SECTIONS = ["sources", "model", "engine", "decode", "preprocess", "postprocess", "tracker", "analytics", "sinks", "live"]
+SECTIONS = ["sources", "model", "engine", "decode", "preprocess", "postprocess", "tracker", "analytics", "sinks",
+            "live"]
 
 
 def _help(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:

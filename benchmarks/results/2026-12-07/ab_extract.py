@@ -3,7 +3,8 @@ import json
 import sys
 
 label, path = sys.argv[1], sys.argv[2]
-doc = json.load(open(path))
+with open(path) as f:
+    doc = json.load(f)
 for m in doc.get("measurements", doc.get("results", [])):
     if m.get("name") != "e2e":
         continue
