@@ -16,11 +16,11 @@ in-place operator need torch, so they are imported on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engines.base import Engine, Layout, Precision, TensorSpec
 from engines.factory import ModelInfo, open_engine, resolve_device
+from streams.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from engines.inplace import InPlaceInference, on_stream
@@ -35,17 +35,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engines' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
 
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -61,3 +51,5 @@ __all__ = [
     "open_engine",
     "resolve_device",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

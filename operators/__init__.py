@@ -18,8 +18,9 @@ package attribute ``operators.postprocess`` is the module of that name.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from streams.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from operators.boxes import (
@@ -67,17 +68,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'operators' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
 
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -101,3 +92,5 @@ __all__ = [
     "standard_of",
     "to_source_pixels",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -8,8 +8,9 @@ Public names (imported on first use, so ``import pipelines`` stays cheap for the
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from streams.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pipelines.api import Pipeline
@@ -48,9 +49,4 @@ _WHERE = {
     "SourceStage": "pipelines.stages",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)

@@ -39,9 +39,9 @@ Importing this package starts nothing: threads and sockets exist only after
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from streams.lazy import lazy_exports
 from streams.live.batcher import Batcher, QueueStats, StreamQueue
 from streams.live.config import LiveConfig, parse_live_config, resolve_output_mode
 from streams.live.connection import Backoff
@@ -60,11 +60,6 @@ _LAZY = {
     "StreamManager": "streams.live.manager",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'streams.live' has no attribute {name!r}")
 
 
 __all__ = [
@@ -88,3 +83,5 @@ __all__ = [
     "redact_uri",
     "resolve_output_mode",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
