@@ -116,6 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny clips, 1 session, short budgets: a smoke test that runs on a CPU too")
     p.add_argument("--check", action="store_true", help="exit 1 unless every target is met")
+    p.add_argument("--tracking", action="store_true",
+                   help="end to end with ByteTrack, one line and one zone on every source (needs the tracking "
+                        "extra): the cost of tracking and analytics, against a run without")
     p.add_argument("--profile", action="store_true",
                    help="run the end-to-end measurement under torch.profiler and report where the GPU's time "
                         "goes (slower: for the shares, not the fps)")
@@ -147,7 +150,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seconds=args.seconds, job_seconds=args.job_seconds, sessions=args.sessions, batch=args.batch,
         model=args.model,
         input_size=args.input_size, clips_dir=args.clips, quick=args.quick, skip=args.skip, device=args.device,
-        profile=args.profile,
+        profile=args.profile, tracking=args.tracking,
         sources=tuple(args.source or ()), e2e_sessions=args.e2e_sessions, streams=args.streams,
         expect_fps=args.expect_fps,
         precision=args.precision, jobs=args.jobs,

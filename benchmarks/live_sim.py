@@ -277,6 +277,7 @@ def model_section(model: str, input_size: int) -> dict[str, Any]:
 
 
 def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.measure import TRACKING_ANALYTICS
     from pipelines.live import run_live
     from streams.config import parse_config
 
@@ -293,6 +294,7 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
                  "batch": {"max_wait_ms": args.max_wait_ms,
                            "queue_size": args.queue_size or (2 if args.decode == "gop" else 16)}},
         "sinks": [{"type": "jsonl", "path": str(out / f"live_{n}.jsonl")}],
+        **({"tracker": {"type": "bytetrack"}, "analytics": TRACKING_ANALYTICS} if args.tracking else {}),
     })
     t0 = time.time()
     summary = run_live(cfg, duration_s=args.duration, warmup_s=args.warmup)
@@ -336,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=128, help="engine frames per call (GOPs per call = batch // 32)")
     p.add_argument("--inference-threads", "--workers", dest="inference_threads", type=int, default=4,
                    help="live.inference_threads (--workers: the old name)")
+    p.add_argument("--tracking", action="store_true",
+                   help="ByteTrack, one line and one zone on every camera (the cost issue 24 bounds)")
     p.add_argument("--ingest-processes", default="auto",
                    help="live.ingest.processes: reader processes (auto: one per 24 streams above 32; 0: none)")
     p.add_argument("--gil-switch-ms", type=float, default=0.1, help="live.gil_switch_interval_ms")

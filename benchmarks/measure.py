@@ -44,7 +44,10 @@ import torch
 
 from benchmarks.results import Measurement
 from benchmarks.sampler import UtilSampler
+from streams.analytics_config import AnalyticsConfig
 from streams.config import DecodeConfig, EngineConfig, JobConfig, ModelConfig, PostprocessConfig, SourceEntry
+from streams.schema import from_dict
+from streams.tracker_config import TrackerConfig
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +247,13 @@ def job_config(
     model: ModelConfig,
     engine: EngineConfig,
     sessions: int = 1,
+    tracking: bool = False,
 ) -> JobConfig:
-    """A :class:`JobConfig` for the benchmark: decoding where the engine runs."""
+    """A :class:`JobConfig` for the benchmark: decoding where the engine runs.
+
+    ``tracking``: ByteTrack on every source plus the analytics of :data:`TRACKING_ANALYTICS`
+    (one line and one zone per source), the cost issue 24 bounds.
+    """
     backend: Literal["cpu", "gpu"] = "cpu" if engine.device == "cpu" else "gpu"
     return JobConfig(
         sources=[SourceEntry(path=str(s)) for s in sources],
@@ -254,7 +262,16 @@ def job_config(
         engine=engine,
         decode=DecodeConfig(backend=backend, sessions=sessions),
         postprocess=PostprocessConfig(),
+        tracker=from_dict(TrackerConfig, {"type": "bytetrack"}, "tracker") if tracking else None,
+        analytics=from_dict(AnalyticsConfig, TRACKING_ANALYTICS, "analytics") if tracking else None,
     )
+
+
+#: the bench's ``--tracking`` analytics: a line across the middle and a zone over the left half
+TRACKING_ANALYTICS: dict[str, Any] = {"sources": {"*": {
+    "lines": [{"name": "middle", "points": [[0, 0.5], [1, 0.5]], "normalized": True}],
+    "zones": [{"name": "left", "points": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]], "normalized": True}],
+}}}
 
 
 def _engine_input(frames: torch.Tensor, batch: int, dtype: str, layout: str, device: str) -> torch.Tensor:
@@ -459,7 +476,8 @@ class _LineCounter:
     def __init__(self, path: Path, interval: float = 0.05) -> None:
         self.path = path
         self.interval = interval
-        self.lines = 0
+        self.lines = 0  # frame records (event records, written after their frame's, are counted apart)
+        self.events = 0
         self.samples: list[tuple[float, int]] = []
         self._offset = 0
         self._stop = threading.Event()
@@ -483,7 +501,9 @@ class _LineCounter:
             return
         complete = data.rfind(b"\n") + 1  # whole lines only; the rest is read next time
         self._offset += complete
-        self.lines += data.count(b"\n", 0, complete)
+        events = data.count(b'\n{"event"', 0, complete) + data.startswith(b'{"event"')
+        self.events += events
+        self.lines += data.count(b"\n", 0, complete) - events
         self.samples.append((time.perf_counter(), self.lines))
 
     def _run(self) -> None:
@@ -515,8 +535,12 @@ def measure_e2e(
     codec: str | None = None,
     work_dir: str | Path | None = None,
     profile: bool = False,
+    tracking: bool = False,
 ) -> Measurement:
     """``run_job`` over ``files`` with a JSONL sink; checks every frame has its record.
+
+    ``tracking``: with a tracker, one line and one zone per source (:func:`job_config`);
+    event records in the JSONL are counted apart (``extra["events"]``).
 
     ``profile``: under ``torch.profiler``; ``extra["gpu_time"]`` then says where the GPU's
     time went (:func:`benchmarks.gputime.gpu_time_breakdown`).
@@ -533,7 +557,7 @@ def measure_e2e(
     with tempfile.TemporaryDirectory(prefix="fovea-bench-", dir=work_dir) as tmp:
         out = Path(tmp) / "detections.jsonl"
         sink = SINKS.parse({"type": "jsonl", "path": str(out)}, "sinks[0]")
-        cfg = job_config(files, [sink], model, engine, sessions)
+        cfg = job_config(files, [sink], model, engine, sessions, tracking=tracking)
         prof: Any = contextlib.nullcontext()
         if profile:
             from torch.profiler import ProfilerActivity
@@ -563,6 +587,7 @@ def measure_e2e(
     extra = {
         "sessions": sessions, "batch": engine.batch_size, "precision": engine.precision,
         "expected_frames": expected_frames, "jsonl_records": lines, "jsonl_bytes": size, "frames_ok": ok,
+        "tracking": tracking, "events": counter.events,
         "files": len(files), "failures": [f"{f.name}: {f.reason}" for f in summary.failures],
         "decoders": summary.decoders, "engine": summary.engine,
         "detections_per_frame": round(summary.detections / summary.frames, 2) if summary.frames else 0.0,
