@@ -267,7 +267,7 @@ def test_decode_sweep_counts_frames_after_warm_up(monkeypatch: pytest.MonkeyPatc
     assert built[0] == [files[0]] and sorted(built[1:]) == [[files[0]], [files[1]], [files[2]]]  # one per session
     best = max(m.extra["sweep"], key=lambda s: s["fps"])
     assert m.frames == best["frames"] and m.fps == pytest.approx(best["frames"] / m.seconds)
-    assert 0.2 <= m.seconds < 1.0
+    assert m.seconds >= 0.2  # the timed window lasts the seconds asked for (how much longer: load, not logic)
 
 
 def test_decode_sweep_reports_a_failing_session(monkeypatch: pytest.MonkeyPatch) -> None:

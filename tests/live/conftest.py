@@ -5,7 +5,8 @@ GStreamer RTSP server subprocess on a free port (waits for its READY line) and r
 :class:`~tests.servers.helpers.RtspServerProcess` that the test may kill, restart (same
 port), pause or resume; all are stopped at teardown. ``mosquitto`` is a running broker
 (:class:`~tests.servers.helpers.MosquittoProcess`). Tests skip, with the reason and the
-apt command, when a server cannot run on this machine.
+apt command, when a server cannot run on this machine; in CI, which installs both, they fail
+instead (:mod:`tests.optional`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from tests.live.helpers import RtspFactory
+from tests.optional import skip_unless_present
 from tests.servers.helpers import (
     MosquittoProcess,
     RtspServerProcess,
@@ -25,9 +27,7 @@ from tests.servers.helpers import (
 
 @pytest.fixture
 def rtsp_servers() -> Iterator[RtspFactory]:
-    reason = rtsp_unavailable()
-    if reason:
-        pytest.skip(reason)
+    skip_unless_present(rtsp_unavailable())
     started: list[RtspServerProcess] = []
 
     def make(mounts: Sequence[str], auth: Sequence[str] = ()) -> RtspServerProcess:
@@ -35,7 +35,7 @@ def rtsp_servers() -> Iterator[RtspFactory]:
         try:
             server.start()
         except RuntimeError as e:
-            pytest.skip(f"the GStreamer RTSP server cannot start: {e}")
+            skip_unless_present(f"the GStreamer RTSP server cannot start: {e}")
         started.append(server)
         return server
 
@@ -46,14 +46,12 @@ def rtsp_servers() -> Iterator[RtspFactory]:
 
 @pytest.fixture
 def mosquitto() -> Iterator[MosquittoProcess]:
-    reason = mosquitto_unavailable()
-    if reason:
-        pytest.skip(reason)
+    skip_unless_present(mosquitto_unavailable())
     broker = MosquittoProcess()
     try:
         broker.start()
     except RuntimeError as e:
         broker.close()
-        pytest.skip(f"mosquitto cannot start: {e}")
+        skip_unless_present(f"mosquitto cannot start: {e}")
     yield broker
     broker.close()

@@ -19,9 +19,10 @@ from streams.sinks import SINKS
 from streams.sinks.mqtt import MqttSink, topic_messages
 from streams.sinks.records import frame_record
 from tests.live.helpers import wait_until
+from tests.optional import require_module
 from tests.servers.helpers import MosquittoProcess
 
-mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
+mqtt = require_module("paho.mqtt.client", "the live extra: paho-mqtt")  # CI: fails when missing
 
 
 def _result(source: str, index: int, labels: tuple[int, ...] = (0,)) -> FrameResult:

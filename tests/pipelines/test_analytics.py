@@ -28,6 +28,7 @@ from streams.sinks import SINKS
 from streams.sinks.video import VideoSink
 from streams.tracker_config import TrackerConfig
 from tests.media import write_clip
+from tests.optional import require_module
 
 W, H = 200, 100
 NAMES = ("person", "car")
@@ -347,7 +348,7 @@ def test_the_resolved_geometry_is_logged_once_per_source(caplog: pytest.LogCaptu
 
 
 def test_live_metrics_count_the_stage_events() -> None:
-    prometheus = pytest.importorskip("prometheus_client")
+    prometheus = require_module("prometheus_client", "the live extra: prometheus-client")
     from streams.live.metrics import AnalyticsMetrics
 
     registry = prometheus.CollectorRegistry()

@@ -4,7 +4,6 @@ agree with the analytics stage's), ``fovea eval --tracking`` and the demo's coun
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +39,12 @@ from streams.synthetic import (
     write_clip,
 )
 from streams.synthetic.counting import TrajectoryRecorder
+from tests.optional import skip_reason
 
 # the metrics (and the tracker stage) need roboflow's trackers: the tracking extra, which CI installs
-needs_trackers = pytest.mark.skipif(importlib.util.find_spec("trackers") is None,
-                                    reason="needs the tracking extra (roboflow's trackers)")
+# (there a missing one fails the tests instead of skipping them: tests/optional.py)
+_NO_TRACKERS = skip_reason("trackers", "the tracking extra: roboflow's trackers")
+needs_trackers = pytest.mark.skipif(_NO_TRACKERS is not None, reason=str(_NO_TRACKERS))
 
 NAMES = ["a", "b"]
 QUIET = ["--log-level", "WARNING"]
