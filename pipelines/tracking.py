@@ -28,9 +28,21 @@ at its end. Time:
   A new tracker object starts its ids after the source's highest id so far, so ids are
   never reused within a source. Tracks the tracker drops end with reason ``lost``.
 
+Implementations (``tracker.implementation``): ``reference`` runs one ``trackers`` object per
+source (the default); ``batched`` (ByteTrack only) runs every source's tracks in one
+:class:`~operators.batched_tracking.BatchedByteTrack` (flat NumPy arrays, no Python object
+per track), which reproduces ``trackers``' ByteTrack: the same ids and boxes on the same
+detections (its parity tests). Everything above (the clock, gaps, restarts, id bases, the
+track book) is the same for both. Each ``process`` call steps only its own source, and a
+one-source step costs about what the reference's update does: the batched tracker is an
+order of magnitude cheaper only when one step carries many sources' frames, which this
+per-source stage interface does not offer (``benchmarks/tracking_cost.py``).
+
 ``trackers`` and ``supervision`` are imported when the stage is built, not with this
-module: without the ``tracking`` extra, a config with a ``tracker:`` section fails before
-any work with :class:`TrackingExtraError` (``fovea run`` / ``fovea live`` exit 2).
+module (the batched implementation needs neither, but the ``tracking`` extra stays the
+one switch for tracking and the reference is what the batched one is held to): without
+the ``tracking`` extra, a config with a ``tracker:`` section fails before any work with
+:class:`TrackingExtraError` (``fovea run`` / ``fovea live`` exit 2).
 """
 
 from __future__ import annotations
@@ -40,10 +52,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from operators.batched_tracking import BatchedByteTrack, ByteTrackParams, SourceFrame
 from operators.tracking import SourceClock, TrackBook
 from pipelines.stages import Gap, SourceEnd, SourceEvent
 from streams.errors import MissingExtraError
@@ -86,13 +100,84 @@ def import_trackers() -> tuple[ModuleType, ModuleType]:
     return trackers, supervision
 
 
+class _Tracker(Protocol):
+    """One source's tracker, whichever implementation runs it; ids are its own, from 0."""
+
+    def update(self, xyxy: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32],
+               class_id: npt.NDArray[np.int64], t: float) -> npt.NDArray[np.int64]:
+        """One frame's detections (all shown to the tracker) → their track ids (-1: none)."""
+        ...
+
+    def has_tracks(self) -> bool:
+        """Whether the tracker holds any track, confirmed or not."""
+        ...
+
+    def confirmed_ids(self) -> list[int]:
+        """Ids of its live confirmed tracks."""
+        ...
+
+    def close(self) -> None:
+        """Free the source's state (the source ended)."""
+        ...
+
+
+class _ReferenceTracker:
+    """A ``trackers`` object (ByteTrack or OC-SORT) for one source."""
+
+    def __init__(self, tracker: Any, sv: ModuleType) -> None:
+        self.tracker = tracker
+        self._sv = sv
+
+    def update(self, xyxy: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32],
+               class_id: npt.NDArray[np.int64], t: float) -> npt.NDArray[np.int64]:
+        ids = np.full(len(confidence), -1, np.int64)
+        dets = self._sv.Detections(xyxy=xyxy, confidence=confidence, class_id=class_id,
+                                   data={"row": np.arange(len(confidence))})
+        tracked = self.tracker.update(dets, timestamp=t)
+        if len(tracked):
+            ids[tracked.data["row"]] = np.asarray(tracked.tracker_id, np.int64)
+        return ids
+
+    def has_tracks(self) -> bool:
+        return bool(self.tracker.tracks)
+
+    def confirmed_ids(self) -> list[int]:
+        return [int(tr.tracker_id) for tr in self.tracker.tracks if tr.tracker_id >= 0]
+
+    def close(self) -> None:
+        pass
+
+
+class _BatchedTracker:
+    """One source's slot in the stage's shared :class:`BatchedByteTrack`."""
+
+    def __init__(self, batched: BatchedByteTrack, slot: int) -> None:
+        self.batched = batched
+        self.slot = slot
+
+    def update(self, xyxy: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32],
+               class_id: npt.NDArray[np.int64], t: float) -> npt.NDArray[np.int64]:
+        (ids,) = self.batched.step([SourceFrame(self.slot, xyxy, confidence, t)])
+        return ids
+
+    def has_tracks(self) -> bool:
+        return self.batched.track_count(self.slot) > 0
+
+    def confirmed_ids(self) -> list[int]:
+        ids: list[int] = self.batched.confirmed_ids(self.slot).tolist()
+        return ids
+
+    def close(self) -> None:
+        self.batched.remove_source(self.slot)
+
+
 @dataclass
 class _SourceTracker:
-    """One source's tracker object, clock, and the frames held back until its frame rate is known."""
+    """One source's tracker, clock, and the frames held back until its frame rate is known."""
 
     clock: SourceClock
-    id_base: int  # added to the tracker object's own ids (which start at 0)
-    tracker: Any = None
+    id_base: int  # added to the tracker's own ids (which start at 0)
+    tracker: _Tracker | None = None
     held: list[FrameResult] | None = None
 
 
@@ -107,6 +192,9 @@ class TrackerStage:
         self._kwargs = {_PARAM_NAMES[k]: v for k, v in params.items()}
         self._kwargs["lost_track_buffer"] = max(1, round(cfg.track_buffer_s * 30))
         self._cls = self._trackers.ByteTrackTracker if cfg.type == "bytetrack" else self._trackers.OCSORTTracker
+        self.implementation = cfg.resolved_implementation()
+        self._batched = (BatchedByteTrack(ByteTrackParams(**self._kwargs)) if self.implementation == "batched"
+                         else None)
         self._sources: dict[str, _SourceTracker] = {}
         self._books: dict[str, TrackBook] = {}  # kept after a source ends, for the report
         self._rates: dict[str, float] = {}
@@ -116,6 +204,9 @@ class TrackerStage:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        for st in self._sources.values():
+            if st.tracker is not None:
+                st.tracker.close()
         self._sources.clear()
 
     @property
@@ -150,6 +241,8 @@ class TrackerStage:
             self._start(event.source_id, st)
             out = [self._track(event.source_id, st, r) for r in st.held]
         del self._sources[event.source_id]
+        if st.tracker is not None:
+            st.tracker.close()
         book = self._books[event.source_id]
         book.end(book.active, event.reason)
         return out
@@ -159,21 +252,27 @@ class TrackerStage:
         sources: dict[str, Any] = {}
         for sid, book in self._books.items():
             sources[sid] = {"frame_rate": self._rates.get(sid), **book.report()}
-        return {"type": self.cfg.type, "track_buffer_s": self.cfg.track_buffer_s, "params": self.cfg.params(),
-                "sources": sources}
+        return {"type": self.cfg.type, "implementation": self.implementation,
+                "track_buffer_s": self.cfg.track_buffer_s, "params": self.cfg.params(), "sources": sources}
 
     def _start(self, source_id: str, st: _SourceTracker) -> None:
-        """A new tracker object for the source, at its measured frame rate."""
+        """A new tracker for the source (its ids from 0), at its measured frame rate."""
         fps = st.clock.fps
         assert fps is not None
         self._rates[source_id] = round(fps, 3)
-        st.tracker = self._cls(frame_rate=fps, **self._kwargs)
+        if self._batched is None:
+            st.tracker = _ReferenceTracker(self._cls(frame_rate=fps, **self._kwargs), self._sv)
+        elif isinstance(st.tracker, _BatchedTracker):
+            self._batched.reset_source(st.tracker.slot, fps)
+        else:
+            st.tracker = _BatchedTracker(self._batched, self._batched.add_source(fps))
         log.debug("%s: %s tracker at %.3f fps, ids from %d", source_id, self.cfg.type, fps, st.id_base)
 
     def _track(self, source_id: str, st: _SourceTracker, result: FrameResult) -> FrameResult:
         book = self._books[source_id]
+        assert st.tracker is not None
         t, silence = st.clock.advance(result.frame)
-        if silence > self.cfg.track_buffer_s and st.tracker.tracks:
+        if silence > self.cfg.track_buffer_s and st.tracker.has_tracks():
             ended = book.end(book.active, "gap")
             log.info("%s: %.2f s without frames at frame %d (track buffer %.2f s): %d tracks ended", source_id,
                      silence, result.frame.frame_index, self.cfg.track_buffer_s, len(ended))
@@ -183,14 +282,10 @@ class TrackerStage:
         n = len(dets)
         track_ids = np.full(n, -1, np.int64)
         shown = np.flatnonzero(dets.confidence >= self._low)
-        sv_dets = self._sv.Detections(xyxy=dets.xyxy[shown], confidence=dets.confidence[shown],
-                                      class_id=dets.class_id[shown], data={"row": shown})
-        tracked = st.tracker.update(sv_dets, timestamp=t)
-        if len(tracked):
-            local = np.asarray(tracked.tracker_id, np.int64)
-            track_ids[tracked.data["row"]] = np.where(local >= 0, local + st.id_base, -1)
+        local = st.tracker.update(dets.xyxy[shown], dets.confidence[shown], dets.class_id[shown], t)
+        track_ids[shown] = np.where(local >= 0, local + st.id_base, -1)
         book.observe(result.frame, track_ids, dets.class_id, dets.class_names)
-        alive = {st.id_base + int(tr.tracker_id) for tr in st.tracker.tracks if tr.tracker_id >= 0}
+        alive = {st.id_base + i for i in st.tracker.confirmed_ids()}
         gone = book.live.keys() - alive
         if gone:
             book.end(gone, "lost")

@@ -329,3 +329,65 @@ def test_tracks_are_the_same_whether_a_file_is_decoded_whole_or_in_segments(
     (src,) = job2.summary.stages["TrackerStage"]["sources"].values()
     assert src["tracks_total"] == len(tracked)
     assert {t["end"] for t in src["tracks"]} <= {"lost", "done"} and src["tracks"][-1]["end"] == "done"
+
+
+# the batched implementation ------------------------------------------------------------
+
+
+def test_the_implementation_is_the_reference_unless_batched_is_given_for_bytetrack() -> None:
+    assert _parse({}).resolved_implementation() == "reference"
+    assert _parse({"type": "ocsort"}).resolved_implementation() == "reference"
+    assert _parse({"implementation": "batched"}).resolved_implementation() == "batched"
+    for bad, key in [({"type": "ocsort", "implementation": "batched"}, "tracker.implementation"),
+                     ({"implementation": "fast"}, "tracker.implementation")]:
+        with pytest.raises(ConfigError) as e:
+            _parse(bad)
+        assert e.value.key == key
+
+
+def _scene_results(seed: int, sources: int, frames: int) -> list[list[FrameResult]]:
+    """Seeded scenes (tests.operators.test_batched_tracking.make_scene) as FrameResults with
+    pts, per source; one source goes silent for longer than the track buffer."""
+    from tests.operators.test_batched_tracking import make_scene
+
+    rng = np.random.default_rng(seed)
+    out: list[list[FrameResult]] = []
+    for s in range(sources):
+        sid = f"cam{s}"
+        results = []
+        for i, f in enumerate(make_scene(rng, frames, FPS)):
+            if f is None or (s == 0 and 100 <= i < 140):  # dropped frames; source 0: a 1.6 s silence
+                continue
+            t, xyxy, conf = f
+            meta = FrameMeta(sid, sid, i, max(0, round(t * TIME_BASE[1])), TIME_BASE, 1280, 720)
+            classes = rng.integers(0, 2, len(conf)).astype(np.int64)
+            results.append(FrameResult(meta, Detections(xyxy, conf, classes, ("car", "person"))))
+        out.append(results)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_batched_stage_gives_the_reference_stages_outputs(seed: int) -> None:
+    scenes = _scene_results(seed, sources=4, frames=250)
+    outputs: dict[str, list[tuple[str, int, list[int]]]] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    for impl in ("reference", "batched"):
+        with TrackerStage(TrackerConfig(implementation=impl)) as stage:  # type: ignore[arg-type]
+            assert stage.implementation == impl
+            after = PerSourceStages([stage], [])
+            got: list[FrameResult] = []
+            for i in range(250):
+                got += after.add([r for rs in scenes for r in rs if r.frame.frame_index == i])
+            for s in range(len(scenes)):
+                got += after.end(f"cam{s}", "done")
+        rows = []
+        for r in got:
+            assert r.detections.track_id is not None
+            rows.append((r.frame.source_id, r.frame.frame_index, r.detections.track_id.tolist()))
+        outputs[impl] = rows
+        reports[impl] = {k: v for k, v in stage.report().items() if k != "implementation"}
+    assert outputs["batched"] == outputs["reference"]
+    assert reports["batched"] == reports["reference"]
+    tracks = reports["reference"]["sources"]["cam0"]["tracks"]
+    assert any(t["end"] == "gap" for t in tracks) and any(t["end"] == "lost" for t in tracks)
+    assert sum(len(set(ids) - {-1}) for _, _, ids in outputs["reference"]) > 100  # many tracked detections
