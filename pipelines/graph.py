@@ -41,7 +41,7 @@ from operators.output_decoding import select_outputs
 from operators.postprocess import postprocess
 from pipelines.ordering import ReorderBuffer
 from pipelines.preprocess import HostPreprocessor
-from pipelines.stages import Gap, InferenceStage, SourceEnd, SourceStage
+from pipelines.stages import BatchingSourceStage, Gap, InferenceStage, SourceEnd, SourceStage
 from streams.config import JobConfig
 from streams.frames import FrameResult
 from streams.sinks import SINKS, Sink
@@ -236,7 +236,16 @@ class PerSourceStages:
 
     def _release(self) -> list[FrameResult]:
         out: list[FrameResult] = []
-        for sid, run in self.reorder.release():
+        runs = self.reorder.release()
+        first = self.stages[0] if self.stages else None
+        if isinstance(first, BatchingSourceStage) and len(runs) > 1:
+            # runs without a gap go to the first stage together (one step for all sources)
+            gapless = [(sid, run) for sid, run in runs if not any(isinstance(x, range) for x in run)]
+            if len(gapless) > 1:
+                runs = [(sid, run) for sid, run in runs if any(isinstance(x, range) for x in run)]
+                for sid, done in first.process_many(gapless):  # type: ignore[arg-type]
+                    out += self._pass(sid, done, start=1)
+        for sid, run in runs:
             frames: list[FrameResult] = []
             for item in run:
                 if isinstance(item, range):  # frames before the gap pass first, then the gap
@@ -247,8 +256,9 @@ class PerSourceStages:
             out += self._pass(sid, frames)
         return out
 
-    def _pass(self, source_id: str, results: list[FrameResult]) -> list[FrameResult]:
-        for stage in self.stages:
+    def _pass(self, source_id: str, results: list[FrameResult], start: int = 0) -> list[FrameResult]:
+        """``results`` of one source through the stages from ``start`` on, then to the sinks."""
+        for stage in self.stages[start:]:
             if not results:
                 break
             results = stage.process(source_id, results)

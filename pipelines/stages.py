@@ -100,6 +100,20 @@ class SourceStage(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchingSourceStage(SourceStage, Protocol):
+    """A per-source stage that can take several sources' in-order runs in one call, so it can
+    do its per-frame work for all of them at once (the batched tracker steps every source's
+    next frame in one vectorized step).
+
+    ``process_many(runs)`` must give what ``process(source_id, results)`` would give for each
+    run in turn: per source, the results to pass on, in order.
+    """
+
+    def process_many(self, runs: Sequence[tuple[str, Sequence[FrameResult]]]
+                     ) -> list[tuple[str, list[FrameResult]]]: ...
+
+
 class InferenceStage:
     """Engine + postprocess of one decoded batch, on the batch's CUDA stream.
 

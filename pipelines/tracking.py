@@ -228,6 +228,31 @@ class TrackerStage:
             self._start(source_id, st)
         return [self._track(source_id, st, r) for r in pending]
 
+    def process_many(self, runs: Sequence[tuple[str, Sequence[FrameResult]]]
+                     ) -> list[tuple[str, list[FrameResult]]]:
+        """Several sources' runs at once: with the batched implementation, the k-th frames of
+        every run go through one vectorized tracker step (the same tracks as one source at a
+        time: the step is per source inside); otherwise :meth:`process` for each run."""
+        if self._batched is None:
+            return [(sid, self.process(sid, results)) for sid, results in runs]
+        out: dict[str, list[FrameResult]] = {}
+        queues: list[tuple[str, _SourceTracker, list[FrameResult]]] = []
+        for sid, results in runs:
+            st = self._sources.get(sid)
+            if st is None or st.tracker is None or st.held:  # a source's first frames: its rate first
+                out[sid] = self.process(sid, results)
+                continue
+            out[sid] = []
+            queues.append((sid, st, list(results)))
+        for k in range(max((len(q) for _, _, q in queues), default=0)):
+            stepping = [(sid, st, q[k]) for sid, st, q in queues if k < len(q)]
+            prepared = [self._before_step(sid, st, r) for sid, st, r in stepping]
+            assert self._batched is not None
+            ids = self._batched.step([frame for frame, _ in prepared])
+            for (sid, st, r), (_, shown), local in zip(stepping, prepared, ids, strict=True):
+                out[sid].append(self._after_step(sid, st, r, shown, local))
+        return [(sid, out[sid]) for sid, _ in runs]
+
     def on_event(self, event: SourceEvent) -> list[FrameResult]:
         if isinstance(event, Gap):
             return []  # the next frame's time tells the tracker (module docstring)
@@ -269,20 +294,43 @@ class TrackerStage:
         log.debug("%s: %s tracker at %.3f fps, ids from %d", source_id, self.cfg.type, fps, st.id_base)
 
     def _track(self, source_id: str, st: _SourceTracker, result: FrameResult) -> FrameResult:
-        book = self._books[source_id]
+        t = self._advance(source_id, st, result)
+        assert st.tracker is not None
+        dets = result.detections
+        shown = np.flatnonzero(dets.confidence >= self._low)
+        local = st.tracker.update(dets.xyxy[shown], dets.confidence[shown], dets.class_id[shown], t)
+        return self._after_step(source_id, st, result, shown, local)
+
+    def _advance(self, source_id: str, st: _SourceTracker, result: FrameResult) -> float:
+        """The frame's time; a silence longer than the track buffer ends the source's tracks
+        ("gap") and starts its tracker afresh first."""
         assert st.tracker is not None
         t, silence = st.clock.advance(result.frame)
         if silence > self.cfg.track_buffer_s and st.tracker.has_tracks():
+            book = self._books[source_id]
             ended = book.end(book.active, "gap")
             log.info("%s: %.2f s without frames at frame %d (track buffer %.2f s): %d tracks ended", source_id,
                      silence, result.frame.frame_index, self.cfg.track_buffer_s, len(ended))
             st.id_base = book.next_id
             self._start(source_id, st)
+        return t
+
+    def _before_step(self, source_id: str, st: _SourceTracker, result: FrameResult
+                     ) -> tuple[SourceFrame, npt.NDArray[np.intp]]:
+        """The batched tracker's input for one frame, and which detections it sees."""
+        t = self._advance(source_id, st, result)
+        assert isinstance(st.tracker, _BatchedTracker)
         dets = result.detections
-        n = len(dets)
-        track_ids = np.full(n, -1, np.int64)
         shown = np.flatnonzero(dets.confidence >= self._low)
-        local = st.tracker.update(dets.xyxy[shown], dets.confidence[shown], dets.class_id[shown], t)
+        return SourceFrame(st.tracker.slot, dets.xyxy[shown], dets.confidence[shown], t), shown
+
+    def _after_step(self, source_id: str, st: _SourceTracker, result: FrameResult, shown: npt.NDArray[np.intp],
+                    local: npt.NDArray[np.int64]) -> FrameResult:
+        """Track ids on the frame's detections, and the books: observed, confirmed, lost."""
+        assert st.tracker is not None
+        book = self._books[source_id]
+        dets = result.detections
+        track_ids = np.full(len(dets), -1, np.int64)
         track_ids[shown] = np.where(local >= 0, local + st.id_base, -1)
         book.observe(result.frame, track_ids, dets.class_id, dets.class_names)
         alive = {st.id_base + i for i in st.tracker.confirmed_ids()}

@@ -6,7 +6,7 @@ Usage::
       type: bytetrack          # or ocsort
       track_buffer_s: 1.0      # a lost track is kept this long (seconds of the source's time)
       high_threshold: 0.5
-      implementation: batched  # bytetrack only: reference (the default) or batched
+      implementation: reference  # bytetrack: batched (the default) or reference
 
     cfg.tracker.params()       # every threshold, the type's defaults filled in
 
@@ -71,10 +71,10 @@ class TrackerConfig:
         implementation: who runs the tracker. ``reference``: one ``trackers`` object per
             source; ``batched``: :mod:`operators.batched_tracking`, every source's tracks in
             flat arrays, which gives the same tracks (ids and boxes; its parity tests).
-            ``batched`` exists for ``bytetrack`` only. ``reference`` is the default: the
-            stage steps one source per call, where the batched tracker costs about what the
-            reference does; it is an order of magnitude cheaper only when one step carries
-            many sources' frames.
+            ``batched`` exists for ``bytetrack`` only and is its default: the stage takes the
+            in-order runs of every ready source in one call and steps their frames together,
+            which is what makes it cheap (a step for one source costs about what the
+            reference does); ``ocsort`` runs the reference.
     """
 
     type: TrackerType = "bytetrack"
@@ -119,8 +119,11 @@ class TrackerConfig:
             raise ConfigError(f"{key}.implementation", f"batched exists for bytetrack only, not {self.type}")
 
     def resolved_implementation(self) -> TrackerImplementation:
-        """The implementation that runs: the one given, else ``reference``."""
-        return self.implementation or "reference"
+        """The implementation that runs: the one given, else ``batched`` for ByteTrack and
+        ``reference`` for OC-SORT."""
+        if self.implementation is not None:
+            return self.implementation
+        return "batched" if self.type == "bytetrack" else "reference"
 
     def params(self) -> dict[str, Any]:
         """The type's thresholds by key name: those given, the type's defaults for the rest."""

@@ -334,8 +334,9 @@ def test_tracks_are_the_same_whether_a_file_is_decoded_whole_or_in_segments(
 # the batched implementation ------------------------------------------------------------
 
 
-def test_the_implementation_is_the_reference_unless_batched_is_given_for_bytetrack() -> None:
-    assert _parse({}).resolved_implementation() == "reference"
+def test_bytetrack_runs_batched_unless_the_reference_is_asked_for() -> None:
+    assert _parse({}).resolved_implementation() == "batched"
+    assert _parse({"implementation": "reference"}).resolved_implementation() == "reference"
     assert _parse({"type": "ocsort"}).resolved_implementation() == "reference"
     assert _parse({"implementation": "batched"}).resolved_implementation() == "batched"
     for bad, key in [({"type": "ocsort", "implementation": "batched"}, "tracker.implementation"),
@@ -391,3 +392,41 @@ def test_the_batched_stage_gives_the_reference_stages_outputs(seed: int) -> None
     tracks = reports["reference"]["sources"]["cam0"]["tracks"]
     assert any(t["end"] == "gap" for t in tracks) and any(t["end"] == "lost" for t in tracks)
     assert sum(len(set(ids) - {-1}) for _, _, ids in outputs["reference"]) > 100  # many tracked detections
+
+
+def test_the_batched_stage_steps_every_ready_source_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through PerSourceStages, runs of several sources without a gap reach the batched tracker in
+    one process_many call: one vectorized step carries several sources' frames, and the tracks are
+    still the reference's (frames whose index was dropped are declared as gaps here)."""
+    from operators.batched_tracking import BatchedByteTrack
+
+    scenes = _scene_results(3, sources=4, frames=200)
+    step_sizes: list[int] = []
+    real_step = BatchedByteTrack.step
+
+    def counting_step(self: BatchedByteTrack, frames: Any) -> Any:
+        step_sizes.append(len(frames))
+        return real_step(self, frames)
+
+    monkeypatch.setattr(BatchedByteTrack, "step", counting_step)
+    outputs: dict[str, dict[tuple[str, int], list[int]]] = {}
+    for impl in ("reference", "batched"):
+        with TrackerStage(TrackerConfig(implementation=impl)) as stage:  # type: ignore[arg-type]
+            after = PerSourceStages([stage], [])
+            got: list[FrameResult] = []
+            seen = {f"cam{s}": {r.frame.frame_index for r in rs} for s, rs in enumerate(scenes)}
+            for i in range(200):
+                for sid, indices in seen.items():
+                    if i not in indices:
+                        got += after.gap(sid, (i,))
+                got += after.add([r for rs in scenes for r in rs if r.frame.frame_index == i])
+            for s in range(len(scenes)):
+                got += after.end(f"cam{s}", "done")
+        rows = {}
+        for r in got:
+            assert r.detections.track_id is not None
+            rows[(r.frame.source_id, r.frame.frame_index)] = r.detections.track_id.tolist()
+        outputs[impl] = rows
+    assert outputs["batched"] == outputs["reference"]
+    assert len(outputs["batched"]) == sum(len(rs) for rs in scenes)
+    assert max(step_sizes) == 4, "no step carried every source's frame"
