@@ -22,13 +22,16 @@ Usage::
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import queue
 import threading
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
-__all__ = ["BehindFirstQueue"]
+__all__ = ["BehindFirstQueue", "join_draining"]
 
 
 class BehindFirstQueue:
@@ -105,3 +108,18 @@ class BehindFirstQueue:
     def _wake_next(self) -> None:  # with the lock held: the top waiter, if it may go now
         if self._waiting and len(self._items) < self.maxsize:
             self._waiting[0][2].notify()
+
+
+class _Drainable(Protocol):
+    def get_nowait(self) -> object: ...
+
+
+def join_draining(threads: Sequence[threading.Thread], q: _Drainable) -> None:
+    """Wait for ``threads`` (told to stop already) to end, emptying ``q`` meanwhile so none of
+    them stays blocked on a full queue (their items are dropped: the consumer has stopped)."""
+    while any(t.is_alive() for t in threads):
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+        for t in threads:
+            t.join(timeout=0.05)

@@ -55,8 +55,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from operators.boxes import letterbox_geometry
-from pipelines.batch_queue import BehindFirstQueue
-from pipelines.inference_pool import FailedBatch
+from pipelines.batch_queue import BehindFirstQueue, join_draining
 from pipelines.preprocess import PreprocessSpec
 from pipelines.segments import Segment, plan_segments
 from pipelines.video_decoding import (
@@ -214,12 +213,7 @@ class FileDecodeSource:
         tb: TracebackType | None,
     ) -> None:
         self._stop.set()
-        while any(t.is_alive() for t in self._threads):
-            with contextlib.suppress(queue.Empty):  # unblock sessions waiting on a full queue
-                while True:
-                    self._decoded.get_nowait()
-            for t in self._threads:
-                t.join(timeout=0.05)
+        join_draining(self._threads, self._decoded)
         self._threads.clear()
         if self._decode_cpu > 0:
             log.info("decode sessions (s, summed): %.1f CPU, %.1f blocked on a full queue",
@@ -416,9 +410,11 @@ class _FileReader:
         self._stop = stop
         self.finished = False
 
-    def read(self, timeout: float | None = None) -> DecodedBatch | FailedBatch | None:
+    def read(self, timeout: float | None = None) -> DecodedBatch | None:
         """The next batch, ordered on this reader's stream; ``None`` at the end (or on stop,
-        or after ``timeout`` seconds without a batch when one is given)."""
+        or after ``timeout`` seconds without a batch when one is given). A file's batch never
+        fails alone (:class:`~pipelines.inference_pool.FailedBatch` is live's): a decode error
+        fails the file, through its events."""
         waited = 0.0
         while not self._stop.is_set() and not self.finished:
             try:

@@ -185,11 +185,10 @@ class PerSourceStages:
     Each method returns what reached the sinks, for the Python API's iterator.
     """
 
-    def __init__(self, stages: Sequence[SourceStage], sinks: Sequence[Sink],
-                 ordered: bool | None = None) -> None:
+    def __init__(self, stages: Sequence[SourceStage], sinks: Sequence[Sink]) -> None:
         self.stages = list(stages)
         self.sinks = list(sinks)
-        self.ordered = bool(self.stages) if ordered is None else ordered
+        self.ordered = bool(self.stages)  # only per-source stages need each source's frames in order
         self.reorder = ReorderBuffer()
         self.sink_seconds = 0.0
         self._ended: set[str] = set()  # sources ended: a late frame of theirs skips the stages

@@ -20,7 +20,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from pipelines.batch_queue import join_draining
 from pipelines.stages import BatchStage
 from pipelines.video_decoding import DecodedBatch
 from streams.errors import EngineError, FoveaError
@@ -105,12 +105,7 @@ class InferencePool:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop.set()
-        while any(t.is_alive() for t in self._workers):
-            with contextlib.suppress(queue.Empty):  # unblock threads waiting on a full queue
-                while True:
-                    self._out.get_nowait()
-            for t in self._workers:
-                t.join(timeout=0.05)
+        join_draining(self._workers, self._out)
         self._workers.clear()
         if self.wall_s > 0:
             log.info("inference threads (s, summed): %.1f CPU, %.1f waiting for batches, of %.1f",

@@ -50,7 +50,7 @@ from streams.config import JobConfig
 from streams.errors import ConfigError
 from streams.frames import FrameResult
 from streams.sinks import Sink
-from streams.sources.files import VideoFile, expand_sources
+from streams.sources.files import expand_sources
 from streams.sources.probe import BackgroundProbe
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ class FileJob:
     def batches(self) -> Iterator[list[FrameResult]]:
         """Run the job; yields each batch's results as they leave the last stage."""
         cfg, summary = self.cfg, self.summary
-        files, problems = expand_sources(cfg.sources)
-        _check_unique_ids(files)
+        files, problems = expand_sources(cfg.sources)  # unique ids: per-source bookkeeping keys on them
         summary.files_total = len(files) + len(problems)
         for e in problems:
             log.error("skipping %s", e)
@@ -150,8 +149,7 @@ class FileJob:
                         continue
                     if item is None:
                         break
-                    if isinstance(item, FailedBatch):  # files fail whole segments, not batches
-                        continue
+                    assert not isinstance(item, FailedBatch)  # a file's decode error fails its file instead
                     progress.frames_done(len(item))
                     summary.frames += len(item)
                     summary.detections += sum(len(r.detections) for r in item)
@@ -217,16 +215,6 @@ class FileJob:
             summary.failures.append(FileFailure(name, ev.error.reason, ev.frames, expected=ev.expected_frames))
         self._ending[sid] = (ev.frames, status)
         return self._maybe_end(sid, after)
-
-
-def _check_unique_ids(files: Sequence[VideoFile]) -> None:
-    """Two files with one source id would mix their frames: refused before any work."""
-    by_id: dict[str, VideoFile] = {}
-    for f in files:
-        other = by_id.setdefault(f.source_id, f)
-        if other is not f:
-            raise ConfigError("sources", f"{other.path} and {f.path} have the same source id {f.source_id!r}; "
-                              "give one of them an explicit 'id'")
 
 
 def _nonempty(results: list[FrameResult]) -> Iterator[list[FrameResult]]:
