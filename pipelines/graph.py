@@ -39,6 +39,7 @@ from engines.factory import open_engine, output_layout
 from operators.boxes import LetterboxGeometry, letterbox_geometry
 from operators.output_decoding import select_outputs
 from operators.postprocess import postprocess
+from pipelines.cascade import CascadeStage
 from pipelines.ordering import ReorderBuffer
 from pipelines.preprocess import HostPreprocessor
 from pipelines.stages import BatchingSourceStage, Gap, InferenceStage, SourceEnd, SourceStage
@@ -55,15 +56,40 @@ GRAPHS_WITH_DALI = (
 )
 
 
-def open_inference_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack) -> InferenceStage:
-    """Open the engine (entered on ``stack``) and resolve the model's output layout."""
+def open_inference_stage(cfg: JobConfig, device: str, stack: contextlib.ExitStack,
+                         stages: Sequence[SourceStage] = ()) -> InferenceStage:
+    """Open the engine (entered on ``stack``) and resolve the model's output layout.
+
+    A cascade among the job's per-source ``stages`` gets its secondary models opened on the
+    engine's device here (checked against the primary model's classes, before any decoding),
+    and the inference stage cuts its crops from each batch."""
     engine, info = open_engine(cfg.model, cfg.engine, device, cfg.postprocess, cfg.preprocess,
                                frame_preprocessor=functools.partial(HostPreprocessor, options=cfg.preprocess))
     engine = stack.enter_context(engine)
     if device.startswith("cuda"):
         engine.close_captures(GRAPHS_WITH_DALI)  # captures happen in prepare_inference only
     layout = output_layout(engine, info)
-    return stack.enter_context(InferenceStage(engine, info, layout, cfg.postprocess))
+    stage = stack.enter_context(InferenceStage(engine, info, layout, cfg.postprocess))
+    attach_cascade(stage, stages)
+    return stage
+
+
+def attach_cascade(stage: InferenceStage, stages: Sequence[SourceStage]) -> None:
+    """The cascade among a job's per-source ``stages`` (if any): its models opened on the
+    engine's device and checked against the primary model's classes, and the inference stage
+    set to cut its crops from each batch (which then must keep the source frames:
+    ``PreprocessSpec.keep_source``, from :func:`needs_source_frames`)."""
+    stage.cropper = None
+    for st in stages:
+        if isinstance(st, CascadeStage):
+            if not st.secondaries:
+                st.load(stage.engine.device, stage.info.class_names)
+            stage.cropper = st
+
+
+def needs_source_frames(cfg: JobConfig) -> bool:
+    """Whether the job's batches must carry the decoded full-size frames (a cascade crops them)."""
+    return bool(cfg.secondary)
 
 
 def batch_size_for(cfg: JobConfig, engine: Engine) -> int:
@@ -131,7 +157,7 @@ def _blank_batch(engine: Engine, batch: int, size: tuple[int, int]) -> torch.Ten
 
 def source_stages(cfg: JobConfig) -> list[SourceStage]:
     """The per-source stages the config asks for, in the order they run (tracker first,
-    then the analytics that read its tracks). Not entered yet.
+    then the secondary models, then the analytics that read the tracks). Not entered yet.
 
     A ``tracker:`` section without the ``tracking`` extra raises
     :class:`~pipelines.tracking.TrackingExtraError` here, before any work."""
@@ -140,6 +166,8 @@ def source_stages(cfg: JobConfig) -> list[SourceStage]:
         from pipelines.tracking import TrackerStage  # imports trackers (the tracking extra)
 
         stages.append(TrackerStage(cfg.tracker))
+    if cfg.secondary:  # after the tracker (a track is classified every reinfer_interval frames)
+        stages.append(CascadeStage(cfg.secondary))
     if cfg.analytics is not None:  # after the tracker: it counts tracks (refused without one)
         from pipelines.analytics import analytics_stage
 
@@ -236,14 +264,12 @@ class PerSourceStages:
     def _release(self) -> list[FrameResult]:
         out: list[FrameResult] = []
         runs = self.reorder.release()
-        first = self.stages[0] if self.stages else None
-        if isinstance(first, BatchingSourceStage) and len(runs) > 1:
-            # runs without a gap go to the first stage together (one step for all sources)
+        if len(runs) > 1 and any(isinstance(st, BatchingSourceStage) for st in self.stages):
+            # runs without a gap pass every stage together (a batching stage does one step for all)
             gapless = [(sid, run) for sid, run in runs if not any(isinstance(x, range) for x in run)]
             if len(gapless) > 1:
                 runs = [(sid, run) for sid, run in runs if any(isinstance(x, range) for x in run)]
-                for sid, done in first.process_many(gapless):  # type: ignore[arg-type]
-                    out += self._pass(sid, done, start=1)
+                out += self._pass_many(gapless)  # type: ignore[arg-type]
         for sid, run in runs:
             frames: list[FrameResult] = []
             for item in run:
@@ -254,6 +280,18 @@ class PerSourceStages:
                     frames.append(item)
             out += self._pass(sid, frames)
         return out
+
+    def _pass_many(self, runs: list[tuple[str, list[FrameResult]]]) -> list[FrameResult]:
+        """Several sources' gapless runs through the stages, each batching stage once for all."""
+        for stage in self.stages:
+            runs = [(sid, r) for sid, r in runs if r]
+            if not runs:
+                break
+            if isinstance(stage, BatchingSourceStage) and len(runs) > 1:
+                runs = stage.process_many(runs)
+            else:
+                runs = [(sid, stage.process(sid, r)) for sid, r in runs]
+        return self._write([r for _, run in runs for r in run])
 
     def _pass(self, source_id: str, results: list[FrameResult], start: int = 0) -> list[FrameResult]:
         """``results`` of one source through the stages from ``start`` on, then to the sinks."""

@@ -31,6 +31,9 @@ class PreprocessSpec:
     dtype: Literal["float16", "float32"] = "float32"
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     options: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # also return the decoded full-size frames (``DecodedBatch.source_frames``), for the
+    # stages that need source pixels (the crops of :mod:`pipelines.cascade`)
+    keep_source: bool = False
 
 
 def preprocess(frames: Any, geom: LetterboxGeometry, spec: PreprocessSpec) -> Any:

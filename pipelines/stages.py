@@ -114,6 +114,14 @@ class BatchingSourceStage(SourceStage, Protocol):
                      ) -> list[tuple[str, list[FrameResult]]]: ...
 
 
+@runtime_checkable
+class Cropper(Protocol):
+    """Takes what it needs from a batch's source frames while they are on the device
+    (:class:`pipelines.cascade.CascadeStage`): ``rows[i]`` is the frame of ``results[i]``."""
+
+    def cut(self, frames: Any, rows: Sequence[int], results: Sequence[FrameResult]) -> None: ...
+
+
 class InferenceStage:
     """Engine + postprocess of one decoded batch, on the batch's CUDA stream.
 
@@ -123,11 +131,13 @@ class InferenceStage:
     no CUDA-graph capture overlaps this work.
     """
 
-    def __init__(self, engine: Engine, info: ModelInfo, layout: str, params: PostprocessConfig) -> None:
+    def __init__(self, engine: Engine, info: ModelInfo, layout: str, params: PostprocessConfig,
+                 cropper: Cropper | None = None) -> None:
         self.engine = engine
         self.info = info
         self.layout = layout
         self.params = params
+        self.cropper = cropper  # cuts source-pixel crops of the detections while the batch is on the device
         self.operator = InPlaceInference(engine)  # the engine on DALI's buffer, in place
 
     def __enter__(self) -> InferenceStage:
@@ -143,5 +153,11 @@ class InferenceStage:
             ordered = select_outputs(outputs, self.layout)  # type: ignore[arg-type]
             dets = postprocess(ordered, self.layout, batch.geometries(), self.params,  # type: ignore[arg-type]
                                self.info.class_names)
-        return [FrameResult(meta, d) for meta, d in zip(batch.rows, dets, strict=True)
-                if meta is not None and d is not None]
+            rows = [i for i, (meta, d) in enumerate(zip(batch.rows, dets, strict=True))
+                    if meta is not None and d is not None]
+            results = [FrameResult(batch.rows[i], dets[i]) for i in rows]  # type: ignore[arg-type]
+            if self.cropper is not None and results:
+                if batch.source_frames is None:
+                    raise RuntimeError("a cascade needs the batch's source frames (PreprocessSpec.keep_source)")
+                self.cropper.cut(batch.source_frames, rows, results)
+        return results

@@ -68,6 +68,9 @@ class DecodedBatch:
         source: the file the frames come from (``None`` for live batches).
         row_geometries: per-row geometry for batches mixing sources (live); overrides
             ``geometry`` when set.
+        source_frames: the decoded full-size frames (``uint8 [F, H, W, 3]``: a DALI TensorList
+            with one sample, or a host array) when the preprocess spec keeps them
+            (``PreprocessSpec.keep_source``), else ``None``. Valid as long as the batch.
     """
 
     images: Any
@@ -79,6 +82,7 @@ class DecodedBatch:
     keepalive: list[Any] = field(default_factory=list)
     row_geometries: list[LetterboxGeometry | None] | None = None
     ready: Any = None  # a CUDA event on ``stream`` after the batch's work (set by the file source)
+    source_frames: Any = None
 
     @property
     def num_valid(self) -> int:
@@ -241,7 +245,8 @@ class FileDecoder:
         rows: list[FrameMeta | None] = [_frame_meta(self.file, self.info, start + i, p)
                                         for i, p in enumerate(chunk_pts)]
         self.frames_decoded += len(rows)
-        return DecodedBatch(outs[0], self.spec.layout, rows, self.geometry, self.stream, self.file)
+        return DecodedBatch(outs[0], self.spec.layout, rows, self.geometry, self.stream, self.file,
+                            source_frames=seq if self.spec.keep_source else None)
 
 
 @dataclass(frozen=True)
@@ -374,6 +379,8 @@ class SegmentDecoder:
             )
             if not on_gpu and self.device_id is not None:
                 frames = frames.gpu()  # CPU decode, GPU preprocessing
+            if self.spec.keep_source:  # the full-size frames too, for stages that crop source pixels
+                return preprocess(frames, geom, self.spec), label, fnum, frames
             return preprocess(frames, geom, self.spec), label, fnum
 
         pipe = graph()
@@ -400,7 +407,9 @@ class SegmentDecoder:
                 elif self._scheduled < total:
                     pipe.schedule_run()
                     self._scheduled += 1
-                images, label, fnum = pipe.outputs(self.stream) if self.stream is not None else pipe.outputs()
+                outs = pipe.outputs(self.stream) if self.stream is not None else pipe.outputs()
+                images, label, fnum = outs[:3]
+                full = outs[3] if self.spec.keep_source else None
             except RuntimeError as e:
                 self._pipe = None
                 raise SegmentDecodeError(
@@ -422,7 +431,7 @@ class SegmentDecoder:
             n = sum(r is not None for r in rows)
             done += n
             yield SegmentBatch(current, DecodedBatch(images, self.spec.layout, rows, seg.geometry,
-                                                     self.stream, seg.file, [label, fnum]))
+                                                     self.stream, seg.file, [label, fnum], source_frames=full))
             left -= 1
             if left == 0:
                 if done != seg.frames:

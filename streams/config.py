@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from streams.analytics_config import AnalyticsConfig
+from streams.cascade_config import BUILTIN_PREFIX, SecondaryConfig, validate_secondaries
 from streams.errors import ConfigError
 from streams.registry import PluginConfig
 from streams.schema import from_dict
@@ -37,7 +38,9 @@ from streams.tracker_config import TrackerConfig
 
 log = logging.getLogger(__name__)
 
-ModelLayout = Literal["auto", "yolov8", "yolov5", "efficient_nms"]
+ModelLayout = Literal["auto", "yolov8", "yolov5", "efficient_nms", "end2end", "rtdetr", "detr",
+                      "yolov8_seg", "end2end_seg", "yolov8_pose", "end2end_pose"]
+ModelTask = Literal["auto", "detect", "segment", "pose"]
 EngineKind = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 
 
@@ -70,11 +73,15 @@ class ModelConfig:
 
     ``path`` is an ONNX file, a TorchScript/ExportedProgram file, or ``default`` for the
     bundled detector. ``input_size`` is ``[height, width]``; ``None`` reads it from the
-    model when the model declares a static size.
+    model: the input's static size, or the export's ``imgsz`` metadata for a dynamic-shape
+    export. ``task`` (``detect``, ``segment``, ``pose``) and ``layout`` say how to read the
+    outputs; ``auto`` takes them from the file's metadata and its outputs' shapes. A value
+    set here wins over the file's; a conflict is logged once (docs/models.md).
     """
 
     path: str = "default"
     layout: ModelLayout = "auto"
+    task: ModelTask = "auto"
     input_size: tuple[int, int] | None = None
     class_names: list[str] | str | None = None
 
@@ -101,7 +108,9 @@ class EngineConfig:
     """``engine:``: which backend runs the model, where, and how."""
 
     kind: EngineKind = "auto"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto | cpu | cuda | cuda:N. A model runs on the CPU only where this says cpu (or auto
+    # finds no GPU): on a GPU, a model that cannot run there is an error naming the reason
+    device: str = "auto"
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     batch_size: int = 16
     cuda_graphs: bool = True
@@ -152,10 +161,14 @@ class DecodeConfig:
     backend: Literal["auto", "gpu", "cpu"] = "auto"
     sessions: int = 4  # concurrent decode pipelines (GPU: NVDEC sessions)
     threads: int = 2  # DALI CPU threads per pipeline
+    # a decode session yielding no frame this long fails its file and is replaced (a stuck decoder)
+    stall_timeout_s: float = 60.0
 
     def validate(self, key: str) -> None:
         if not 1 <= self.sessions <= 64:
             raise ConfigError(f"{key}.sessions", f"expected 1..64, got {self.sessions}")
+        if not 0.1 <= self.stall_timeout_s <= 86400.0:
+            raise ConfigError(f"{key}.stall_timeout_s", f"expected 0.1..86400 seconds, got {self.stall_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -207,10 +220,12 @@ class JobConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     tracker: TrackerConfig | None = None  # no tracking unless the section is given
     analytics: AnalyticsConfig | None = None  # zones and lines (needs a tracker)
+    secondary: tuple[SecondaryConfig, ...] = ()  # models on crops of the detections (cascades)
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later stages (live:)
 
 
-_TOP_KEYS = ("sources", "sinks", "model", "engine", "preprocess", "decode", "postprocess", "tracker", "analytics")
+_TOP_KEYS = ("sources", "sinks", "model", "engine", "preprocess", "decode", "postprocess", "tracker", "analytics",
+             "secondary")
 _EXTRA_KEYS = ("live",)
 
 
@@ -274,8 +289,25 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> JobConfig:
         tracker=None if raw.get("tracker") is None else from_dict(TrackerConfig, raw["tracker"], "tracker"),
         analytics=None if raw.get("analytics") is None else from_dict(AnalyticsConfig, raw["analytics"],
                                                                        "analytics"),
+        secondary=_secondary_section(raw.get("secondary"), raw.get("tracker") is not None, base_dir),
         extra={k: raw[k] for k in _EXTRA_KEYS if k in raw},
     )
+
+
+def _secondary_section(raw: Any, has_tracker: bool, base: Path | None) -> tuple[SecondaryConfig, ...]:
+    """``secondary:``: a list of :class:`~streams.cascade_config.SecondaryConfig`, paths resolved."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("secondary", f"expected a list of models, got {type(raw).__name__}")
+    entries = [from_dict(SecondaryConfig, r, f"secondary[{i}]") for i, r in enumerate(raw)]
+    validate_secondaries(entries, has_tracker)
+    if base is not None:
+        entries = [e if e.model.startswith(BUILTIN_PREFIX) else replace(e, model=_resolve(e.model, base))
+                   for e in entries]
+        entries = [replace(e, labels=_resolve(e.labels, base)) if isinstance(e.labels, str) else e
+                   for e in entries]
+    return tuple(entries)
 
 
 def _engine_section(raw: Any) -> Any:

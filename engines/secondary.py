@@ -1,0 +1,307 @@
+"""Secondary models: classifiers that run on crops of the primary detections.
+
+:func:`open_secondary_model` loads what a ``secondary:`` entry names (the bundled classifier,
+an ONNX file, TorchScript or a ``torch.export`` program) and returns a
+:class:`SecondaryModel`: a context manager whose hot-path method :meth:`~SecondaryModel.classify`
+takes crops ``float32[K, 3, h, w]`` (RGB, 0..1, on the model's device) and returns each
+crop's best label index and its score.
+
+Where it runs: on the primary engine's CUDA device when there is one (torch, FP16 autocast;
+ONNX files through ``onnx2torch``, since ``onnxruntime`` here has no CUDA provider), on the
+CPU otherwise or when the entry says ``device: cpu``. An ONNX model that cannot run on the
+GPU fails at load with the reason; it never moves to the CPU on its own.
+
+Usage::
+
+    with open_secondary_model(cfg.secondary[0], "cuda:0") as model:
+        label_idx, score = model.classify(crops)     # int64[K], float32[K], on the device
+        model.info.labels[int(label_idx[0])]
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from streams.cascade_config import BUILTIN_PREFIX, SecondaryConfig
+from streams.errors import ConfigError, EngineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SecondaryInfo:
+    """What the loaded model takes and gives: its labels, crop size and input normalisation."""
+
+    labels: tuple[str, ...]
+    input_size: tuple[int, int]  # (h, w) of the crops
+    mean: tuple[float, float, float] | None  # (x - mean) / std on 0..1 RGB, before the model; None: none
+    std: tuple[float, float, float] | None
+    bgr: bool  # the model wants BGR channel order
+    description: str  # for logs and the job summary
+
+
+@runtime_checkable
+class SecondaryModel(Protocol):
+    """A loaded secondary classifier (module docstring)."""
+
+    info: SecondaryInfo
+    device: str
+
+    def __enter__(self) -> SecondaryModel: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+    def classify(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``float32[K, 3, h, w]`` crops (RGB, 0..1) → ``(int64[K] label index, float32[K] score)``."""
+        ...
+
+
+class TorchSecondary:
+    """A torch module (the bundled classifier, TorchScript, an exported program) as a :class:`SecondaryModel`."""
+
+    def __init__(self, module: Any, info: SecondaryInfo, device: str, max_batch: int) -> None:
+        self.module = module
+        self.info = info
+        self.device = device
+        self.max_batch = max_batch
+        self._mean = None if info.mean is None else torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+        self._std = None if info.std is None else torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+
+    def __enter__(self) -> TorchSecondary:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        return None
+
+    def classify(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if crops.shape[0] == 0:
+            return (torch.zeros(0, dtype=torch.int64, device=crops.device),
+                    torch.zeros(0, dtype=torch.float32, device=crops.device))
+        x = _normalise(crops, self.info, self._mean, self._std)
+        outs = []
+        on_cuda = self.device.startswith("cuda")
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
+            for i in range(0, x.shape[0], self.max_batch):
+                outs.append(_first_tensor(self.module(x[i:i + self.max_batch])).float())
+        return _best(torch.cat(outs), len(self.info.labels))
+
+
+class OnnxRuntimeSecondary:
+    """An ONNX classifier through onnxruntime on the CPU (``device: cpu``, or no GPU)."""
+
+    def __init__(self, path: Path, info: SecondaryInfo, max_batch: int) -> None:
+        import onnxruntime as ort
+
+        self.info = info
+        self.device = "cpu"
+        self.max_batch = max_batch
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self._mean = None if info.mean is None else torch.tensor(info.mean).view(1, 3, 1, 1)
+        self._std = None if info.std is None else torch.tensor(info.std).view(1, 3, 1, 1)
+
+    def __enter__(self) -> OnnxRuntimeSecondary:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        return None
+
+    def classify(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _normalise(crops.cpu(), self.info, self._mean, self._std).numpy().astype(np.float32)
+        if x.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float32)
+        outs = [self.session.run(None, {self.input_name: x[i:i + self.max_batch]})[0]
+                for i in range(0, x.shape[0], self.max_batch)]
+        return _best(torch.from_numpy(np.concatenate(outs)).float(), len(self.info.labels))
+
+
+def _normalise(crops: torch.Tensor, info: SecondaryInfo, mean: torch.Tensor | None,
+               std: torch.Tensor | None) -> torch.Tensor:
+    x = crops.flip(1) if info.bgr else crops
+    if mean is not None:
+        x = x - mean
+    if std is not None:
+        x = x / std
+    return x
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    """A model's classification output: the tensor itself, or the first of a tuple/list/dict."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict) and out:
+        return _first_tensor(next(iter(out.values())))
+    raise EngineError(f"a secondary model returned {type(out).__name__}; expected a tensor [N, classes]")
+
+
+def _best(scores: torch.Tensor, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best label and its probability per row; rows that are not probabilities get a softmax."""
+    if scores.ndim != 2 or scores.shape[1] != num_labels:
+        raise EngineError(f"a secondary model's output has shape {tuple(scores.shape)}; expected "
+                          f"[N, {num_labels}] (one score per label)")
+    is_prob = bool(((scores >= 0) & (scores <= 1)).all()) and bool(
+        (scores.sum(1) - 1).abs().max() < 1e-3)
+    probs = scores if is_prob else torch.softmax(scores, dim=1)
+    score, idx = probs.max(dim=1)
+    return idx.to(torch.int64), score.to(torch.float32)
+
+
+def _labels(cfg: SecondaryConfig, key: str, own: tuple[str, ...] | None) -> tuple[str, ...]:
+    if isinstance(cfg.labels, list):
+        return tuple(str(v) for v in cfg.labels)
+    if isinstance(cfg.labels, str):
+        try:
+            lines = Path(cfg.labels).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ConfigError(f"{key}.labels", f"cannot read the labels file {cfg.labels}: {e.strerror or e}") from e
+        labels = tuple(s.strip() for s in lines if s.strip())
+        if not labels:
+            raise ConfigError(f"{key}.labels", f"the labels file {cfg.labels} has no labels")
+        return labels
+    if own:
+        return own
+    raise ConfigError(f"{key}.labels", f"the model {cfg.model} names no labels; give labels: [...] or a file")
+
+
+def _info(cfg: SecondaryConfig, key: str, own_labels: tuple[str, ...] | None, own_size: tuple[int, int] | None,
+          description: str) -> SecondaryInfo:
+    if cfg.input_size is not None:
+        size = (int(cfg.input_size[0]), int(cfg.input_size[1]))
+        if own_size is not None and own_size != size:
+            raise ConfigError(f"{key}.input_size", f"{list(size)} does not fit the model {cfg.model}, whose input "
+                                                   f"is {list(own_size)}")
+    elif own_size is not None:
+        size = own_size
+    else:
+        raise ConfigError(f"{key}.input_size", f"the model {cfg.model} has no fixed input size; give "
+                                               "input_size: [height, width]")
+    mean = None if cfg.mean is None else (float(cfg.mean[0]), float(cfg.mean[1]), float(cfg.mean[2]))
+    std = None if cfg.std is None else (float(cfg.std[0]), float(cfg.std[1]), float(cfg.std[2]))
+    return SecondaryInfo(_labels(cfg, key, own_labels), size, mean, std, cfg.channels == "bgr", description)
+
+
+def open_secondary_model(cfg: SecondaryConfig, device: str, key: str = "secondary") -> SecondaryModel:
+    """Load ``cfg``'s model for ``device`` (``cfg.device: cpu`` overrides it) and check that its
+    labels and input fit the config (:class:`~streams.errors.ConfigError` with the key if not)."""
+    device = "cpu" if cfg.device == "cpu" else device
+    if cfg.model.startswith(BUILTIN_PREFIX):
+        return _builtin(cfg, device, key)
+    path = Path(cfg.model)
+    if not path.is_file():
+        raise ConfigError(f"{key}.model", f"no such model file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _onnx(cfg, path, device, key)
+    if suffix in (".pt", ".ts", ".torchscript", ".pt2", ".jit"):
+        return _torch_file(cfg, path, device, key)
+    raise ConfigError(f"{key}.model", f"unknown model format '{suffix}' ({path}); expected .onnx, TorchScript "
+                                      "(.pt/.ts) or an exported program (.pt2)")
+
+
+def _builtin(cfg: SecondaryConfig, device: str, key: str) -> SecondaryModel:
+    from engines.classifier.model import load_default_classifier
+
+    name = cfg.model[len(BUILTIN_PREFIX):]
+    model, card = load_default_classifier(device)
+    if name != card.attribute:
+        raise ConfigError(f"{key}.model", f"no bundled model '{name}'; bundled: builtin:{card.attribute}")
+    info = _info(cfg, key, card.labels, card.input_size, f"bundled {card.attribute} classifier")
+    if len(info.labels) != len(card.labels):
+        raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels given; the bundled model has "
+                                           f"{len(card.labels)}: {list(card.labels)}")
+    return TorchSecondary(model, info, device, cfg.max_batch)
+
+
+def _torch_file(cfg: SecondaryConfig, path: Path, device: str, key: str) -> SecondaryModel:
+    try:
+        if path.suffix.lower() == ".pt2":
+            module = torch.export.load(str(path)).module()
+        else:
+            module = torch.jit.load(str(path), map_location=device)
+    except Exception as e:  # torch raises RuntimeError, ValueError, zipfile errors... for a bad file
+        raise EngineError(f"{path}: not a TorchScript or exported torch model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    module = module.to(device).eval() if hasattr(module, "eval") else module.to(device)
+    info = _info(cfg, key, None, None, f"torch {path.name}")
+    _check_output(cfg, key, info, lambda x: _first_tensor(module(x)), device)
+    return TorchSecondary(module, info, device, cfg.max_batch)
+
+
+def _onnx_shape_and_names(path: Path) -> tuple[tuple[int, int] | None, tuple[str, ...] | None, int | None]:
+    """The input (h, w) when static, labels from the metadata (``names``), and the output's class count."""
+    import ast
+
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends for a damaged file
+        raise EngineError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] not in (3, None):
+        raise EngineError(f"{path}: the input is {dims}; a secondary classifier takes NCHW images [N, 3, H, W]")
+    size = (dims[2], dims[3]) if dims[2] and dims[3] else None
+    meta = {p.key: p.value for p in model.metadata_props}
+    names: tuple[str, ...] | None = None
+    if "names" in meta:
+        try:
+            parsed = ast.literal_eval(meta["names"])
+            names = tuple(str(parsed[k]) for k in sorted(parsed)) if isinstance(parsed, dict) else tuple(
+                str(v) for v in parsed)
+        except (ValueError, SyntaxError):
+            names = None
+    out_dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in model.graph.output[0].type.tensor_type.shape.dim]
+    classes = out_dims[-1] if len(out_dims) == 2 else None
+    return size, names, classes
+
+
+def _onnx(cfg: SecondaryConfig, path: Path, device: str, key: str) -> SecondaryModel:
+    size, names, classes = _onnx_shape_and_names(path)
+    info = _info(cfg, key, names, size, f"onnx {path.name}")
+    if classes is not None and classes != len(info.labels):
+        raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels for a model with {classes} outputs ({path})")
+    if not device.startswith("cuda"):
+        return OnnxRuntimeSecondary(path, info, cfg.max_batch)
+    try:
+        from onnx2torch import convert
+    except ImportError as e:
+        raise EngineError(f"{path}: an ONNX secondary model on {device} runs through onnx2torch, which is not "
+                          "installed (pip install onnx2torch); or set device: cpu on this secondary entry to run "
+                          "it on the CPU") from e
+    try:
+        module = convert(str(path)).to(device).eval()
+    except Exception as e:  # onnx2torch raises NotImplementedError and others for unsupported ops
+        raise EngineError(f"{path}: onnx2torch cannot convert it for the GPU ({type(e).__name__}: {e}); set "
+                          "device: cpu on this secondary entry to run it on the CPU") from e
+    _check_output(cfg, key, info, lambda x: _first_tensor(module(x)), device)
+    return TorchSecondary(module, info, device, cfg.max_batch)
+
+
+def _check_output(cfg: SecondaryConfig, key: str, info: SecondaryInfo, run: Any, device: str) -> None:
+    """One blank crop through the model: its output must be ``[1, len(labels)]``."""
+    h, w = info.input_size
+    with torch.inference_mode():
+        try:
+            out = run(torch.zeros((1, 3, h, w), device=device))
+        except Exception as e:  # a model that rejects its configured input
+            raise ConfigError(f"{key}.input_size", f"the model {cfg.model} does not take a [1, 3, {h}, {w}] input: "
+                                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                              ) from e
+    if out.ndim != 2 or out.shape[1] != len(info.labels):
+        raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels for a model whose output is "
+                                           f"{list(out.shape)} ({cfg.model})")

@@ -1,0 +1,312 @@
+"""Cascades: secondary models on crops of the primary detections, cut from source-resolution frames.
+
+Where the work happens, and why (the frame is the expensive thing to keep)::
+
+    inference thread (per batch, frame still in DALI's buffer)        job thread (per source, in order)
+    InferenceStage: engine + postprocess ─► CascadeStage.cut():        CascadeStage.process_many():
+        crops of the chosen detections, resized to each model's          classify the crops that are due
+        input on the device; the frame is released with its batch        (all sources at once), attach
+                                                                          ``attributes`` to the detections
+
+- **The source frame lives only as long as its batch.** DALI returns the decoded full-size
+  frames beside the model input (``PreprocessSpec.keep_source``); :meth:`CascadeStage.cut`
+  reads them in place while the batch is being processed and keeps only the crops
+  (``K x 3 x h x w``, e.g. 3 x 32 x 32 floats = 12 KiB a detection). No host copy and no
+  frame held past its batch; memory per stream is its crops waiting for their turn, and
+  :meth:`report` gives the peak.
+- **Classification runs after the tracker**, in each source's frame order, so that
+  ``reinfer_interval`` can skip tracks classified recently (DeepStream's
+  ``secondary-reinfer-interval``): a track is classified when it first gets an id and then
+  every N frames; its other detections carry its last result. Detections without a track
+  id (too new, or no tracker) are classified every frame. The crops of every ready source
+  go through each model in one call.
+
+Counted, never crashing: detections smaller than ``min_size`` (``too_small``), crops of
+frames that ended without reaching the stage (a removed camera).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.secondary import SecondaryModel, open_secondary_model
+from operators.crops import crop_resize
+from pipelines.stages import Gap, SourceEnd, SourceEvent
+from streams.cascade_config import SecondaryConfig
+from streams.detections import Detections
+from streams.errors import ConfigError
+from streams.frames import FrameResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Cut:
+    """One frame's crops for one secondary model: which detections, their pixels, when ready."""
+
+    rows: np.ndarray  # int64[k]: indices of the detections cropped
+    crops: torch.Tensor  # float32[k, 3, h, w] on the model's device
+    ready: Any  # a CUDA event after the crop kernels (None on the CPU)
+
+
+@dataclass
+class _Counts:
+    classified: int = 0
+    reused: int = 0  # detections that took their track's last result (reinfer_interval)
+    too_small: int = 0
+    dropped: int = 0  # crops of frames that never reached the stage
+
+
+@dataclass
+class _Secondary:
+    """One ``secondary:`` entry, loaded."""
+
+    cfg: SecondaryConfig
+    model: SecondaryModel
+    class_ids: np.ndarray | None  # primary class ids to classify (None: all)
+    counts: _Counts = field(default_factory=_Counts)
+    # (source, track id) -> (frame index, label index, score) of the track's last classification
+    last: dict[tuple[str, int], tuple[int, int, float]] = field(default_factory=dict)
+
+    def chosen(self, dets: Detections) -> tuple[np.ndarray, int]:
+        """Indices of ``dets`` this model classifies, and how many were too small."""
+        keep = np.ones(len(dets), bool)
+        if self.class_ids is not None:
+            keep &= np.isin(dets.class_id, self.class_ids)
+        side = np.minimum(dets.xyxy[:, 2] - dets.xyxy[:, 0], dets.xyxy[:, 3] - dets.xyxy[:, 1])
+        small = keep & (side < self.cfg.min_size)
+        return np.flatnonzero(keep & ~small), int(small.sum())
+
+
+def source_frames_tensor(frames: Any) -> torch.Tensor:
+    """Decoded frames as a torch ``uint8[F, H, W, 3]`` tensor, zero-copy where possible.
+
+    ``frames``: a DALI ``TensorListGPU``/``TensorListCPU`` holding one ``[F, H, W, 3]`` sample
+    (a file's batch), a torch tensor, or a NumPy array.
+    """
+    if isinstance(frames, torch.Tensor):
+        return frames
+    if isinstance(frames, np.ndarray):
+        return torch.from_numpy(frames)
+    t = frames.as_tensor()
+    x = torch.from_dlpack(t) if type(frames).__name__.endswith("GPU") else torch.from_numpy(np.asarray(t))
+    return x.reshape(x.shape[-4:]) if x.ndim == 5 else x
+
+
+class CascadeStage:
+    """The secondary models of a job: :meth:`cut` on the device batch, then a per-source stage.
+
+    Built from the config (not loaded yet); :meth:`load` opens the models on the job's device
+    and checks them against the primary model's classes, before any decoding.
+    """
+
+    def __init__(self, entries: Sequence[SecondaryConfig]) -> None:
+        if not entries:
+            raise ValueError("a cascade needs at least one secondary entry")
+        self.entries = list(entries)
+        self.secondaries: list[_Secondary] = []
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], list[_Cut | None]] = {}  # (source, frame) → one cut per model
+        self._pending_bytes = 0
+        self.peak_pending_bytes = 0
+        self._stream: torch.cuda.Stream | None = None
+
+    # -- set-up ------------------------------------------------------------------------
+    def load(self, device: str, class_names: Sequence[str]) -> None:
+        """Open every model for ``device`` and resolve ``classes`` against the primary model's names."""
+        names = list(class_names)
+        for i, e in enumerate(self.entries):
+            key = f"secondary[{i}]"
+            ids = None
+            if e.classes is not None:
+                unknown = [c for c in e.classes if c not in names]
+                if unknown:
+                    raise ConfigError(f"{key}.classes", f"the primary model has no class {unknown[0]!r}; its "
+                                                        f"classes: {names}")
+                ids = np.array([names.index(c) for c in e.classes], np.int64)
+            model = open_secondary_model(e, device, key)
+            log.info("secondary %s: %s on %s, labels %s, input %s", e.name, model.info.description, model.device,
+                     list(model.info.labels), list(model.info.input_size))
+            self.secondaries.append(_Secondary(e, model, ids))
+        if device.startswith("cuda"):
+            self._stream = torch.cuda.Stream(device=device)
+
+    def __enter__(self) -> CascadeStage:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._pending_bytes = 0
+
+    # -- inference threads: cut crops while the frames are on the device -------------------
+    def cut(self, frames: Any, rows: Sequence[int], results: Sequence[FrameResult]) -> None:
+        """Crop every chosen detection of ``results`` out of ``frames`` (the batch's source
+        frames; ``rows[i]`` is the frame of ``results[i]``) for every model; the crops wait
+        for :meth:`process`. Runs on the batch's CUDA stream (the caller's current stream)."""
+        if not self.secondaries:
+            raise RuntimeError("CascadeStage.cut before load()")
+        x = source_frames_tensor(frames)
+        cuts: list[list[_Cut | None]] = [[None] * len(self.secondaries) for _ in results]
+        small = [0] * len(self.secondaries)
+        nbytes = 0
+        for si, sec in enumerate(self.secondaries):
+            chosen: list[tuple[int, np.ndarray]] = []
+            for k, r in enumerate(results):
+                idx, n_small = sec.chosen(r.detections)
+                small[si] += n_small
+                if idx.size:
+                    chosen.append((k, idx))
+            if not chosen:
+                continue
+            boxes = np.concatenate([results[k].detections.xyxy[idx] for k, idx in chosen])
+            which = np.concatenate([np.full(idx.size, rows[k], np.int64) for k, idx in chosen])
+            crops = crop_resize(x, torch.from_numpy(which).to(x.device), torch.from_numpy(boxes).to(x.device),
+                                sec.model.info.input_size)
+            if crops.is_cuda != sec.model.device.startswith("cuda"):  # a CPU model on a GPU job
+                crops = crops.to(sec.model.device)
+            ready = None
+            if crops.is_cuda:
+                ready = torch.cuda.Event()
+                ready.record(torch.cuda.current_stream(crops.device))
+            start = 0
+            for k, idx in chosen:
+                cuts[k][si] = _Cut(idx, crops[start:start + idx.size], ready)
+                start += idx.size
+            nbytes += crops.numel() * crops.element_size()
+        with self._lock:
+            for r, cs in zip(results, cuts, strict=True):
+                self._pending[(r.frame.source_id, r.frame.frame_index)] = cs
+            for sec, n_small in zip(self.secondaries, small, strict=True):
+                sec.counts.too_small += n_small
+            self._pending_bytes += nbytes
+            self.peak_pending_bytes = max(self.peak_pending_bytes, self._pending_bytes)
+
+    # -- job thread: classify in each source's order -------------------------------------
+    def process(self, source_id: str, results: Sequence[FrameResult]) -> list[FrameResult]:
+        return self.process_many([(source_id, results)])[0][1]
+
+    def process_many(self, runs: Sequence[tuple[str, Sequence[FrameResult]]]
+                     ) -> list[tuple[str, list[FrameResult]]]:
+        items = [(sid, r) for sid, run in runs for r in run]
+        with self._lock:
+            cuts = [self._pending.pop((r.frame.source_id, r.frame.frame_index), None) for _, r in items]
+        attrs: list[list[dict[str, Any]]] = [[{} for _ in range(len(r.detections))] for _, r in items]
+        for si, sec in enumerate(self.secondaries):
+            self._classify(si, sec, items, cuts, attrs)
+        released = sum(c.crops.numel() * c.crops.element_size() for cs in cuts if cs for c in cs if c is not None)
+        with self._lock:
+            self._pending_bytes -= released
+        out: dict[str, list[FrameResult]] = {sid: [] for sid, _ in runs}
+        for (sid, r), a in zip(items, attrs, strict=True):
+            out[sid].append(_with_attributes(r, a) if any(a) else r)
+        return [(sid, out[sid]) for sid, _ in runs]
+
+    def _classify(self, si: int, sec: _Secondary, items: Sequence[tuple[str, FrameResult]],
+                  cuts: Sequence[list[_Cut | None] | None], attrs: list[list[dict[str, Any]]]) -> None:
+        """Run ``sec`` on the due crops of ``items`` (one call) and fill ``attrs``.
+
+        Due: a detection without a track id, or a track not classified in its last
+        ``reinfer_interval`` frames, deciding frame by frame (a run holds several frames of
+        a source, so a track may come due twice in one call)."""
+        interval = sec.cfg.reinfer_interval
+        due_crops: list[torch.Tensor] = []
+        due_where: list[tuple[int, int]] = []  # (item, detection)
+        # a reused result: (item, detection, index into due_where or the (label, score) known before)
+        reuse: list[tuple[int, int, int | tuple[int, float]]] = []
+        sched: dict[tuple[str, int], tuple[int, int | tuple[int, float]]] = {}  # key → (frame, its result)
+        events: set[Any] = set()
+        for n, ((sid, r), cs) in enumerate(zip(items, cuts, strict=True)):
+            c = None if cs is None else cs[si]
+            if c is None:
+                continue
+            tids = r.detections.track_id
+            frame = r.frame.frame_index
+            pick: list[int] = []
+            for j, det in enumerate(c.rows.tolist()):
+                tid = -1 if tids is None else int(tids[det])
+                if interval > 0 and tid >= 0:
+                    key = (sid, tid)
+                    if key not in sched and key in sec.last:
+                        f, li, sc = sec.last[key]
+                        sched[key] = (f, (li, sc))
+                    prev = sched.get(key)
+                    if prev is not None and frame - prev[0] < interval:
+                        reuse.append((n, det, prev[1]))
+                        continue
+                    sched[key] = (frame, len(due_where))
+                pick.append(j)
+                due_where.append((n, det))
+            if pick:
+                due_crops.append(c.crops[pick] if len(pick) < c.rows.size else c.crops)
+                if c.ready is not None:
+                    events.add(c.ready)
+        labels = sec.model.info.labels
+        found: list[tuple[int, float]] = []
+        if due_crops:
+            crops = torch.cat(due_crops) if len(due_crops) > 1 else due_crops[0]
+            stream = self._stream if crops.is_cuda else None
+            if stream is not None:
+                for ev in events:
+                    stream.wait_event(ev)
+                with torch.cuda.stream(stream):
+                    label, score = sec.model.classify(crops)
+                    label, score = label.cpu(), score.cpu()  # the host waits here, once per call
+            else:
+                label, score = sec.model.classify(crops)
+            found = [(li, round(float(sc), 4)) for li, sc in zip(label.tolist(), score.tolist(), strict=True)]
+            for (n, det), (li, sc) in zip(due_where, found, strict=True):
+                attrs[n][det][sec.cfg.name] = [labels[li], sc]
+            sec.counts.classified += len(due_where)
+        for n, det, ref in reuse:
+            li, sc = found[ref] if isinstance(ref, int) else ref
+            attrs[n][det][sec.cfg.name] = [labels[li], sc]
+        sec.counts.reused += len(reuse)
+        for key, (f, ref) in sched.items():  # each track's latest classification
+            if isinstance(ref, int):
+                sec.last[key] = (f, *found[ref])
+
+    def on_event(self, event: SourceEvent) -> list[FrameResult]:
+        """A gap drops the crops of its frames; an end drops the source's crops and track memory."""
+        sid = event.source_id
+        with self._lock:
+            if isinstance(event, Gap):
+                gone = [k for k in ((sid, i) for i in event.frame_indices) if k in self._pending]
+            else:
+                gone = [k for k in self._pending if k[0] == sid]
+            for k in gone:
+                cs = self._pending.pop(k)
+                for si, c in enumerate(cs):
+                    if c is not None:
+                        self.secondaries[si].counts.dropped += c.rows.size
+                        self._pending_bytes -= c.crops.numel() * c.crops.element_size()
+        if isinstance(event, SourceEnd):
+            for sec in self.secondaries:
+                for k in [k for k in sec.last if k[0] == sid]:
+                    del sec.last[k]
+        return []
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "models": {s.cfg.name: {"model": s.model.info.description, "device": s.model.device,
+                                    "classified": s.counts.classified, "reused": s.counts.reused,
+                                    "too_small": s.counts.too_small, "dropped": s.counts.dropped}
+                       for s in self.secondaries},
+            "peak_crop_bytes": self.peak_pending_bytes,
+        }
+
+
+def _with_attributes(r: FrameResult, attrs: list[dict[str, Any]]) -> FrameResult:
+    d = r.detections
+    if d.attributes is not None:
+        attrs = [{**old, **new} for old, new in zip(d.attributes, attrs, strict=True)]
+    return replace(r, detections=replace(d, attributes=tuple(attrs)))
