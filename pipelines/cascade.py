@@ -151,10 +151,19 @@ class CascadeStage:
     # -- inference threads: cut crops while the frames are on the device -------------------
     def cut(self, frames: Any, rows: Sequence[int], results: Sequence[FrameResult]) -> None:
         """Crop every chosen detection of ``results`` out of ``frames`` (the batch's source
-        frames; ``rows[i]`` is the frame of ``results[i]``) for every model; the crops wait
-        for :meth:`process`. Runs on the batch's CUDA stream (the caller's current stream)."""
+        frames: one ``[F, H, W, 3]`` batch, or a list of ``[H, W, 3]`` frames, one a row;
+        ``rows[i]`` is the frame of ``results[i]``) for every model; the crops wait for
+        :meth:`process`. Runs on the batch's CUDA stream (the caller's current stream)."""
         if not self.secondaries:
             raise RuntimeError("CascadeStage.cut before load()")
+        if isinstance(frames, list):  # one frame a row (live batches mix sources and sizes)
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for k, row in enumerate(rows):
+                by_shape.setdefault(tuple(frames[row].shape), []).append(k)
+            for ks in by_shape.values():
+                group = np.stack([np.asarray(frames[rows[k]]) for k in ks])
+                self.cut(group, list(range(len(ks))), [results[k] for k in ks])
+            return
         x = source_frames_tensor(frames)
         cuts: list[list[_Cut | None]] = [[None] * len(self.secondaries) for _ in results]
         small = [0] * len(self.secondaries)

@@ -164,8 +164,9 @@ class LiveBatchPipeline:
             pad = seq_len - len(metas)
             rows += metas + [None] * pad
             row_geoms += [g] * len(metas) + [None] * pad
+        full = [it.image for it in items] if self.spec.keep_source and self.mode == "frames" else None
         return DecodedBatch(out, self.spec.layout, rows, None, self.stream, None, [items],
-                            row_geometries=row_geoms)
+                            row_geometries=row_geoms, source_frames=full)
 
     def _run_surfaces(self, items: Sequence[Any]) -> DecodedBatch:
         images, geoms = _surfaces_to_input(items, self.spec, self.input_size, self.stream)
