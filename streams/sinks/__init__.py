@@ -54,6 +54,8 @@ class _SinkRegistry(Registry[Sink]):
 
             with contextlib.suppress(ImportError):  # the mqtt module itself imports paho lazily
                 from streams.sinks import mqtt  # noqa: F401  (registers mqtt)
+            with contextlib.suppress(ImportError):  # sqlite, postgres, kafka, redis (clients imported on open)
+                from streams.sinks import database, kafka, postgres, redis_streams  # noqa: F401  (register)
 
     def names(self) -> list[str]:
         self._load()

@@ -4,7 +4,9 @@ and one per event (:func:`streams.sinks.records.event_json`) on a topic per even
 ``paho-mqtt`` (2.x, ``pip install 'fovea[live]'``) is imported only when the sink opens,
 so :mod:`streams.sinks` imports without it.
 
-Config (``sinks:`` entry)::
+Config (``sinks:`` entry; the delivery keys of :class:`~streams.sinks.delivery.DeliveryConfig`
+apply too: ``path`` (the spool), ``spool_max_mb``, ``flush_timeout_s``, ``send_timeout_s``,
+``retry_min_s``, ``retry_max_s``, ``password_env`` / ``password_file``)::
 
     - type: mqtt
       host: 127.0.0.1
@@ -12,30 +14,25 @@ Config (``sinks:`` entry)::
       topic: "fovea/{source}/detections"   # {source}; with {label}: one message per label
       events_topic: "fovea/{source}/events/{event}"   # {source}, {event}: line_cross, zone_enter, ...;
                                                        # null: events are not published
-      qos: 0                                # 0 | 1 | 2
-      client_id: ""                         # "" = broker-assigned / random
-      username: null
-      password: null
+      qos: 1                                # 1 | 2: at least once; 0: at most once (no acknowledgement)
+      protocol: 5                           # 5 | "3.1.1"
+      client_id: ""                         # "" = random
+      username: null                        # the password: password_env or password_file
       keepalive: 60
       retain: false
-      max_offline: 10000        # messages buffered while disconnected; oldest dropped
       only_with_detections: false
-      flush_timeout_s: 5        # on close: how long to wait for buffered/in-flight messages
-      connect_timeout_s: 5      # on open: how long to wait for the first connection
-      reconnect_min_s: 1
-      reconnect_max_s: 30
 
-Behaviour: the client connects asynchronously and paho's network thread
-(``loop_start``) reconnects automatically with capped exponential delays. While the
-broker is unreachable, messages wait in a bounded buffer (``max_offline``); when it is
-full the OLDEST message is dropped and counted (:attr:`MqttSink.dropped`). On reconnect
-the buffer is sent in order. Leaving the ``with`` block waits up to ``flush_timeout_s``
-for the buffer and in-flight messages, then disconnects; what is still unsent is counted
-as dropped. With ``{label}`` in the topic a frame becomes one message per detected label
-(its detections only), and frames without detections go to label ``none``. A frame's
-events (:class:`~streams.events.Event`, from the analytics stage) follow its message, one
-message each on ``events_topic`` (``fovea/cam1/events/line_cross``), also for frames that
-``only_with_detections`` leaves out.
+Delivery follows :mod:`streams.sinks.delivery`: messages go through the sink's spool and
+leave it once the broker acknowledged them (qos 1 PUBACK, qos 2 PUBCOMP; with qos 0, once
+written to the socket: a broker that dies then loses them), in order, reconnecting with
+capped exponential delays. With MQTT 5 every message carries the idempotency key as the user
+property ``fovea-key``; MQTT 3.1.1 has no place for it outside the payload, which is the JSONL
+line unchanged (a consumer tells duplicates by source, frame_index and topic).
+
+With ``{label}`` in the topic a frame becomes one message per detected label (its detections
+only; the key's index is the label's place in the frame), and frames without detections go
+to label ``none``. A frame's events follow its message, one message each on ``events_topic``
+(``fovea/cam1/events/line_cross``), also for frames that ``only_with_detections`` leaves out.
 
 Usage::
 
@@ -49,7 +46,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -57,10 +53,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streams.detections import Detections
 from streams.errors import ConfigError, SinkError
 from streams.frames import FrameResult
-from streams.sinks import SINKS
+from streams.sinks import SINKS, Sink
+from streams.sinks.delivery import DeliveryConfig, OutRecord, ReliableSink, TransportError, read_secret, with_writer
 from streams.sinks.records import event_json, frame_json
 
 log = logging.getLogger(__name__)
@@ -69,32 +65,28 @@ _TOPIC_UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 
 
 @dataclass(frozen=True)
-class MqttConfig:
+class MqttConfig(DeliveryConfig):
     """``type: mqtt``: see the module docstring."""
 
+    path: str = "fovea-out/mqtt-spool"
     host: str = "127.0.0.1"
     port: int = 1883
     topic: str = "fovea/{source}/detections"
     events_topic: str | None = "fovea/{source}/events/{event}"
-    qos: Literal[0, 1, 2] = 0
+    qos: Literal[0, 1, 2] = 1
+    protocol: Literal[5, "3.1.1"] = 5
     client_id: str = ""
     username: str | None = None
-    password: str | None = None
     keepalive: int = 60
     retain: bool = False
-    max_offline: int = 10_000
     only_with_detections: bool = False
-    flush_timeout_s: float = 5.0
-    connect_timeout_s: float = 5.0
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
 
-    def __repr__(self) -> str:  # never show the password
+    def __repr__(self) -> str:
         return (f"MqttConfig(host={self.host!r}, port={self.port}, topic={self.topic!r}, "
-                f"qos={self.qos}, client_id={self.client_id!r}, "
-                f"username={'***' if self.username else None})")
+                f"qos={self.qos}, client_id={self.client_id!r}, path={self.path!r})")
 
     def validate(self, key: str) -> None:
+        self.validate_delivery(key)
         if isinstance(self.qos, bool):
             raise ConfigError(f"{key}.qos", "expected 0, 1 or 2")
         if not 1 <= self.port <= 65535:
@@ -104,9 +96,7 @@ class MqttConfig:
         try:
             sample = self.topic.format(source="s", label="l")
         except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(
-                f"{key}.topic", f"only {{source}} and {{label}} may be used ({e})"
-            ) from e
+            raise ConfigError(f"{key}.topic", f"only {{source}} and {{label}} may be used ({e})") from e
         if not sample or "+" in sample or "#" in sample:
             raise ConfigError(f"{key}.topic", "must be non-empty, without + or # wildcards")
         if self.events_topic is not None:
@@ -119,242 +109,166 @@ class MqttConfig:
                                                          "(null: no event messages)")
         if self.keepalive < 1:
             raise ConfigError(f"{key}.keepalive", f"expected >= 1, got {self.keepalive}")
-        if self.max_offline < 0:
-            raise ConfigError(f"{key}.max_offline", f"expected >= 0, got {self.max_offline}")
-        for name in ("flush_timeout_s", "connect_timeout_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{key}.{name}", "expected >= 0")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise ConfigError(
-                f"{key}.reconnect_min_s", "expected 0 < reconnect_min_s <= reconnect_max_s"
-            )
 
 
-def topic_messages(
-    result: FrameResult, topic: str, only_with_detections: bool = False, events_topic: str | None = None
-) -> list[tuple[str, bytes]]:
-    """The ``(topic, payload)`` messages of one frame, its events' last (module docstring)."""
-    messages = _frame_messages(result, topic, only_with_detections)
-    if result.events and events_topic is not None:
-        source = result.frame.source_id.translate(_TOPIC_UNSAFE)
-        messages += [(events_topic.format(source=source, event=e.kind.translate(_TOPIC_UNSAFE)),
-                      event_json(e).encode()) for e in result.events]
-    return messages
-
-
-def _frame_messages(result: FrameResult, topic: str, only_with_detections: bool) -> list[tuple[str, bytes]]:
-    dets = result.detections
-    source = result.frame.source_id.translate(_TOPIC_UNSAFE)
-    if not len(dets) and only_with_detections:
-        return []
-    if "{label}" not in topic:
-        payload = frame_json(result).encode()
-        return [(topic.format(source=source, label=""), payload)]
-    if not len(dets):
-        payload = frame_json(result).encode()
-        return [(topic.format(source=source, label="none"), payload)]
-    labels = dets.labels
-    out = []
-    for label in dict.fromkeys(labels):
-        mask = [lab == label for lab in labels]
-        sub = FrameResult(result.frame, _select(dets, mask))  # its events go once, on their own topics
-        payload = frame_json(sub).encode()
-        out.append((topic.format(source=source, label=label.translate(_TOPIC_UNSAFE)), payload))
+def mqtt_records(results: Sequence[FrameResult], topic: str, only_with_detections: bool = False,
+                 events_topic: str | None = None) -> list[OutRecord]:
+    """The records of ``results``: per frame one (or one per label, ``subject``: the label,
+    with ``{label}`` in ``topic``), then its events (``subject``: the event's kind)."""
+    per_label = "{label}" in topic
+    out: list[OutRecord] = []
+    for r in results:
+        f = r.frame
+        dets = r.detections
+        if len(dets) or not only_with_detections:
+            if not per_label:
+                out.append(OutRecord("detections", f.source_id, f.frame_index, 0, frame_json(r).encode()))
+            elif not len(dets):
+                out.append(OutRecord("detections", f.source_id, f.frame_index, 0, frame_json(r).encode(), "none"))
+            else:
+                labels = dets.labels
+                for i, label in enumerate(dict.fromkeys(labels)):
+                    sub = FrameResult(f, dets[np.asarray([lab == label for lab in labels], dtype=bool)])
+                    out.append(OutRecord("detections", f.source_id, f.frame_index, i, frame_json(sub).encode(),
+                                         label))
+        if events_topic is not None:
+            out += [OutRecord("events", f.source_id, f.frame_index, i, event_json(e).encode(), e.kind)
+                    for i, e in enumerate(r.events)]
     return out
 
 
-def _select(dets: Detections, mask: list[bool]) -> Detections:
-    return dets[np.asarray(mask, dtype=bool)]
+def record_topic(r: OutRecord, topic: str, events_topic: str | None) -> str:
+    """The topic of record ``r`` (``/``, ``+``, ``#`` in a source id, label or event become ``_``)."""
+    source = r.source.translate(_TOPIC_UNSAFE)
+    if r.kind == "events":
+        assert events_topic is not None
+        return events_topic.format(source=source, event=r.subject.translate(_TOPIC_UNSAFE))
+    return topic.format(source=source, label=r.subject.translate(_TOPIC_UNSAFE))
 
 
-class MqttSink:
-    """Publishes frame records to an MQTT broker. See the module docstring."""
+def topic_messages(result: FrameResult, topic: str, only_with_detections: bool = False,
+                   events_topic: str | None = None) -> list[tuple[str, bytes]]:
+    """The ``(topic, payload)`` messages of one frame, its events' last (module docstring)."""
+    return [(record_topic(r, topic, events_topic), r.payload)
+            for r in mqtt_records([result], topic, only_with_detections, events_topic)]
 
-    def __init__(self, config: MqttConfig) -> None:
+
+class _MqttTransport:
+    """One paho client and connection (paho's own reconnecting is off: the sink reconnects)."""
+
+    def __init__(self, config: MqttConfig, where: str) -> None:
         self.config = config
+        self.where = where
         self._client: Any = None
-        self._no_conn = 4  # paho's MQTT_ERR_NO_CONN
-        self._lock = threading.Lock()
-        self._pending: deque[tuple[str, bytes]] = deque()
-        self._inflight: deque[Any] = deque()
         self._connected = threading.Event()
-        self.published = 0  # acknowledged by paho (qos 0: written to the socket)
-        self.dropped = 0  # lost to the offline bound, or unsent at close
-        self.connects = 0
-        self.disconnects = 0
+        self._lost = threading.Event()
+        self._refused: str | None = None
+        self._properties: Any = None
 
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    @property
-    def buffered(self) -> int:
-        """Messages waiting for a connection."""
-        with self._lock:
-            return len(self._pending)
-
-    @property
-    def where(self) -> str:
-        return f"mqtt://{self.config.host}:{self.config.port}"
-
-    def stats(self) -> dict[str, Any]:
-        """Counters: published, dropped, buffered, connected, connects, disconnects."""
-        return {
-            "published": self.published, "dropped": self.dropped, "buffered": self.buffered,
-            "connected": self.connected, "connects": self.connects,
-            "disconnects": self.disconnects,
-        }
-
-    # ------------------------------------------------------------------ open
-    def __enter__(self) -> MqttSink:
+    def __enter__(self) -> _MqttTransport:
         try:
             from paho.mqtt import client as mqtt
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
         except ImportError as e:
-            raise SinkError(
-                "the mqtt sink needs paho-mqtt 2.x: pip install 'fovea[live]'"
-            ) from e
+            raise SinkError("the mqtt sink needs paho-mqtt 2.x: pip install 'fovea[live]'") from e
         c = self.config
-        self._no_conn = int(mqtt.MQTT_ERR_NO_CONN)
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=c.client_id,
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=True,
-        )
+        v5 = c.protocol == 5
+        client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=c.client_id,
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, reconnect_on_failure=False)
+        client.max_inflight_messages_set(max(20, min(1000, c.batch_records)))
+        client.max_queued_messages_set(0)
         if c.username is not None:
-            client.username_pw_set(c.username, c.password)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(c.reconnect_min_s)), max_delay=max(1, round(c.reconnect_max_s))
-        )
+            client.username_pw_set(c.username, read_secret(c))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
+        if v5:
+            self._properties = (Properties, PacketTypes.PUBLISH)
         self._client = client
+        timeout = max(1.0, c.send_timeout_s)
         try:
-            client.connect_async(c.host, c.port, keepalive=c.keepalive)
+            client.connect_timeout = timeout
+            client.connect(c.host, c.port, keepalive=c.keepalive)
         except (OSError, ValueError) as e:
-            raise SinkError(f"{self.where}: cannot connect: {e}") from e
+            self._client = None
+            raise TransportError(f"cannot connect: {e}") from None
         client.loop_start()
-        if not self._connected.wait(c.connect_timeout_s):
-            log.warning("%s: not connected after %.1f s; buffering up to %d messages and "
-                        "retrying in the background", self.where, c.connect_timeout_s,
-                        c.max_offline)
+        if not self._connected.wait(timeout) or self._refused is not None:
+            self._stop()
+            raise TransportError(self._refused or f"no CONNACK within {timeout:.0f} s")
         return self
 
-    # ------------------------------------------------------- paho callbacks
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            log.warning("%s: connection refused: %s", self.where, reason)
-            return
-        self.connects += 1
-        log.info("%s: connected%s", self.where,
-                 f" (reconnect {self.connects - 1})" if self.connects > 1 else "")
-        with self._lock:
-            self._connected.set()
-            self._drain_locked()
+            self._refused = f"connection refused: {reason}"
+        self._connected.set()
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
-        was = self._connected.is_set()
-        self._connected.clear()
-        if was:
-            self.disconnects += 1
-            log.warning("%s: disconnected (%s); buffering, reconnecting", self.where, reason)
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._lost.set()
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
-                    properties: Any) -> None:
-        self.published += 1
-
-    # -------------------------------------------------------------- publish
-    def _send_locked(self, topic: str, payload: bytes) -> bool:
-        """Hand one message to paho; ``False`` if it is not connected after all."""
-        info = self._client.publish(topic, payload, qos=self.config.qos, retain=self.config.retain)
-        if info.rc != 0 and not (info.rc == self._no_conn and self.config.qos > 0):
-            return False  # (qos > 0 without a connection: paho keeps it and resends it)
-        self._inflight.append(info)
-        while self._inflight and self._done(self._inflight[0]):
-            self._inflight.popleft()
-        return True
-
-    @staticmethod
-    def _done(info: Any) -> bool:
-        try:
-            return bool(info.is_published())
-        except (RuntimeError, ValueError):
-            return True  # failed: paho re-queues qos>0 messages itself on reconnect
-
-    def _drain_locked(self) -> None:
-        while self._pending and self._connected.is_set():
-            topic, payload = self._pending[0]
-            if not self._send_locked(topic, payload):
-                break
-            self._pending.popleft()
-
-    def _buffer_locked(self, topic: str, payload: bytes) -> None:
-        if self.config.max_offline == 0:
-            self.dropped += 1
-            return
-        if len(self._pending) >= self.config.max_offline:
-            self._pending.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("%s: offline buffer full (%d): %d message(s) dropped so far",
-                            self.where, self.config.max_offline, self.dropped)
-        self._pending.append((topic, payload))
-
-    def write(self, results: Sequence[FrameResult]) -> None:
-        """Publish one message per frame (or per label) and per event; buffers while disconnected."""
-        if self._client is None:
-            raise SinkError(f"{self.where}: write() called outside 'with'")
+    def send(self, records: Sequence[OutRecord], timeout: float) -> int:
         c = self.config
-        with self._lock:
-            for r in results:
-                for topic, payload in topic_messages(r, c.topic, c.only_with_detections, c.events_topic):
-                    if (self._connected.is_set() and not self._pending
-                            and self._send_locked(topic, payload)):
-                        continue
-                    self._buffer_locked(topic, payload)
-            if self._pending and self._connected.is_set():
-                self._drain_locked()
-
-    # ----------------------------------------------------------------- close
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         client = self._client
-        if client is None:
-            return
-        deadline = time.monotonic() + self.config.flush_timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                self._drain_locked()
-                while self._inflight and self._done(self._inflight[0]):
-                    self._inflight.popleft()
-                if not self._pending and not self._inflight:
+        infos = []
+        for r in records:
+            if self._lost.is_set():
+                break
+            props = None
+            if self._properties is not None:
+                props = self._properties[0](self._properties[1])
+                props.UserProperty = ("fovea-key", r.key)
+            info = client.publish(record_topic(r, c.topic, c.events_topic), r.payload, qos=c.qos, retain=c.retain,
+                                  properties=props)
+            if info.rc != 0:
+                break
+            infos.append(info)
+        deadline = time.monotonic() + timeout
+        acked = 0
+        for info in infos:
+            while not _published(info):
+                if self._lost.is_set() or time.monotonic() >= deadline:
                     break
-            time.sleep(0.02)
-        with self._lock:
-            lost = len(self._pending) + len(self._inflight)
-            self._pending.clear()
-            self._inflight.clear()
-            self.dropped += lost
-        if lost:
-            log.warning("%s: %d message(s) not delivered within flush_timeout_s=%.1f",
-                        self.where, lost, self.config.flush_timeout_s)
-        try:
-            client.disconnect()
-        finally:
+                time.sleep(0.002)
+            else:
+                acked += 1
+                continue
+            break
+        if acked == 0 and records:
+            raise TransportError("connection lost" if self._lost.is_set()
+                                 else f"no acknowledgement within {timeout:.1f} s")
+        return acked
+
+    def _stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.disconnect()
+            except Exception as e:  # closing must not raise
+                log.debug("%s: disconnect: %s", self.where, e)
             client.loop_stop()
-            self._client = None
-            self._connected.clear()
-        log.info("%s: closed (%d published, %d dropped)", self.where, self.published,
-                 self.dropped)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop()
+
+
+def _published(info: Any) -> bool:
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):
+        return False  # failed (not queued, connection lost): not acknowledged
+
+
+def mqtt_sink(config: MqttConfig) -> ReliableSink:
+    """The sink for ``config``: messages through the spool to the broker."""
+    where = f"mqtt://{config.host}:{config.port}"
+
+    def encode(results: Sequence[FrameResult]) -> list[OutRecord]:
+        return mqtt_records(results, config.topic, config.only_with_detections, config.events_topic)
+
+    return ReliableSink(config, "mqtt", where, encode, lambda: _MqttTransport(config, where))
 
 
 @SINKS.register("mqtt", MqttConfig)
-def _mqtt(config: MqttConfig) -> MqttSink:
-    return MqttSink(config)
+def _mqtt(config: MqttConfig) -> Sink:
+    return with_writer("mqtt", config, lambda: mqtt_sink(config))

@@ -1,4 +1,5 @@
-"""The MQTT sink against a real mosquitto broker and a real paho subscriber."""
+"""The MQTT sink against a real mosquitto broker and a real paho subscriber (MQTT 5, so the
+idempotency key arrives as the user property ``fovea-key``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +18,14 @@ from streams.errors import ConfigError
 from streams.events import Event
 from streams.frames import FrameMeta, FrameResult
 from streams.sinks import SINKS
-from streams.sinks.mqtt import MqttSink, topic_messages
+from streams.sinks.delivery import ReliableSink
+from streams.sinks.mqtt import topic_messages
 from streams.sinks.records import frame_record
 from tests.live.helpers import wait_until
+from tests.media import write_clip
 from tests.optional import require_module
 from tests.servers.helpers import MosquittoProcess
+from tests.streams.sinks_network.helpers import OutageSwitch, exactly_once, run_outage_job
 
 mqtt = require_module("paho.mqtt.client", "the live extra: paho-mqtt")  # CI: fails when missing
 
@@ -35,33 +40,54 @@ def _result(source: str, index: int, labels: tuple[int, ...] = (0,)) -> FrameRes
 
 
 class Subscriber:
-    """A durable (clean_session=False, qos 1) subscriber that survives broker restarts."""
+    """A durable MQTT 5 subscriber (clean_start False, a session that outlives a disconnect, qos 1)."""
 
     def __init__(self, port: int, topic: str = "fovea/#") -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.messages: list[tuple[str, dict[str, Any], str | None]] = []
+        self.raw: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fovea-test-sub",
-                                  clean_session=False)
+                                  protocol=mqtt.MQTTv5)
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, keepalive=10)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, keepalive=10, clean_start=False, properties=props)
         self.client.loop_start()
         assert self.subscribed.wait(5), "subscriber did not subscribe"
 
-    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+    def _on_message(self, client: object, userdata: object, msg: Any) -> None:
+        key = dict(getattr(msg.properties, "UserProperty", []) or []).get("fovea-key")
         with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload)))  # type: ignore[attr-defined]
+            self.messages.append((msg.topic, json.loads(msg.payload), key))
+            self.raw.append((key, msg.payload))
 
     def received(self) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
-            return list(self.messages)
+            return [(t, p) for t, p, _ in self.messages]
+
+    def keyed(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.raw)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.raw)
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def outage_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("outage") / "cam1.mp4", frames=160, width=160, height=96)
 
 
 @pytest.fixture
@@ -71,19 +97,23 @@ def subscriber(mosquitto: MosquittoProcess) -> Iterator[Subscriber]:
     sub.close()
 
 
-def _sink(port: int, **options: object) -> MqttSink:
-    sink = SINKS.create(SINKS.parse({"type": "mqtt", "port": port, **options}, "sinks[0]"))
-    assert isinstance(sink, MqttSink)
+def _sink(port: int, tmp_path: Path, **options: object) -> ReliableSink:
+    sink = SINKS.create(SINKS.parse({"type": "mqtt", "port": port, "path": str(tmp_path / "spool"),
+                                     "writer": "inline", **options}, "sinks[0]"))
+    assert isinstance(sink, ReliableSink)
     return sink
 
 
-def test_mqtt_config_is_registered_and_validated() -> None:
+def test_mqtt_config_is_registered_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "mqtt" in SINKS.names()
-    cfg = SINKS.parse({"type": "mqtt", "qos": 1, "password": "pw-secret"}, "sinks[0]").config
-    assert cfg.qos == 1 and "pw-secret" not in repr(cfg)
+    monkeypatch.setenv("FOVEA_MQTT_PW", "pw-secret")
+    cfg = SINKS.parse({"type": "mqtt", "qos": 2, "username": "u", "password_env": "FOVEA_MQTT_PW"}, "sinks[0]").config
+    assert cfg.qos == 2 and cfg.protocol == 5 and "pw-secret" not in repr(cfg)
+    assert SINKS.parse({"type": "mqtt"}, "sinks[0]").config.qos == 1  # at least once by default
     for bad, key in (({"qos": 3}, "sinks[0].qos"), ({"topic": "a/{cam}"}, "sinks[0].topic"),
                      ({"topic": "a/#"}, "sinks[0].topic"), ({"port": 0}, "sinks[0].port"),
-                     ({"max_offline": -1}, "sinks[0].max_offline")):
+                     ({"protocol": 4}, "sinks[0].protocol"), ({"password": "x"}, "sinks[0].password"),
+                     ({"max_offline": 5}, "sinks[0].max_offline"), ({"spool_max_mb": -1}, "sinks[0].spool_max_mb")):
         with pytest.raises(ConfigError) as e:
             SINKS.parse({"type": "mqtt", **bad}, "sinks[0]")
         assert e.value.key == key
@@ -104,15 +134,16 @@ def test_topic_messages_per_frame_and_per_label() -> None:
 
 @pytest.mark.slow
 def test_mqtt_messages_arrive_and_exit_flushes(
-    mosquitto: MosquittoProcess, subscriber: Subscriber
+    mosquitto: MosquittoProcess, subscriber: Subscriber, tmp_path: Path
 ) -> None:
     results = [_result(f"cam{i % 2}", i) for i in range(40)]
     results.append(_result("cam0", 99, labels=()))  # no detections: skipped below
-    with _sink(mosquitto.port, qos=1, only_with_detections=True, client_id="fovea-sink") as sink:
+    with _sink(mosquitto.port, tmp_path, only_with_detections=True, client_id="fovea-sink") as sink:
         for i in range(0, 41, 8):
             sink.write(results[i:i + 8])
-    # __exit__ waited for every message: all published, none dropped
-    assert sink.published == 40 and sink.dropped == 0
+    # __exit__ waited for every message: all acknowledged, none dropped, the spool is gone
+    h = sink.health()
+    assert (h.delivered, h.spooled, h.dropped) == (40, 0, 0) and not (tmp_path / "spool").exists()
     assert wait_until(lambda: len(subscriber.received()) >= 40, 5)
     got = subscriber.received()
     assert len(got) == 40
@@ -123,31 +154,46 @@ def test_mqtt_messages_arrive_and_exit_flushes(
         by_source.setdefault(str(payload["source"]), []).append(int(payload["frame_index"]))
     assert by_source["cam0"] == list(range(0, 40, 2))  # in order per source
     assert got[0][1] == frame_record(results[0])
+    assert subscriber.keyed()[0][0] == "cam0|0|detections|0"  # the idempotency key rides along
 
 
 @pytest.mark.slow
-def test_mqtt_offline_buffer_drops_oldest_and_reconnects(
-    mosquitto: MosquittoProcess, subscriber: Subscriber
-) -> None:
-    with _sink(mosquitto.port, qos=1, max_offline=5, reconnect_min_s=1, reconnect_max_s=1,
-               keepalive=5) as sink:
-        sink.write([_result("cam", i) for i in range(3)])
-        assert wait_until(lambda: len(subscriber.received()) == 3, 5)
-        mosquitto.stop()  # broker down (it saves the subscriber's durable session)
-        assert wait_until(lambda: not sink.connected, 10)
-        sink.write([_result("cam", i) for i in range(100, 112)])  # 12 while offline
-        assert sink.dropped == 7 and sink.buffered == 5
-        mosquitto.start()  # same port
-        assert wait_until(lambda: sink.connected, 10), sink.stats()
-        assert wait_until(lambda: sink.buffered == 0, 5)
-        assert sink.connects == 2 and sink.disconnects == 1
-        assert wait_until(lambda: len(subscriber.received()) >= 8, 10)
-        sink.write([_result("cam", 200)])
-    assert wait_until(lambda: len(subscriber.received()) >= 9, 5)
-    indices = [int(p["frame_index"]) for _, p in subscriber.received()]
-    # qos 1 is at-least-once: the broker may redeliver a message across its restart
-    assert list(dict.fromkeys(indices)) == [0, 1, 2, 107, 108, 109, 110, 111, 200]
-    assert sink.dropped == 7
+def test_mqtt_outage_mid_job_loses_nothing(mosquitto: MosquittoProcess, outage_clip: Path, bright_model: Path,
+                                           tmp_path: Path) -> None:
+    """mosquitto SIGKILLed mid-job and restarted: it keeps the subscriber's session (saved by a
+    clean restart before the job) but not the messages it had queued, so the kill waits until
+    the subscriber has every message the broker acknowledged."""
+    sub = Subscriber(mosquitto.port)
+    sub.close()
+    mosquitto.stop()  # saves the durable session
+    mosquitto.start()
+    sub = Subscriber(mosquitto.port)
+    sink = _sink(mosquitto.port, tmp_path, retry_min_s=0.2, retry_max_s=1, send_timeout_s=2)
+
+    def quiet() -> None:
+        assert wait_until(lambda: sink.health().spooled == 0 and sub.count() >= sink.health().delivered, 20)
+
+    def kill() -> bool:
+        mosquitto.pause()
+        time.sleep(0.2)
+        if sub.count() >= sink.health().delivered:
+            mosquitto.kill()
+            return True
+        mosquitto.resume()
+        return False
+
+    switch = OutageSwitch(kill=kill, restart=mosquitto.start, before_kill=quiet)
+    try:
+        summary, truth = run_outage_job(outage_clip, bright_model, tmp_path, sink, switch)
+        assert summary.ok and switch.killed_at is not None and switch.restarted_at is not None
+        h = sink.health()
+        assert h.disconnects >= 1 and h.spooled == 0 and h.dropped == 0, h
+        assert wait_until(lambda: {k for k, _ in sub.keyed()} >= set(truth), 20)
+        duplicates = exactly_once(truth, sub.keyed())
+        print(f"mqtt outage: {len(truth)} records, {duplicates} duplicate(s) delivered, {h.resent} re-sent")
+        assert duplicates <= h.resent
+    finally:
+        sub.close()
 
 
 def _with_events(r: FrameResult) -> FrameResult:
@@ -183,12 +229,13 @@ def test_topic_messages_publish_each_event_on_its_type_topic() -> None:
 
 
 @pytest.mark.slow
-def test_mqtt_events_arrive_on_their_topics(mosquitto: MosquittoProcess, subscriber: Subscriber) -> None:
+def test_mqtt_events_arrive_on_their_topics(mosquitto: MosquittoProcess, subscriber: Subscriber,
+                                            tmp_path: Path) -> None:
     results = [_result("cam0", i) for i in range(6)]
     results[2] = _with_events(results[2])
-    with _sink(mosquitto.port, qos=1) as sink:
+    with _sink(mosquitto.port, tmp_path, qos=1) as sink:
         sink.write(results)
-    assert sink.published == 8 and sink.dropped == 0
+    assert sink.health().delivered == 8 and sink.health().dropped == 0
     assert wait_until(lambda: len(subscriber.received()) >= 8, 5)
     got = subscriber.received()
     assert [t for t, _ in got] == ["fovea/cam0/detections"] * 3 + [
