@@ -23,6 +23,8 @@ Modules:
 - :mod:`~streams.synthetic.background`: the moving background.
 - :mod:`~streams.synthetic.render`: drawing and labelling frames (:func:`render_scene`).
 - :mod:`~streams.synthetic.truth`: the labelling rule, :class:`GTBox`, the ``.gt.json`` file.
+- :mod:`~streams.synthetic.attributes`: object attributes independent of the class (a
+  ``pattern``: solid, striped, dotted), for secondary classifiers (``SceneSpec.attributes``).
 - :mod:`~streams.synthetic.clips`: encoding clips with their ground truth.
 - :mod:`~streams.synthetic.tracking_scene`: scripted scenes for tracking and counting
   (:func:`tracking_scene`), with identities and exact line/zone counts in their truth.
@@ -41,8 +43,13 @@ Usage::
     clip = write_clip("out/track.mp4", tracking_scene(3))   # scripted: crossings, a line, a zone
     gt = load_ground_truth(clip)
     gt.track_ids[40], gt.tracking["line_counts"]            # int64[N]; {"line": {"in": {...}, ...}}
+
+    clip = write_clip("out/attr.mp4", SceneSpec(seed=5, attributes=True))   # patterned objects
+    gt = load_ground_truth(clip)
+    gt.attributes["pattern"][12], gt.box_attributes(12)     # int64[N]; [{"pattern": "dotted"}, ...]
 """
 
+from streams.synthetic.attributes import ATTRIBUTES, PATTERNS
 from streams.synthetic.clips import make_clips, write_clip
 from streams.synthetic.counting import Trajectory, line_crossings, tracking_truth, zone_visits
 from streams.synthetic.render import render_scene
@@ -67,10 +74,12 @@ from streams.synthetic.truth import (
 )
 
 __all__ = [
+    "ATTRIBUTES",
     "CLASS_COLORS",
     "CLASS_NAMES",
     "MIN_BOX_SIZE",
     "MIN_VISIBLE",
+    "PATTERNS",
     "Codec",
     "CountingLine",
     "CountingZone",

@@ -44,7 +44,8 @@ def write_clip(path: str | Path, spec: SceneSpec) -> Path:
     ``h264`` uses libx264 with its default settings (B-frames on) in .mp4, ``vp9``
     libvpx-vp9 in .webm, ``hevc`` libx265 in .mp4. A path without a suffix gets the
     codec's. The keyframe interval is ``spec.gop``. A spec with ``lines`` or ``zones``
-    also gets their exact counts in the ground truth (``"tracking"``). Returns the clip's path.
+    also gets their exact counts in the ground truth (``"tracking"``), one with
+    ``attributes`` each box's attributes (``"attributes"``). Returns the clip's path.
     """
     import av  # local: the renderer itself needs only NumPy
 
@@ -71,7 +72,7 @@ def write_clip(path: str | Path, spec: SceneSpec) -> Path:
             frame.time_base = 1 / rate
             for packet in stream.encode(frame):
                 container.mux(packet)
-            frames_gt.append(frame_record(i, boxes, spec.identities))
+            frames_gt.append(frame_record(i, boxes, spec.identities, spec.attributes))
         for packet in stream.encode(None):
             container.mux(packet)
     tracking = None if recorder is None else tracking_truth(recorder.trajectories(), spec.lines, spec.zones,

@@ -3,8 +3,8 @@
 Per frame: the scene model steps, the background is drawn, each object is rasterised as
 soft-edged coverage over its box (back to front by ``z``), visibility is counted front to
 back to apply the labelling rule (:mod:`streams.synthetic.truth`), the objects are painted
-with a gentle top-left shading, and a window of a fixed Gaussian noise field, shifted at
-random each frame, is added.
+with a gentle top-left shading (and their pattern, :mod:`streams.synthetic.attributes`),
+and a window of a fixed Gaussian noise field, shifted at random each frame, is added.
 
 One generator, seeded from ``spec.seed``, drives the background, the scene model and the
 noise, in that order: the same spec renders the same pixels and boxes, bit for bit (the
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from streams.synthetic.attributes import SHADE, SOLID, pattern_alpha
 from streams.synthetic.background import Background
 from streams.synthetic.counting import TrajectoryRecorder
 from streams.synthetic.scene import SceneModel, SceneObject, ScriptedSceneModel
@@ -102,7 +103,8 @@ class _Renderer:
                 continue
             bx1, by1, bx2, by2 = fe
             if min(bx2 - bx1, by2 - by1) >= MIN_BOX_SIZE:
-                boxes.append(GTBox(bx1, by1, bx2, by2, o.cls, o.track, min(visible, 1.0)))
+                boxes.append(GTBox(bx1, by1, bx2, by2, o.cls, o.track, min(visible, 1.0),
+                                   o.pattern if self.spec.attributes else None))
         return boxes
 
     @staticmethod
@@ -115,6 +117,10 @@ class _Renderer:
             gy = (np.arange(ah, dtype=np.float32)[:, None] + y0 - o.y) / o.r
             gx = (np.arange(aw, dtype=np.float32)[None, :] + x0 - o.x) / o.r
             shade = 1.0 - 0.08 * (gx + gy)
+            if o.pattern != SOLID:  # the pattern's pixels: a darker shade of the colour
+                cy = np.arange(ah, dtype=np.float32)[:, None] + (y0 + 0.5 - o.y)  # pixel centres
+                cx = np.arange(aw, dtype=np.float32)[None, :] + (x0 + 0.5 - o.x)
+                shade = shade * (1.0 - (1.0 - SHADE) * pattern_alpha(o, cx, cy))
             region = out[y0 : y0 + ah, x0 : x0 + aw]
             reg = region.astype(np.float32)
             col = np.clip(o.color * shade[..., None], 0, 255)

@@ -4,7 +4,8 @@ Each object is a class's shape with a position, scale and rotation that change e
 (constant velocity, a slow random growth that bounces between the size limits, a steady
 spin). Objects that leave the frame are dropped; new ones enter from an edge to keep the
 count within ``spec.num_objects``. Every object gets a ``track`` id, counted from 0 in
-order of appearance, that it keeps while it is in the scene.
+order of appearance, that it keeps while it is in the scene, and (``spec.attributes``) a
+pattern for life (:mod:`streams.synthetic.attributes`).
 
 A spec with a ``script`` uses :class:`ScriptedSceneModel` instead: its objects follow fixed
 paths (:class:`~streams.synthetic.spec.ScriptedObject`), so a tracking scene can stage
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streams.synthetic.attributes import SOLID, draw_pattern
 from streams.synthetic.shapes import extent
 from streams.synthetic.spec import CLASS_COLORS, CLASS_NAMES, SceneSpec, ScriptedObject
 
@@ -43,6 +45,17 @@ class SceneObject:
     va: float
     color: np.ndarray
     z: float  # depth order: higher is in front
+    # attributes (SceneSpec.attributes; streams.synthetic.attributes): solid unless asked for
+    pattern: int = SOLID
+    pattern_angle: float = 0.0
+    pattern_phase: tuple[float, float] = (0.0, 0.0)
+
+
+def _with_attributes(o: SceneObject, spec: SceneSpec) -> SceneObject:
+    """``o`` with its attributes drawn (from their own generator: the scene's is untouched)."""
+    if spec.attributes:
+        o.pattern, o.pattern_angle, o.pattern_phase = draw_pattern(spec.seed, o.track)
+    return o
 
 
 class SceneModel:
@@ -89,7 +102,7 @@ class SceneModel:
             color=color.astype(np.float32), z=rng.random(),
         )
         self.next_track += 1
-        return o
+        return _with_attributes(o, spec)
 
     def step(self, t: int) -> None:
         """Advance to frame ``t``: populate the scene at ``spec.empty_first_frames``, then move.
@@ -138,8 +151,9 @@ class ScriptedSceneModel:
             cls = CLASS_NAMES.index(s.cls)
             color = np.clip(np.array(CLASS_COLORS[cls], np.float32) + rng.uniform(-18, 18, 3), 0, 255)
             x, y = s.path[0][1], s.path[0][2]
-            self.all.append(SceneObject(cls=cls, track=i, x=x, y=y, r=s.size * m / 2, angle=s.angle, vx=0.0, vy=0.0,
-                                        vr=0.0, va=s.spin, color=color.astype(np.float32), z=s.z))
+            self.all.append(_with_attributes(SceneObject(
+                cls=cls, track=i, x=x, y=y, r=s.size * m / 2, angle=s.angle, vx=0.0, vy=0.0, vr=0.0, va=s.spin,
+                color=color.astype(np.float32), z=s.z), spec))
         self.objects: list[SceneObject] = []
 
     def step(self, t: int) -> None:

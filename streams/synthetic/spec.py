@@ -5,9 +5,10 @@ The class table is part of the bundled detector's contract (its class ids index
 in the renderer.
 
 The spec also describes what tracking scenes add (:class:`CountingLine`, :class:`CountingZone`,
-:class:`ScriptedObject`): plain data, kept beside the fields that hold them. Those fields
-came after the detector's training data; at their defaults a spec renders, and writes, exactly
-what it did before them (:func:`spec_record` leaves them out of the ground-truth file).
+:class:`ScriptedObject`): plain data, kept beside the fields that hold them. Those fields,
+and ``attributes`` (object patterns for secondary classifiers), came after the detector's
+training data; at their defaults a spec renders, and writes, exactly what it did before
+them (:func:`spec_record` leaves them out of the ground-truth file).
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ class SceneSpec:
         script: objects on fixed paths (:class:`ScriptedObject`) instead of the random ones:
             with a script, ``num_objects``, ``object_size``, ``speed`` and
             ``empty_first_frames`` have no effect, and object ``i`` has track id ``i``.
+        attributes: give every object attributes independent of its class (a ``pattern``:
+            solid, striped or dotted; :mod:`streams.synthetic.attributes`), painted on it
+            and listed per box in the ground-truth file (``"attributes"``). Positions,
+            boxes and background are those of the same spec without them.
     """
 
     width: int = 640
@@ -187,6 +192,8 @@ class SceneSpec:
     lines: tuple[CountingLine, ...] = ()
     zones: tuple[CountingZone, ...] = ()
     script: tuple[ScriptedObject, ...] = ()
+    # added for secondary classifiers; see ADDED_FIELDS
+    attributes: bool = False
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
@@ -224,7 +231,7 @@ class SceneSpec:
 
 # Fields added after the bundled detector's training data: at their defaults they change
 # nothing, and spec_record leaves them out so that ground-truth files stay byte-identical.
-ADDED_FIELDS: tuple[str, ...] = ("identities", "lines", "zones", "script")
+ADDED_FIELDS: tuple[str, ...] = ("identities", "lines", "zones", "script", "attributes")
 
 
 def spec_record(spec: SceneSpec) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def tracking_scene(
         lines, zones: counting lines and zones (default: :func:`default_line`,
             :func:`default_zone`); the paths are the same whatever they are.
         classes: class names to pick from (default: all).
-        spec_kwargs: other :class:`SceneSpec` fields (codec, noise, background, ...).
+        spec_kwargs: other :class:`SceneSpec` fields (codec, noise, background, attributes, ...).
     """
     if num_frames < 30:
         raise ValueError(f"tracking_scene: num_frames must be >= 30 for the scripted paths, got {num_frames}")

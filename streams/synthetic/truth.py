@@ -23,7 +23,13 @@ Tracking scenes add to it, only when their spec asks (so every other file stays
 byte-for-byte what it was, and readers that do not know the new keys read it as before):
 ``"track_ids"`` in every frame (``SceneSpec.identities``: each box's object id, the same
 for the object in every frame), and ``"tracking"`` (``SceneSpec.lines``/``zones``: the
-exact line and zone counts, :mod:`streams.synthetic.counting`).
+exact line and zone counts, :mod:`streams.synthetic.counting`). Scenes with attributes
+(``SceneSpec.attributes``, :mod:`streams.synthetic.attributes`) add ``"attributes"`` at the
+top (each attribute's values) and in every frame (each box's value, in box order)::
+
+    {..., "attributes": {"pattern": ["solid", "striped", "dotted"]},
+     "frames": [{"frame_index": 0, "boxes": [...], "class_ids": [2, 0],
+                 "attributes": {"pattern": ["dotted", "solid"]}}, ...]}
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.detections import Detections
+from streams.synthetic.attributes import ATTRIBUTES, PATTERNS
 from streams.synthetic.spec import CLASS_NAMES, SceneSpec, spec_record
 
 MIN_VISIBLE = 0.4
@@ -55,6 +62,7 @@ class GTBox:
     class_id: int
     track_id: int
     visible: float  # visible fraction in [MIN_VISIBLE, 1]
+    pattern: int | None = None  # index into PATTERNS; None: the scene has no attributes
 
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
@@ -83,6 +91,9 @@ class GroundTruth:
     class_ids: list[npt.NDArray[np.int64]] = field(repr=False)  # int64[N] per frame
     track_ids: list[npt.NDArray[np.int64]] | None = field(default=None, repr=False)  # int64[N] per frame
     tracking: dict[str, Any] | None = field(default=None, repr=False)  # lines, zones and their counts
+    # attribute name -> int64[N] per frame (ids index attribute_values[name]); None: no attributes
+    attributes: dict[str, list[npt.NDArray[np.int64]]] | None = field(default=None, repr=False)
+    attribute_values: dict[str, tuple[str, ...]] | None = None  # attribute name -> its values
 
     @property
     def num_frames(self) -> int:
@@ -93,6 +104,19 @@ class GroundTruth:
         b = self.boxes[frame_index]
         return Detections(b, np.ones(len(b), np.float32), self.class_ids[frame_index], self.class_names)
 
+    def box_attributes(self, frame_index: int) -> list[dict[str, str]]:
+        """Each box's attributes in a frame, in box order (``[{"pattern": "striped"}, ...]``;
+        empty dicts when the clip has no attributes)."""
+        n = len(self.boxes[frame_index])
+        if self.attributes is None or self.attribute_values is None:
+            return [{} for _ in range(n)]
+        out: list[dict[str, str]] = [{} for _ in range(n)]
+        for name, per_frame in self.attributes.items():
+            values = self.attribute_values[name]
+            for k, v in enumerate(per_frame[frame_index].tolist()):
+                out[k][name] = values[v]
+        return out
+
 
 def gt_path_for(clip: str | Path) -> Path:
     """Where a clip's ground truth is written: ``a/b.mp4`` -> ``a/b.gt.json``."""
@@ -100,9 +124,10 @@ def gt_path_for(clip: str | Path) -> Path:
     return clip.with_name(clip.stem + ".gt.json")
 
 
-def frame_record(frame_index: int, boxes: Sequence[GTBox], identities: bool = False) -> dict[str, Any]:
+def frame_record(frame_index: int, boxes: Sequence[GTBox], identities: bool = False,
+                 attributes: bool = False) -> dict[str, Any]:
     """One frame's entry of the ``.gt.json`` file (boxes rounded to 0.01 px; with
-    ``identities``, each box's object id too)."""
+    ``identities``, each box's object id too; with ``attributes``, each box's attributes)."""
     xyxy, cls = boxes_to_arrays(boxes)
     record: dict[str, Any] = {
         "frame_index": frame_index,
@@ -111,6 +136,10 @@ def frame_record(frame_index: int, boxes: Sequence[GTBox], identities: bool = Fa
     }
     if identities:
         record["track_ids"] = [b.track_id for b in boxes]
+    if attributes:
+        if any(b.pattern is None for b in boxes):
+            raise ValueError(f"frame {frame_index}: attributes asked for, but a box has none (a spec without them?)")
+        record["attributes"] = {"pattern": [PATTERNS[b.pattern] for b in boxes if b.pattern is not None]}
     return record
 
 
@@ -131,6 +160,8 @@ def write_ground_truth(clip: Path, spec: SceneSpec, frames: list[dict[str, Any]]
     }
     if tracking is not None:
         doc["tracking"] = tracking
+    if spec.attributes:
+        doc["attributes"] = {name: list(values) for name, values in ATTRIBUTES.items()}
     path = gt_path_for(clip)
     path.write_text(json.dumps(doc, separators=(",", ":")))
     return path
@@ -144,6 +175,11 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     frames = sorted(doc["frames"], key=lambda f: f["frame_index"])
     if [f["frame_index"] for f in frames] != list(range(len(frames))):
         raise ValueError(f"{gt}: frame indices are not 0..{len(frames) - 1}")
+    values: dict[str, tuple[str, ...]] | None = None
+    attributes: dict[str, list[npt.NDArray[np.int64]]] | None = None
+    if "attributes" in doc:
+        values = {name: tuple(v) for name, v in doc["attributes"].items()}
+        attributes = {name: [_attribute_ids(gt, f, name, vals) for f in frames] for name, vals in values.items()}
     return GroundTruth(
         width=int(doc["width"]),
         height=int(doc["height"]),
@@ -154,4 +190,19 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         track_ids=[np.array(f["track_ids"], np.int64) for f in frames]
         if frames and all("track_ids" in f for f in frames) else None,
         tracking=doc.get("tracking"),
+        attributes=attributes,
+        attribute_values=values,
     )
+
+
+def _attribute_ids(gt: Path, frame: dict[str, Any], name: str, values: tuple[str, ...]) -> npt.NDArray[np.int64]:
+    """A frame's ``name`` attribute as ids into ``values``, checked against its boxes."""
+    got = frame.get("attributes", {}).get(name)
+    if got is None or len(got) != len(frame["boxes"]):
+        raise ValueError(f"{gt}: frame {frame['frame_index']}: expected one {name!r} per box ({len(frame['boxes'])}),"
+                         f" got {got!r}")
+    try:
+        return np.array([values.index(v) for v in got], np.int64)
+    except ValueError:
+        raise ValueError(f"{gt}: frame {frame['frame_index']}: {name!r} values must be in {values},"
+                         f" got {got}") from None
