@@ -90,6 +90,7 @@ class BenchConfig:
     streams: int = 2  # inference threads of the end-to-end run (engine.inference_threads)
     profile: bool = False  # e2e under torch.profiler: GPU time per stream class (benchmarks.gputime)
     tracking: bool = False  # e2e with a tracker, one line and one zone per source (issue 24's cost)
+    cascade: bool = False  # e2e with a tracker and two secondary classifiers (issue 25's workload)
 
     def resolved(self) -> BenchConfig:
         q = self.quick
@@ -341,7 +342,8 @@ def run_bench(cfg: BenchConfig, on_update: Callable[[BenchResults], None] | None
             guard("source", codec, partial(measure_source, files, sessions, batch, model.input_size, device, dtype,
                                            layout, max_seconds=3 * seconds, codec=codec), gpu_only=True)
             guard("e2e", codec, partial(measure_e2e, files, expected, model.config, engine_cfg, device, sessions,
-                                        codec, tmp, profile=cfg.profile and on_cuda, tracking=cfg.tracking))
+                                        codec, tmp, profile=cfg.profile and on_cuda, tracking=cfg.tracking,
+                                        cascade=cfg.cascade))
             eager = model.eager
             if eager is None:  # an ONNX model: nothing for torch eager to run
                 for name in BASELINES:

@@ -277,7 +277,7 @@ def model_section(model: str, input_size: int) -> dict[str, Any]:
 
 
 def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.measure import TRACKING_ANALYTICS
+    from benchmarks.measure import CASCADE_SECONDARIES, TRACKING_ANALYTICS
     from pipelines.live import run_live
     from streams.config import parse_config
 
@@ -295,6 +295,7 @@ def run_point(n: int, clips: list[Path], args: argparse.Namespace) -> dict[str, 
                            "queue_size": args.queue_size or (2 if args.decode == "gop" else 16)}},
         "sinks": [{"type": "jsonl", "path": str(out / f"live_{n}.jsonl")}],
         **({"tracker": {"type": "bytetrack"}, "analytics": TRACKING_ANALYTICS} if args.tracking else {}),
+        **({"tracker": {"type": "bytetrack"}, "secondary": CASCADE_SECONDARIES} if args.cascade else {}),
     })
     t0 = time.time()
     summary = run_live(cfg, duration_s=args.duration, warmup_s=args.warmup)
@@ -340,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="live.inference_threads (--workers: the old name)")
     p.add_argument("--tracking", action="store_true",
                    help="ByteTrack, one line and one zone on every camera (the cost issue 24 bounds)")
+    p.add_argument("--cascade", action="store_true",
+                   help="ByteTrack and two secondary classifiers on every camera (DeepStream's workload; needs "
+                        "--decode cpu until the NVDEC path keeps source frames)")
     p.add_argument("--ingest-processes", default="auto",
                    help="live.ingest.processes: reader processes (auto: one per 24 streams above 32; 0: none)")
     p.add_argument("--gil-switch-ms", type=float, default=0.1, help="live.gil_switch_interval_ms")

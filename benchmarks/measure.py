@@ -248,13 +248,19 @@ def job_config(
     engine: EngineConfig,
     sessions: int = 1,
     tracking: bool = False,
+    cascade: bool = False,
 ) -> JobConfig:
     """A :class:`JobConfig` for the benchmark: decoding where the engine runs.
 
     ``tracking``: ByteTrack on every source plus the analytics of :data:`TRACKING_ANALYTICS`
     (one line and one zone per source), the cost issue 24 bounds.
+    ``cascade``: DeepStream's workload: ByteTrack and two secondary classifiers on every
+    detection (:data:`CASCADE_SECONDARIES`).
     """
+    from streams.cascade_config import SecondaryConfig
+
     backend: Literal["cpu", "gpu"] = "cpu" if engine.device == "cpu" else "gpu"
+    tracker = from_dict(TrackerConfig, {"type": "bytetrack"}, "tracker") if (tracking or cascade) else None
     return JobConfig(
         sources=[SourceEntry(path=str(s)) for s in sources],
         sinks=list(sinks),
@@ -262,9 +268,19 @@ def job_config(
         engine=engine,
         decode=DecodeConfig(backend=backend, sessions=sessions),
         postprocess=PostprocessConfig(),
-        tracker=from_dict(TrackerConfig, {"type": "bytetrack"}, "tracker") if tracking else None,
+        tracker=tracker,
         analytics=from_dict(AnalyticsConfig, TRACKING_ANALYTICS, "analytics") if tracking else None,
+        secondary=tuple(from_dict(SecondaryConfig, e, f"secondary[{i}]") for i, e in enumerate(CASCADE_SECONDARIES))
+        if cascade else (),
     )
+
+
+#: the bench's ``--cascade`` secondaries: the bundled classifier twice (DeepStream's workload has
+#: two secondary classifiers), on every detection of every frame
+CASCADE_SECONDARIES: list[dict[str, Any]] = [
+    {"name": "secondary_a", "model": "builtin:pattern", "min_size": 8, "reinfer_interval": 0},
+    {"name": "secondary_b", "model": "builtin:pattern", "min_size": 8, "reinfer_interval": 0},
+]
 
 
 #: the bench's ``--tracking`` analytics: a line across the middle and a zone over the left half
@@ -536,8 +552,11 @@ def measure_e2e(
     work_dir: str | Path | None = None,
     profile: bool = False,
     tracking: bool = False,
+    cascade: bool = False,
 ) -> Measurement:
     """``run_job`` over ``files`` with a JSONL sink; checks every frame has its record.
+
+    ``cascade``: with a tracker and the secondaries of :data:`CASCADE_SECONDARIES`.
 
     ``tracking``: with a tracker, one line and one zone per source (:func:`job_config`);
     event records in the JSONL are counted apart (``extra["events"]``).
@@ -557,7 +576,7 @@ def measure_e2e(
     with tempfile.TemporaryDirectory(prefix="fovea-bench-", dir=work_dir) as tmp:
         out = Path(tmp) / "detections.jsonl"
         sink = SINKS.parse({"type": "jsonl", "path": str(out)}, "sinks[0]")
-        cfg = job_config(files, [sink], model, engine, sessions, tracking=tracking)
+        cfg = job_config(files, [sink], model, engine, sessions, tracking=tracking, cascade=cascade)
         prof: Any = contextlib.nullcontext()
         if profile:
             from torch.profiler import ProfilerActivity
@@ -587,7 +606,8 @@ def measure_e2e(
     extra = {
         "sessions": sessions, "batch": engine.batch_size, "precision": engine.precision,
         "expected_frames": expected_frames, "jsonl_records": lines, "jsonl_bytes": size, "frames_ok": ok,
-        "tracking": tracking, "events": counter.events,
+        "tracking": tracking, "cascade": cascade, "events": counter.events,
+        "stages": summary.stages if cascade else {},
         "files": len(files), "failures": [f"{f.name}: {f.reason}" for f in summary.failures],
         "decoders": summary.decoders, "engine": summary.engine,
         "detections_per_frame": round(summary.detections / summary.frames, 2) if summary.frames else 0.0,

@@ -4,7 +4,11 @@
 - :mod:`engines.factory`: :func:`open_engine` picks and opens the engine for a model.
 - :mod:`engines.torch_engine`: torch models (TorchScript, ExportedProgram, the bundled
   detector); CUDA FP16 channels_last with CUDA graphs, or CPU FP32.
-- :mod:`engines.onnxruntime_engine`: ONNX models where TensorRT is absent.
+- :mod:`engines.onnxruntime_engine`: ONNX models on the CPU (or ONNX Runtime's CUDA provider).
+- :mod:`engines.onnx_torch`: ONNX models converted to torch by onnx2torch, for the GPU
+  without TensorRT.
+- :mod:`engines.onnx_model`, :mod:`engines.model_info`: what a model file says about itself
+  (Ultralytics' metadata) and its precedence over the config.
 - :mod:`engines.tensorrt`: the production engine (ONNX → TensorRT plan, run in place).
 - :mod:`engines.inplace`: runs an engine directly on DALI's GPU output buffers.
 - :mod:`engines.detector`: the bundled detector, its training and export.

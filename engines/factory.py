@@ -4,13 +4,24 @@
 model file         engine: auto picks           also runs on
 =================  ==========================  ====================================
 ``default``        torch (bundled detector)    ``tensorrt`` (exported to ONNX first)
-``*.onnx``         tensorrt if importable on    ``onnxruntime`` (CPU; CUDA with
-                   a GPU, else onnxruntime      onnxruntime-gpu)
+``*.onnx``         on a GPU: tensorrt if        ``onnxruntime`` (CPU; CUDA with
+                   importable, else torch       onnxruntime-gpu); ``torch``
+                   (onnx2torch), else           (converted by onnx2torch, CPU too)
+                   onnxruntime-gpu; on the
+                   CPU: onnxruntime
 ``*.pt``/``.pth``  torch (TorchScript)          —
 ``*.pt2``          torch (ExportedProgram)      —
 =================  ==========================  ====================================
 
-``auto`` logs its choice and the reason once.
+``auto`` logs its choice and the reason once. An ONNX model on a CUDA device never runs on
+the CPU by surprise: where no GPU runtime is installed, or the model does not convert,
+opening it is an error naming the reason; it runs on the CPU only where
+``engine.device`` says ``cpu`` (or ``auto`` finds no GPU).
+
+What the model is (class names, input size, task, end-to-end head, stride) comes from the
+config where it says, else from the file: :mod:`engines.model_info` (precedence) and
+:mod:`engines.onnx_model` (an ONNX file's metadata). A dynamic-shape ONNX export needs no
+``model.input_size`` when its metadata has ``imgsz`` (Ultralytics' does).
 
 A model file that cannot be used is an :class:`~streams.errors.EngineError` whose one-line
 message names the file and what is wrong, found as early as possible: a missing file, a
@@ -25,25 +36,24 @@ Usage::
     device = resolve_device("auto")                   # "cuda:0" or "cpu"
     engine, info = open_engine(cfg.model, cfg.engine, device)
     with engine:
-        layout = output_layout(engine, info)          # "yolov8", "yolov5" or "efficient_nms"
+        layout = output_layout(engine, info)          # "yolov8", "end2end", "yolov8_seg", ...
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import json
 import logging
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines._messages import describe, reason
 from engines.base import Engine
+from engines.model_info import ModelInfo, layout_hints, onnx_model_info
+from engines.onnx_model import OnnxFacts, read_onnx
 from streams.config import EngineConfig, ModelConfig, PostprocessConfig, PreprocessConfig
-from streams.errors import ConfigError, EngineError, ShapeError
+from streams.errors import ConfigError, EngineError, MissingDependencyError, ShapeError
 
 if TYPE_CHECKING:
     from engines.tensorrt.calibrator import FramePreprocessor
@@ -54,16 +64,6 @@ DEFAULT_INPUT_SIZE = (640, 640)
 ONNX_SUFFIXES = (".onnx",)
 TORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".pt2")
 _EXPORT_HINT = "export the model with torch.jit.script/trace (.pt), torch.export (.pt2) or to ONNX"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the pipeline needs to know about the model besides the engine itself."""
-
-    class_names: tuple[str, ...]
-    input_size: tuple[int, int]  # (height, width)
-    layout: str  # "auto" until resolved from the engine's outputs (output_layout)
-    source: str = "the model"  # the model file (or "the bundled detector"), for messages
 
 
 def resolve_device(requested: str) -> str:
@@ -103,58 +103,6 @@ def load_class_names(spec: list[str] | str | None) -> tuple[str, ...] | None:
             return tuple(str(x) for x in data)
         raise ConfigError("model.class_names", f"{spec}: expected a list or an index→name mapping")
     return tuple(line.strip() for line in text.splitlines() if line.strip())
-
-
-def _onnx_metadata(path: Path) -> tuple[tuple[str, ...] | None, tuple[int, int] | None]:
-    """Class names (Ultralytics' ``names`` metadata) and static input size of an ONNX file.
-
-    Raises EngineError when the file is not an ONNX model or its input is not one image
-    batch ``[N, 3, H, W]`` of floats.
-    """
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError, and whatever else onnx raises
-        raise EngineError(f"{path}: not an ONNX model: it does not parse as one ({reason(e)}); "
-                          "the file is truncated or damaged, or in another format") from e
-    graph = model.graph
-    if not graph.node and not graph.input and not graph.output:
-        raise EngineError(f"{path}: not an ONNX model: it holds no graph (an empty or foreign file)")
-    names: tuple[str, ...] | None = None
-    for prop in model.metadata_props:
-        if prop.key == "names":
-            try:
-                parsed = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                try:
-                    parsed = json.loads(prop.value)
-                except ValueError:
-                    parsed = None
-            if isinstance(parsed, dict):
-                names = tuple(str(parsed[k]) for k in sorted(parsed, key=int))
-            elif isinstance(parsed, list):
-                names = tuple(str(x) for x in parsed)
-    init_names = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in init_names]
-    if len(inputs) != 1:
-        raise EngineError(f"{path}: expected one input, an image batch [N, 3, H, W]; the model has "
-                          f"{len(inputs)}: {[i.name for i in inputs]}")
-    tensor = inputs[0].type.tensor_type
-    dims = tuple(d.dim_value if d.dim_value > 0 else None for d in tensor.shape.dim)
-    shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-    if tensor.HasField("shape") and (len(dims) != 4 or dims[1] not in (None, 3)):
-        raise EngineError(f"{path}: its input {inputs[0].name!r} has shape {shown}, not an image batch "
-                          "[N, 3, H, W]; Fovea feeds detectors 3-channel images")
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-    if tensor.elem_type not in floats:
-        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
-        raise EngineError(f"{path}: its input {inputs[0].name!r} is {dtype}; Fovea feeds float32 or "
-                          "float16 image batches [N, 3, H, W]")
-    size: tuple[int, int] | None = None
-    if len(dims) == 4 and dims[2] is not None and dims[3] is not None:
-        size = (dims[2], dims[3])
-    return names, size
 
 
 def model_file(path: str) -> Path:
@@ -213,63 +161,93 @@ def open_engine(
     p = model_file(path)
     suffix = p.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        meta_names, meta_size = _onnx_metadata(p)
-        size = model.input_size or meta_size
-        if size is None:
-            raise ConfigError("model.input_size", f"{p.name} has a dynamic input size; set model.input_size")
-        info = ModelInfo(names or meta_names or (), size, model.layout, str(p))
-        if kind == "auto":
-            ok, why = _tensorrt_importable()
-            if device.startswith("cuda") and ok:
-                kind = "tensorrt"
-                log.info("engine auto → tensorrt (%s)", why)
-            else:
-                kind = "onnxruntime"
-                because = why if device.startswith("cuda") else "device is the CPU"
-                log.warning("engine auto → onnxruntime for %s (%s)", p.name, because)
-        if kind == "torch":
-            raise ConfigError("engine.kind", "the torch engine runs torch models (.pt/.pt2); for "
-                              "ONNX use onnxruntime or tensorrt")
-        if kind == "tensorrt":
-            return _open_tensorrt(p, engine, device, info, extras), info
-        from engines.onnxruntime_engine import OnnxRuntimeEngine, cuda_provider_available
-
-        if engine.kind == "auto" and device.startswith("cuda") and not cuda_provider_available():
-            log.warning(
-                "%s: no GPU engine can run this ONNX model here (tensorrt is not installed and "
-                "ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu, or tensorrt); "
-                "running it with ONNX Runtime on the CPU, and decoding on the CPU too", p.name,
-            )
-            device = "cpu"
-        return OnnxRuntimeEngine(p, device=device), info
+        facts = read_onnx(p)
+        info = onnx_model_info(model, facts, names)
+        return _open_onnx(p, facts, info, engine, device, extras), info
     if kind not in ("auto", "torch"):
         raise ConfigError("engine.kind", f"{kind} runs ONNX models; export {p.name} to ONNX first")
     module = _load_torch_model(p)
     size = model.input_size or DEFAULT_INPUT_SIZE
     if model.input_size is None:
         log.warning("model.input_size not set for %s: using %dx%d", p.name, *size)
-    info = ModelInfo(names or (), size, model.layout, str(p))
+    info = ModelInfo(names or (), size, model.layout, str(p), task=model.task)
     return _torch_engine(module, engine, device, size, str(p)), info
+
+
+def _open_onnx(p: Path, facts: OnnxFacts, info: ModelInfo, engine: EngineConfig, device: str,
+               extras: dict[str, Any]) -> Engine:
+    """The engine for an ONNX model (the module docstring's table)."""
+    kind: str = engine.kind
+    if kind == "auto":
+        kind, why = _onnx_auto_kind(device)
+        log.info("engine auto → %s for %s (%s)", kind, p.name, why)
+    if kind == "tensorrt":
+        return _open_tensorrt(p, engine, device, info, extras)
+    if kind == "torch":
+        from engines.onnx_torch import convert_onnx
+
+        module = convert_onnx(p)
+        return _torch_engine(module, engine, device, info.input_size, str(p), facts)
+    from engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(p, device=device)
+
+
+def _onnx_auto_kind(device: str) -> tuple[str, str]:
+    """``engine: auto`` for an ONNX model on ``device``: the kind and why; on a GPU with no GPU
+    runtime installed, a MissingDependencyError naming what to install (never the CPU)."""
+    if not device.startswith("cuda"):
+        return "onnxruntime", "device is the CPU"
+    ok, why = _tensorrt_importable()
+    if ok:
+        return "tensorrt", why
+    from engines.onnx_torch import onnx2torch_problem
+
+    problem = onnx2torch_problem()
+    if problem is None:
+        return "torch", f"{why}; onnx2torch converts it to torch (compiled, CUDA graphs)"
+    from engines.onnxruntime_engine import cuda_provider_available
+
+    if cuda_provider_available():
+        return "onnxruntime", f"{why}; {problem}; ONNX Runtime has the CUDA provider"
+    raise MissingDependencyError(
+        "onnx2torch", f"running an ONNX model on {device} ({why}; {problem}; ONNX Runtime has no CUDA provider)",
+        'pip install -e ".[onnx-gpu]" (onnx2torch), or tensorrt, or onnxruntime-gpu; or set engine.device: cpu '
+        "to run it on the CPU",
+    )
 
 
 def output_layout(engine: Engine, info: ModelInfo) -> str:
     """The model's output layout: ``info.layout`` when the config sets one, else detected
     from the entered ``engine``'s outputs (with one blank inference where the model's
-    output shapes are symbolic). Outputs that fit no layout are an EngineError naming the
-    model and its outputs."""
-    if info.layout != "auto":
-        return info.layout
+    output shapes are symbolic) and what the file says (task, end-to-end head; see
+    :func:`operators.output_decoding.detect_layout`). Outputs that fit no layout, or a
+    layout that contradicts the task, are an EngineError naming the model and its outputs."""
     from operators.output_decoding import detect_layout
 
+    hints = layout_hints(info)
+    if info.layout != "auto":
+        if hints.task is not None and info.layout not in _TASK_LAYOUTS[hints.task]:
+            log.warning("%s: model.layout %s does not fit the task %s; decoding it as %s", info.source,
+                        info.layout, hints.task, info.layout)
+        return info.layout
     shapes = [o.shape for o in engine.outputs]
     if any(d is None for shape in shapes for d in shape[1:]):
         shapes = _probe_output_shapes(engine, info)
     try:
-        layout = detect_layout(shapes, [o.name for o in engine.outputs])
+        layout = detect_layout(shapes, [o.name for o in engine.outputs], hints)
     except ShapeError as e:
-        raise EngineError(f"{info.source}: not a detector Fovea can decode: {e}") from e
+        task = f" a {hints.task} model" if hints.task else ""
+        raise EngineError(f"{info.source}: not{task or ' a detector'} Fovea can decode: {e}") from e
     log.info("model output layout: %s", layout)
     return layout
+
+
+_TASK_LAYOUTS = {
+    "detect": ("yolov8", "yolov5", "efficient_nms", "end2end", "rtdetr", "detr"),
+    "segment": ("yolov8_seg", "end2end_seg"),
+    "pose": ("yolov8_pose", "end2end_pose"),
+}
 
 
 def _probe_output_shapes(engine: Engine, info: ModelInfo) -> list[tuple[int | None, ...]]:
@@ -291,12 +269,19 @@ def _probe_output_shapes(engine: Engine, info: ModelInfo) -> list[tuple[int | No
     return [tuple(outs[o.name].shape) for o in engine.outputs]
 
 
-def _torch_engine(module: Any, engine: EngineConfig, device: str, size: tuple[int, int], source: str) -> Engine:
+def _torch_engine(module: Any, engine: EngineConfig, device: str, size: tuple[int, int], source: str,
+                  onnx: OnnxFacts | None = None) -> Engine:
+    """The torch engine for ``module``; ``onnx``: the facts of the ONNX file it was converted
+    from (input and output names, a static batch, other input sizes for a dynamic export)."""
     from engines.torch_engine import TorchEngine
 
+    names: dict[str, Any] = {}
+    if onnx is not None:
+        names = {"input_name": onnx.input_name, "output_names": tuple(n for n, _ in onnx.outputs),
+                 "max_batch_size": onnx.static_batch, "other_sizes": onnx.input_hw is None}
     return TorchEngine(module, device=device, precision=engine.precision, input_size=size,
                        cuda_graphs=engine.cuda_graphs, compile_mode=compile_mode(module, engine, device),
-                       source=source)
+                       source=source, **names)
 
 
 def compile_mode(module: Any, engine: EngineConfig, device: str) -> str | None:

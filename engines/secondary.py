@@ -7,7 +7,8 @@ takes crops ``float32[K, 3, h, w]`` (RGB, 0..1, on the model's device) and retur
 crop's best label index and its score.
 
 Where it runs: on the primary engine's CUDA device when there is one (torch, FP16 autocast;
-ONNX files through ``onnx2torch``, since ``onnxruntime`` here has no CUDA provider), on the
+ONNX files converted by :func:`engines.onnx_torch.convert_onnx`, since ``onnxruntime``
+here has no CUDA provider), on the
 CPU otherwise or when the entry says ``device: cpu``. An ONNX model that cannot run on the
 GPU fails at load with the reason; it never moves to the CPU on its own.
 
@@ -277,17 +278,11 @@ def _onnx(cfg: SecondaryConfig, path: Path, device: str, key: str) -> SecondaryM
         raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels for a model with {classes} outputs ({path})")
     if not device.startswith("cuda"):
         return OnnxRuntimeSecondary(path, info, cfg.max_batch)
-    try:
-        from onnx2torch import convert
-    except ImportError as e:
-        raise EngineError(f"{path}: an ONNX secondary model on {device} runs through onnx2torch, which is not "
-                          "installed (pip install onnx2torch); or set device: cpu on this secondary entry to run "
-                          "it on the CPU") from e
-    try:
-        module = convert(str(path)).to(device).eval()
-    except Exception as e:  # onnx2torch raises NotImplementedError and others for unsupported ops
-        raise EngineError(f"{path}: onnx2torch cannot convert it for the GPU ({type(e).__name__}: {e}); set "
-                          "device: cpu on this secondary entry to run it on the CPU") from e
+    from engines.onnx_torch import convert_onnx
+
+    # onnx2torch with the converters Ultralytics-style exports need; a model it cannot convert,
+    # or onnx2torch missing, stops the job with the reason (device: cpu runs it on the CPU instead)
+    module = convert_onnx(path).to(device).eval()
     _check_output(cfg, key, info, lambda x: _first_tensor(module(x)), device)
     return TorchSecondary(module, info, device, cfg.max_batch)
 

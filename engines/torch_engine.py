@@ -150,6 +150,7 @@ class TorchEngine:
         graph_cache_size: int = 16,
         compile_mode: str | None = None,
         source: str | None = None,
+        other_sizes: bool = False,
     ) -> None:
         self._source = source or f"the {type(model).__name__} model"  # names the model in errors
         self._device = torch.device(device)
@@ -164,6 +165,7 @@ class TorchEngine:
         self._model = model
         self._input_name = input_name
         self._input_size = input_size
+        self._other_sizes = other_sizes  # a dynamic-shape model: batches of other (H, W) run too
         self._output_names = output_names
         self._use_graphs = cuda_graphs and on_cuda
         self._compile_mode = compile_mode if on_cuda else None
@@ -184,7 +186,9 @@ class TorchEngine:
     # -- Engine properties --------------------------------------------------------------
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        h, w = self._input_size
+        """The image input: ``(None, 3, h, w)`` at ``input_size``, ``(None, 3, None, None)``
+        for a model built with ``other_sizes``."""
+        h, w = (None, None) if self._other_sizes else self._input_size
         return (TensorSpec(self._input_name, (None, 3, h, w), self.input_dtype),)
 
     @property
@@ -333,8 +337,9 @@ class TorchEngine:
 
     def _check(self, x: torch.Tensor) -> None:
         h, w = self._input_size
-        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (h, w):
-            raise ShapeError(f"{self._input_name}: expected shape (N, 3, {h}, {w}), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != 3 or (tuple(x.shape[2:]) != (h, w) and not self._other_sizes):
+            want = "H, W" if self._other_sizes else f"{h}, {w}"
+            raise ShapeError(f"{self._input_name}: expected shape (N, 3, {want}), got {tuple(x.shape)}")
         if x.dtype != self._dtype:
             raise ShapeError(f"{self._input_name}: expected dtype {self._dtype}, got {x.dtype}")
         if x.device != self._device and not (self._device.index is None and x.device.type == self._device.type):

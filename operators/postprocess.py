@@ -102,7 +102,9 @@ def postprocess(
             ``[Tensor[B, 4+nc, N]]`` (yolov8), ``[Tensor[B, N, 5+nc]]`` (yolov5) or
             ``[num_dets [B,1], boxes [B,K,4], scores [B,K], classes [B,K]]`` (efficient_nms),
             on any device, fp16 or fp32.
-        layout: ``"yolov8"``, ``"yolov5"`` or ``"efficient_nms"``.
+        layout: ``"yolov8"``, ``"yolov5"`` or ``"efficient_nms"`` (the paths below); the
+            other families (end-to-end, DETR, segmentation, pose) go to
+            :func:`operators.family_postprocess.postprocess_family`.
         geometries: one per batch row; ``None`` marks a padding row, whose predictions are
             ignored.
         params: thresholds and the path's choice (defaults: :class:`~streams.config.PostprocessConfig`).
@@ -123,8 +125,13 @@ def postprocess(
     names = tuple(class_names)
     expected = _NUM_INPUTS.get(layout)
     if expected is None:
+        from operators.family_postprocess import FAMILY_LAYOUTS, postprocess_family
+
+        if layout in FAMILY_LAYOUTS:
+            return postprocess_family(outputs, layout, geometries, p, names, max_candidates=max_candidates)
         raise ValueError(
-            f"postprocess: layout must be 'yolov8', 'yolov5' or 'efficient_nms', got {layout!r}"
+            f"postprocess: layout must be one of {['yolov8', 'yolov5', 'efficient_nms', *FAMILY_LAYOUTS]}, "
+            f"got {layout!r}"
         )
     if len(outputs) != expected:
         raise ShapeError(

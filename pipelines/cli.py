@@ -14,6 +14,8 @@ Usage::
     fovea run job.yaml                         # a config file
     fovea run --source videos/ --out results/  # flags alone (defaults for the rest)
     fovea run job.yaml --device cpu --model yolov8n.onnx
+    fovea run job.yaml --resume                # continue a job that was killed
+    fovea run job.yaml --ray                   # over the GPUs of a Ray cluster (pip install -e ".[ray]")
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ apply (bundled detector, JSONL + CSV under --out, default ./fovea-out). Relative
 CONFIG are relative to CONFIG's folder; those given as flags, to the current directory.
 Progress (files done, frames/s, ETA) goes to stderr; a summary is printed at the end.
 Failed files are listed with their reason and make the exit code 1.
+
+The job keeps a manifest beside its first jsonl/csv output (<name>.manifest.json) and its
+jsonl/csv outputs commit as they go (<output>.commits): after a kill, --resume skips the
+files that were finished and continues the others from what the outputs hold, so they end
+as an uninterrupted run writes them (docs/scale.md). --ray runs the job's files over the
+GPUs of a Ray cluster, one pipeline per GPU.
 """
 
 RUN_EPILOG = f"""\
@@ -64,7 +72,7 @@ config sections (every key annotated in examples/job.yaml; unknown keys are erro
   model        the network: default (bundled), ONNX, TorchScript or .pt2; output layout
   engine       kind (torch, onnxruntime, tensorrt), device, precision, batch size,
                inference_threads, CUDA graphs, torch.compile, TensorRT plan cache
-  decode       backend (NVDEC or CPU) and concurrent decode sessions
+  decode       backend (NVDEC or CPU), concurrent decode sessions, stall timeout
   preprocess   letterbox or stretch, padding, mean/std, channel order
   postprocess  confidence and IoU thresholds, max detections, fused GPU NMS
   tracker      track ids per source: bytetrack or ocsort, thresholds, buffer in seconds
@@ -109,6 +117,15 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device", "-d", metavar="DEV",
                    help="auto (GPU when present), cpu, cuda or cuda:N: engine and decoding")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the job of an earlier run that was killed or stopped (its manifest beside the "
+                        "outputs): finished files are skipped, the others continue from what the outputs hold; "
+                        "a different config is refused; with no manifest the job starts from the beginning")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="spread the files over Ray workers, one pipeline per GPU (needs the 'ray' extra); "
+                        "ADDRESS: a running cluster (host:port, or 'auto'), default: a Ray instance on this machine")
+    p.add_argument("--ray-workers", type=int, metavar="N",
+                   help="with --ray: pipelines to run (default: one per GPU of the cluster, 1 without GPUs)")
     p.set_defaults(func=_cmd_run)
 
 
@@ -119,16 +136,37 @@ def _sources_from_flags(values: Sequence[str] | None) -> list[object] | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.runner import run_job
     from streams.config import load_config
 
     if args.config is None and not args.source:
         raise ConfigError("sources", "give a CONFIG file or at least one --source")
+    if args.ray_workers is not None and (args.ray is None or args.ray_workers < 1):
+        raise ConfigError("--ray-workers", "a number >= 1, with --ray")
+    if args.ray is not None:
+        require_extra("run --ray", "ray", ["ray"])
     overrides = {"sources": _sources_from_flags(args.source), "model": args.model,
                  "out": args.out or (None if args.config else "fovea-out"), "device": args.device}
     cfg = load_config(args.config, overrides)
-    summary = run_job(cfg, show_progress=not args.no_progress)
-    sys.stdout.write(summary.to_text() + "\n")
+    if args.ray is not None:
+        from pipelines.ray_backend import run_ray
+
+        job = run_ray(cfg, address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
+                      resume=args.resume, show_progress=not args.no_progress)
+        summary, note, nothing = job.summary, job.note, job.nothing_to_do
+    else:
+        from pipelines.runner import FileJob
+
+        file_job = FileJob(cfg, show_progress=not args.no_progress, manifest=True, resume=args.resume)
+        for _ in file_job.batches():
+            pass
+        summary, note, nothing = file_job.summary, file_job.note, file_job.nothing_to_do
+    if note:
+        sys.stdout.write(note + "\n")
+    text = summary.to_text()
+    if nothing:  # only what the earlier runs left: failures, if any
+        text = "\n".join(line for line in text.splitlines() if line.startswith(("FAILED ", "INCOMPLETE ")))
+    if text:
+        sys.stdout.write(text + "\n")
     return EXIT_OK if summary.ok else EXIT_FAILED_INPUTS
 
 

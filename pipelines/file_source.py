@@ -28,6 +28,17 @@ pipeline for its remaining segments (DALI pipelines are invalid after a decode e
 the job goes on. Batches of one file can leave out of frame order (its segments are
 decoded concurrently); each row carries its frame index and pts.
 
+A watchdog ends a stuck decode: a session that yields no frame for ``plan.stall_timeout_s``
+seconds while decoding (waiting for room in the queue does not count) fails the file it is
+in with the frames it did decode, and a new session takes over its remaining segments. A
+thread stuck in native code cannot be stopped, so the stuck one is left behind (its later
+output, if any, is dropped) and named when the source closes.
+
+When a file's decoding has ended, two more things fail it, with the frames it decoded: a
+frame size change the probe found (:attr:`~streams.sources.probe.VideoInfo.resized`: only
+the frames before it are decoded, as one file is decoded at one size), and a file that
+changed on disk since it was probed (one still being written: its output is a snapshot).
+
 Per-file bookkeeping is keyed on the :class:`~streams.sources.files.VideoFile` itself.
 
 Usage::
@@ -51,11 +62,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 from operators.boxes import letterbox_geometry
-from pipelines.batch_queue import BehindFirstQueue, join_draining
+from pipelines.batch_queue import BehindFirstQueue
 from pipelines.preprocess import PreprocessSpec
 from pipelines.segments import Segment, plan_segments
 from pipelines.video_decoding import (
@@ -86,6 +98,7 @@ class DecodePlan:
     sessions: int = 1
     threads: int = 2
     min_segment: int = 512  # shortest segment a file is cut into (frames; cuts at keyframes)
+    stall_timeout_s: float = 60.0  # a session yielding no frame this long is abandoned (decode.stall_timeout_s)
 
 
 def probe_processes(sessions: int) -> int:
@@ -131,6 +144,252 @@ class _FileState:
     error: SourceError | None = None
 
 
+class _Ledger:
+    """What happened to each file: its state, and its events in order (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.state: dict[VideoFile, _FileState] = {}
+        self.events: queue.Queue[FileEvent | _Crash] = queue.Queue()
+        self._lock = threading.Lock()
+
+    def segment_ended(self, f: VideoFile, start: int, planned: int, frames: int,
+                      error: SourceError | None = None) -> None:
+        """One segment of ``f`` ended (``error``: it failed); the file's last one ends the file."""
+        with self._lock:  # events of one file stay in order: put under the lock
+            st = self.state[f]
+            st.frames += frames
+            st.segments -= 1
+            if error is not None and st.error is None:
+                st.error = error
+            self.events.put(FileEvent(f, "segment", frames=frames, expected_frames=planned, start=start,
+                                      decoder=st.kind))
+            if st.segments == 0:
+                err = _file_end_error(f, st)
+                self.events.put(FileEvent(f, "failed" if err is not None else "done", frames=st.frames,
+                                          expected_frames=st.info.expected_frames, decoder=st.kind, error=err))
+
+
+def _file_end_error(f: VideoFile, st: _FileState) -> SourceError | None:
+    """What fails a file whose segments have all ended: the size change the probe found (the
+    cause of any decode error at it), a decode error, or a change on disk since the probe
+    (noted after either)."""
+    info, path = st.info, str(f.path)
+    changed = _changed_on_disk(f.path, info)
+    if info.resized is not None:
+        at, w, h = info.resized
+        reason = (f"the frame size changes mid-stream, from {info.width}x{info.height} to {w}x{h} at frame {at}: "
+                  f"the {st.frames} frames before it were processed (a file is decoded at one frame size)")
+        if st.error is not None and st.frames < at:
+            reason += f"; decoding also failed before it: {st.error.reason}"
+        return DecodeError(path, reason if changed is None else f"{reason} ({changed})")
+    if st.error is not None:
+        if changed is None:
+            return st.error
+        return type(st.error)(st.error.source, f"{st.error.reason} ({changed})")
+    if changed is not None:
+        return SourceError(path, f"{changed}: it is still being written, or was replaced; the {st.frames} frames "
+                                 "decoded were processed, run it again once it is complete")
+    return None
+
+
+def _changed_on_disk(path: Path, info: VideoInfo) -> str | None:
+    """How ``path`` differs from what the probe saw (``None``: it does not, or is unknown)."""
+    if info.size < 0:
+        return None
+    try:
+        st = path.stat()
+    except OSError as e:
+        return f"the file is gone since it was probed ({e.strerror or e})"
+    if st.st_size != info.size:
+        return f"the file changed while it was read ({info.size} bytes when probed, {st.st_size} now)"
+    if st.st_mtime_ns != info.mtime_ns:
+        return "the file was modified while it was read"
+    return None
+
+
+@dataclass
+class _Session:
+    """A decode session as :class:`_Sessions` sees it (its fields change under their lock).
+
+    ``todo``: its segments not ended yet, in order (the first is being decoded while a reader
+    runs); ``group``: how many of them the current reader reads, ``opened``: whether it
+    has yielded anything yet; ``alone``: how many of them to read one reader each (a reader
+    over several stalled before its first frame: the culprit is found alone); ``whole``: the
+    file it decodes with PyAV now; ``frames``: frames of the first segment / the whole file
+    handed on so far; ``since``: when it last showed progress while decoding (``None`` while
+    it waits for room in the queue, or once it has finished).
+    """
+
+    index: int
+    todo: deque[Segment]
+    alone: int = 0
+    group: int = 0
+    opened: bool = False
+    whole: VideoFile | None = None
+    frames: int = 0
+    since: float | None = None
+    abandoned: bool = False
+    thread: threading.Thread | None = None
+
+
+class _Sessions:
+    """The decode sessions' shared state and the watchdog that ends a stuck one.
+
+    Every change to a session, and every segment or file it ends, goes through here under
+    one lock, so the watchdog abandoning a session and the session ending its segment never
+    both happen: whatever an abandoned session does afterwards is dropped.
+    """
+
+    def __init__(self, ledger: _Ledger, timeout: float, run: Callable[[_Session], None]) -> None:
+        self.lock = threading.Lock()  # taken before the ledger's
+        self.left = 0  # sessions still to finish (a successor takes an abandoned session's place)
+        self._all: list[_Session] = []
+        self._ledger = ledger
+        self._timeout = timeout
+        self._run = run
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="fovea-decode-watchdog", daemon=True)
+
+    def start(self, plans: list[deque[Segment]]) -> None:
+        """One session per segment list, and the watchdog."""
+        with self.lock:
+            self.left = len(plans)
+            for todo in plans:
+                self._start(todo)
+        self._watchdog.start()
+
+    def close(self, drain: Callable[[], None]) -> None:
+        """Wait for the sessions (told to stop already) to end or be abandoned, calling ``drain``
+        meanwhile (so none stays blocked on a full queue); then stop the watchdog and name the
+        abandoned sessions still stuck."""
+        while True:
+            with self.lock:
+                live = [s.thread for s in self._all if not s.abandoned and s.thread is not None and s.thread.is_alive()]
+            if not live:
+                break
+            drain()
+            for t in live:
+                t.join(timeout=0.05)
+        self._stop.set()
+        with self.lock:
+            stuck = [s.thread.name for s in self._all if s.abandoned and s.thread is not None and s.thread.is_alive()]
+        if self._watchdog.ident is not None:
+            self._watchdog.join()
+        if stuck:
+            log.warning("%d abandoned decode sessions are still stuck in their decoder (%s); they are left "
+                        "behind and end with the process", len(stuck), ", ".join(stuck))
+
+    def _start(self, todo: deque[Segment], alone: int = 0) -> None:  # with the lock held
+        sess = _Session(len(self._all), todo, alone=alone, since=time.monotonic())
+        sess.thread = threading.Thread(target=self._run, args=(sess,), name=f"fovea-decode-{sess.index}",
+                                       daemon=True)
+        self._all.append(sess)
+        sess.thread.start()
+
+    # -- what a session reports ------------------------------------------------------------
+    def alive(self, sess: _Session, progress: bool = True) -> bool:
+        """False once ``sess`` was abandoned; else notes its progress (now)."""
+        with self.lock:
+            if sess.abandoned:
+                return False
+            if progress:
+                sess.since = time.monotonic()
+            return True
+
+    def handing_on(self, sess: _Session, frames: int) -> bool:
+        """``sess`` hands on a batch of ``frames`` (it may wait for room: not a stall); False
+        once it was abandoned (drop the batch)."""
+        with self.lock:
+            if sess.abandoned:
+                return False
+            sess.since = None
+            sess.frames += frames
+            return True
+
+    def next_group(self, sess: _Session) -> list[Segment]:
+        """The segments ``sess`` reads with its next reader (none left: empty)."""
+        with self.lock:
+            if sess.abandoned or not sess.todo:
+                return []
+            if sess.alone > 0:
+                sess.alone -= 1
+                group = [sess.todo[0]]
+            else:
+                group = _same_geometry_prefix(list(sess.todo))
+            sess.group, sess.opened = len(group), False
+            return group
+
+    def segment_ended(self, sess: _Session, frames: int, error: SourceError | None = None) -> bool:
+        """The first segment of ``sess.todo`` ended; False when ``sess`` was abandoned (nothing done)."""
+        with self.lock:
+            if sess.abandoned or not sess.todo:
+                return False
+            seg = sess.todo.popleft()
+            sess.frames, sess.since = 0, time.monotonic()
+            self._ledger.segment_ended(seg.file, seg.start, seg.frames, frames, error)
+            return True
+
+    def whole_started(self, sess: _Session, f: VideoFile) -> bool:
+        with self.lock:
+            if sess.abandoned:
+                return False
+            sess.whole, sess.frames, sess.since = f, 0, time.monotonic()
+            return True
+
+    def whole_ended(self, sess: _Session, frames: int, error: SourceError | None) -> None:
+        with self.lock:
+            f = sess.whole
+            if sess.abandoned or f is None:
+                return
+            sess.whole, sess.since = None, time.monotonic()
+            self._ledger.segment_ended(f, 0, self._ledger.state[f].info.num_frames, frames, error)
+
+    def finished(self, sess: _Session) -> bool | None:
+        """``sess`` ended: whether it was the last one (``None``: it had been abandoned)."""
+        with self.lock:
+            sess.since = None
+            if sess.abandoned:
+                return None
+            self.left -= 1
+            return self.left == 0
+
+    # -- the watchdog ------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Abandon sessions that show no progress for ``timeout`` seconds while decoding."""
+        while not self._stop.wait(min(1.0, self._timeout / 4)):
+            now = time.monotonic()
+            with self.lock:
+                if self.left == 0:
+                    return
+                for sess in list(self._all):
+                    if not sess.abandoned and sess.since is not None and now - sess.since > self._timeout:
+                        self._abandon(sess, now - sess.since)
+
+    def _abandon(self, sess: _Session, idle: float) -> None:  # with the lock held
+        """Fail what ``sess`` decodes, hand its other segments to a new session."""
+        sess.abandoned = True
+        reason = (f"decoding stalled: no frame for {idle:.0f} s (decode.stall_timeout_s: {self._timeout:g}) "
+                  f"after {sess.frames} frames; the decoder was abandoned")
+        what, alone = "between files", 0
+        if sess.whole is not None:
+            f = sess.whole
+            what = str(f.path)
+            self._ledger.segment_ended(f, 0, self._ledger.state[f].info.num_frames, sess.frames,
+                                       DecodeError(str(f.path), reason))
+        elif sess.group > 1 and not sess.opened:  # which of the reader's files? read them one by one
+            what, alone = f"a reader over {sess.group} segments, before its first frame", sess.group
+        elif sess.todo:
+            seg = sess.todo.popleft()
+            what = f"{seg.file.path} (frames {seg.start}-{seg.end - 1})"
+            self._ledger.segment_ended(seg.file, seg.start, seg.frames, sess.frames,
+                                       DecodeError(str(seg.file.path), reason))
+        log.error("decode session %d stalled on %s: no frame for %.0f s (decode.stall_timeout_s: %g); abandoning "
+                  "it, a new session takes its %d remaining segments", sess.index, what, idle, self._timeout,
+                  len(sess.todo))
+        rest, sess.todo = sess.todo, deque()
+        self._start(rest, alone)
+
+
 @dataclass
 class _SessionLog:
     """One decode session's own figures (its thread only writes them)."""
@@ -146,6 +405,8 @@ class FileDecodeSource:
 
     def __init__(self, files: Sequence[VideoFile], plan: DecodePlan, queue_size: int | None = None,
                  probe: BackgroundProbe | None = None) -> None:
+        if plan.stall_timeout_s <= 0:
+            raise ValueError(f"stall_timeout_s must be > 0, got {plan.stall_timeout_s}")
         self.files = list(files)
         if probe is not None and probe.paths != [f.path for f in self.files]:
             raise ValueError("the background probe was started for other files")
@@ -154,13 +415,10 @@ class FileDecodeSource:
         self._queue_size = queue_size or max(2, 2 * plan.sessions)
         # decoded batches waiting for inference: a free slot goes to the session furthest behind
         self._decoded = BehindFirstQueue(maxsize=self._queue_size)
-        self._events: queue.Queue[FileEvent | _Crash] = queue.Queue()
+        self._ledger = _Ledger()
+        self._sessions = _Sessions(self._ledger, plan.stall_timeout_s, self._session)
         self._whole: queue.Queue[VideoFile] = queue.Queue()
-        self._state: dict[VideoFile, _FileState] = {}
-        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._sessions_left = 0
         self._t0 = 0.0
         self._timings: list[tuple[float, float, int]] = []  # per session: first batch, end (s), frames
         self._decode_cpu = 0.0
@@ -178,32 +436,30 @@ class FileDecodeSource:
         infos = probe.result()
         log.info("probed %d files in %.2f s (waited %.2f s for it here)", len(self.files), probe.seconds,
                  time.monotonic() - t_probe)
+        ledger = self._ledger
         readable: list[tuple[VideoFile, VideoInfo, Any]] = []
         for f, res in zip(self.files, infos, strict=True):
             if isinstance(res, SourceError):
-                self._events.put(FileEvent(f, "failed", error=res))
+                ledger.events.put(FileEvent(f, "failed", error=res))
                 continue
             kind = choose_decoder(res, plan.decode_device)
-            self._state[f] = _FileState(res, kind)
-            self._events.put(FileEvent(f, "started", expected_frames=res.expected_frames, decoder=kind))
+            ledger.state[f] = _FileState(res, kind)
+            ledger.events.put(FileEvent(f, "started", expected_frames=res.expected_frames, decoder=kind))
             geom = letterbox_geometry(res.width, res.height, w, h, plan.spec.options.resize)
             if kind == "pyav":
-                self._state[f].segments = 1
+                ledger.state[f].segments = 1
                 self._whole.put(f)
-            else:
-                readable.append((f, res, geom))
+            elif res.resized is not None and res.resized[0] == 0:  # nothing before the size change
+                ledger.state[f].segments = 1
+                ledger.segment_ended(f, 0, res.num_frames, 0)
+            else:  # the reader decodes the frames before a size change only
+                readable.append((f, _before_resize(res), geom))
         plans = plan_segments(readable, plan.sessions, min_chunk=plan.min_segment) if readable else []
         for segs in plans:
             for s in segs:
-                self._state[s.file].segments += 1
+                ledger.state[s.file].segments += 1
         n = max(1, len(plans), min(plan.sessions, self._whole.qsize()))
-        self._sessions_left = n
-        for i in range(n):
-            t = threading.Thread(target=self._session, args=(plans[i] if i < len(plans) else [],),
-                                 name=f"fovea-decode-{i}", daemon=True)
-            self._threads.append(t)
-        for t in self._threads:
-            t.start()
+        self._sessions.start([deque(plans[i] if i < len(plans) else []) for i in range(n)])
         return self
 
     def __exit__(
@@ -213,16 +469,21 @@ class FileDecodeSource:
         tb: TracebackType | None,
     ) -> None:
         self._stop.set()
-        join_draining(self._threads, self._decoded)
-        self._threads.clear()
+        self._sessions.close(self._drop_decoded)
         if self._decode_cpu > 0:
             log.info("decode sessions (s, summed): %.1f CPU, %.1f blocked on a full queue",
                      self._decode_cpu, self._decode_blocked)
 
+    def _drop_decoded(self) -> None:
+        """Empty the queue of decoded batches (the consumer has stopped)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._decoded.get_nowait()
+
     @property
     def session_timings(self) -> list[tuple[float, float, int]]:
         """Per finished decode session: (first batch, finished) in seconds after entering, frames."""
-        with self._lock:
+        with self._sessions.lock:
             return list(self._timings)
 
     # -- what the job reads ---------------------------------------------------------------
@@ -235,7 +496,7 @@ class FileDecodeSource:
         out: list[FileEvent] = []
         with contextlib.suppress(queue.Empty):
             while True:
-                ev = self._events.get_nowait()
+                ev = self._ledger.events.get_nowait()
                 if isinstance(ev, _Crash):
                     self._stop.set()
                     raise ev.error
@@ -258,29 +519,32 @@ class FileDecodeSource:
                 return item
 
     # -- decode sessions ----------------------------------------------------------------
-    def _session(self, segments: list[Segment]) -> None:
+    def _session(self, sess: _Session) -> None:
         stream, keep = self._own_stream()
-        slog = _SessionLog(planned=sum(s.frames for s in segments))  # grows by the whole files it takes
+        slog = _SessionLog(planned=sum(s.frames for s in sess.todo))  # grows by the whole files it takes
         cpu0 = time.thread_time()
+        sessions = self._sessions
         try:
-            self._decode_segments(segments, stream, slog)
-            while not self._stop.is_set():
+            while not self._stop.is_set() and (group := sessions.next_group(sess)):
+                self._run_group(group, sess, stream, slog)
+            while not self._stop.is_set() and sessions.alive(sess):
                 try:
                     f = self._whole.get_nowait()
                 except queue.Empty:
                     break
-                slog.planned += self._state[f].info.num_frames
-                self._decode_whole(f, stream, slog)
+                slog.planned += self._ledger.state[f].info.num_frames
+                self._decode_whole(f, sess, stream, slog)
         except BaseException as e:  # a bug or a stop-the-job error: carried to the consumer
-            self._events.put(_Crash(e))
+            if sessions.alive(sess, progress=False):
+                self._ledger.events.put(_Crash(e))
         finally:
             end = time.monotonic() - self._t0
-            with self._lock:
+            last = sessions.finished(sess)
+            with sessions.lock:
                 self._decode_cpu += time.thread_time() - cpu0
-                self._decode_blocked += slog.blocked
-                self._timings.append((end if slog.first is None else slog.first, end, slog.frames))
-                self._sessions_left -= 1
-                last = self._sessions_left == 0
+                if last is not None:  # an abandoned session's share went to its successor
+                    self._decode_blocked += slog.blocked
+                    self._timings.append((end if slog.first is None else slog.first, end, slog.frames))
             if last:
                 t = self._timings
                 log.info("%d decode sessions: first batches after %.2f-%.2f s, finished after %.2f-%.2f s, "
@@ -299,7 +563,10 @@ class FileDecodeSource:
                 continue
         return False
 
-    def _put_batch(self, batch: DecodedBatch, slog: _SessionLog) -> bool:
+    def _put_batch(self, batch: DecodedBatch, sess: _Session, slog: _SessionLog) -> bool:
+        """Hand ``batch`` on; False when the source stopped or ``sess`` was abandoned (dropped)."""
+        if not self._sessions.handing_on(sess, batch.num_valid):
+            return False
         if batch.stream is not None:
             import torch
 
@@ -313,7 +580,7 @@ class FileDecodeSource:
         left = slog.planned - slog.frames
         ok = self._until_stopped(lambda: self._decoded.put(batch, timeout=0.1, left=left))
         slog.blocked += time.monotonic() - t
-        return ok
+        return self._sessions.alive(sess) and ok
 
     def _own_stream(self) -> tuple[int | None, Any]:
         """A CUDA stream for the calling thread: (raw handle, the object keeping it alive)."""
@@ -324,63 +591,39 @@ class FileDecodeSource:
         keep = torch.cuda.Stream(device=self.plan.device_id)
         return keep.cuda_stream, keep
 
-    def _decode_segments(self, segments: list[Segment], stream: int | None, slog: _SessionLog) -> None:
-        todo = list(segments)
-        while todo and not self._stop.is_set():
-            group = _same_geometry_prefix(todo)
-            todo = todo[len(group):]
-            rest = self._run_group(group, stream, slog)
-            todo = rest + todo
-
-    def _run_group(self, group: list[Segment], stream: int | None, slog: _SessionLog) -> list[Segment]:
-        """Decode ``group`` with one pipeline; returns segments still to do after a failure."""
+    def _run_group(self, group: list[Segment], sess: _Session, stream: int | None, slog: _SessionLog) -> None:
+        """Decode ``group`` (the front of ``sess.todo``) with one pipeline, until it ends or fails."""
         plan = self.plan
-        kind = self._state[group[0].file].kind
+        kind = self._ledger.state[group[0].file].kind
         dec = SegmentDecoder(group, plan.spec, plan.batch, kind, device_id=plan.device_id, stream=stream,
                              num_threads=plan.threads)
         try:
             with dec:
                 for ev in dec:
+                    sess.opened = True
                     if isinstance(ev, SegmentBatch):
-                        if not self._put_batch(ev.batch, slog):
-                            return []
-                    else:
-                        seg = group[ev.index]
-                        self._segment_ended(seg.file, seg.start, seg.frames, ev.frames)
+                        if not self._put_batch(ev.batch, sess, slog):
+                            return
+                    elif not self._sessions.segment_ended(sess, ev.frames):
+                        return
         except SegmentDecodeError as e:
-            seg = group[e.index]
-            self._segment_ended(seg.file, seg.start, seg.frames, e.frames, e)
-            return group[e.index + 1:]
+            self._sessions.segment_ended(sess, e.frames, e)
         except SourceError as e:  # the pipeline could not be built: find the culprit alone
             if len(group) > 1:
                 log.warning("a reader over %d segments failed to open (%s); opening them one by one",
                             len(group), e.reason)
-                for s in group:
-                    self._run_group([s], stream, slog)
-                return []
-            seg = group[0]
-            self._segment_ended(seg.file, seg.start, seg.frames, 0, SourceError(str(seg.file.path), e.reason))
-        return []
+                with self._sessions.lock:
+                    sess.alone = len(group)
+                return
+            self._sessions.segment_ended(sess, 0, SourceError(str(group[0].file.path), e.reason))
 
-    def _segment_ended(self, f: VideoFile, start: int, planned: int, frames: int,
-                       error: SourceError | None = None) -> None:
-        """One segment of ``f`` ended (``error``: it failed); the file's last one ends the file."""
-        with self._lock:  # events of one file stay in order: put under the lock
-            st = self._state[f]
-            st.frames += frames
-            st.segments -= 1
-            if error is not None and st.error is None:
-                st.error = error
-            self._events.put(FileEvent(f, "segment", frames=frames, expected_frames=planned, start=start,
-                                       decoder=st.kind))
-            if st.segments == 0:
-                self._events.put(FileEvent(f, "failed" if st.error is not None else "done", frames=st.frames,
-                                           expected_frames=st.info.expected_frames, decoder=st.kind, error=st.error))
-
-    def _decode_whole(self, f: VideoFile, stream: int | None, slog: _SessionLog) -> None:
+    def _decode_whole(self, f: VideoFile, sess: _Session, stream: int | None, slog: _SessionLog) -> None:
         """One file through PyAV (codecs DALI's reader does not decode here)."""
         plan = self.plan
-        info = self._state[f].info
+        info = self._ledger.state[f].info
+        if not self._sessions.whole_started(sess, f):
+            self._whole.put(f)  # abandoned meanwhile: its successor takes the file
+            return
         h, w = plan.input_size
         geom = letterbox_geometry(info.width, info.height, w, h, plan.spec.options.resize)
         decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, device_id=plan.device_id, stream=stream,
@@ -389,16 +632,18 @@ class FileDecodeSource:
         try:
             with decoder:
                 for batch in decoder:
-                    if not self._put_batch(batch, slog):
+                    if not self._put_batch(batch, sess, slog):
                         return
         except SourceError as e:
             error = e
         except FoveaError:
             raise  # not the file's fault
         except Exception as e:  # a DALI/FFmpeg failure we did not foresee: isolate the file
+            if not self._sessions.alive(sess, progress=False):
+                return
             log.exception("%s: unexpected decode failure", f.path)
             error = DecodeError(str(f.path), f"{type(e).__name__}: {str(e).strip()[:300]}")
-        self._segment_ended(f, 0, info.num_frames, decoder.frames_decoded, error)
+        self._sessions.whole_ended(sess, decoder.frames_decoded, error)
 
 
 class _FileReader:
@@ -446,6 +691,14 @@ class _FileReader:
 
             s.wait_stream(torch.cuda.ExternalStream(batch.stream, device=s.device))
         return replace(batch, stream=s.cuda_stream)
+
+
+def _before_resize(info: VideoInfo) -> VideoInfo:
+    """``info`` cut to the frames before the size change the probe found (if any)."""
+    if info.resized is None:
+        return info
+    at = info.resized[0]
+    return replace(info, pts=info.pts[:at], keyframes=tuple(k for k in info.keyframes if k < at))
 
 
 def _same_geometry_prefix(items: list[Segment]) -> list[Segment]:

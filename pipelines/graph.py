@@ -207,16 +207,18 @@ def gil_switch_interval(seconds: float) -> Iterator[None]:
 class PerSourceStages:
     """The graph after inference: per-source order, the per-source stages, then the sinks.
 
-    Called from the job's thread only. With no per-source stage, results go to the sinks
-    as they come (sinks take any order; each record names its frame); with one, every
-    source's frames pass the stages in frame order (:class:`~pipelines.ordering.ReorderBuffer`).
-    Each method returns what reached the sinks, for the Python API's iterator.
+    Called from the job's thread only. With no per-source stage and ``ordered`` not asked
+    for, results go to the sinks as they come (sinks take any order; each record names its
+    frame); with one (or ``ordered=True``: a resumable job's outputs commit per-source
+    prefixes), every source's frames pass the stages and reach the sinks in frame order
+    (:class:`~pipelines.ordering.ReorderBuffer`). Each method returns what reached the sinks,
+    for the Python API's iterator.
     """
 
-    def __init__(self, stages: Sequence[SourceStage], sinks: Sequence[Sink]) -> None:
+    def __init__(self, stages: Sequence[SourceStage], sinks: Sequence[Sink], ordered: bool = False) -> None:
         self.stages = list(stages)
         self.sinks = list(sinks)
-        self.ordered = bool(self.stages)  # only per-source stages need each source's frames in order
+        self.ordered = ordered or bool(self.stages)  # per-source stages need each source's frames in order
         self.reorder = ReorderBuffer()
         self.sink_seconds = 0.0
         self._ended: set[str] = set()  # sources ended: a late frame of theirs skips the stages

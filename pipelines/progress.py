@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
+from streams.sinks.health import DeliveryHealth
+
 log = logging.getLogger("fovea.progress")
 
 
@@ -55,11 +57,13 @@ class JobSummary:
     no_input: bool = False  # no source gave a video file: nothing ran, no output was opened
     reorder_peak: int = 0  # most frames the per-source reorder buffer held at once
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-source stages' reports, by name
+    sinks: list[DeliveryHealth] = field(default_factory=list)  # the network sinks' health once they closed
 
     @property
     def ok(self) -> bool:
-        """True when every file was processed completely (and there was input at all)."""
-        return not self.failures and not self.no_input
+        """True when every file was processed completely (and there was input at all), and
+        every network sink delivered everything."""
+        return not self.failures and not self.no_input and not any(h.undelivered for h in self.sinks)
 
     @property
     def incomplete(self) -> list[FileFailure]:
@@ -83,11 +87,13 @@ class JobSummary:
             lines.append("no input: nothing was processed and no output was written")
         else:
             lines += [f"output: {o}" for o in self.outputs]
+        lines += [f"sink {h.describe()}" for h in self.sinks]
         for f in self.failures:
             if f.kind == "incomplete":
                 lines.append(f"INCOMPLETE {f.name}: {f.reason}")
             else:
-                extra = f" (after {f.frames} frames{f' of {f.expected}' if f.expected else ''})" if f.frames else ""
+                extra = (f" (after {f.frames} frames{f' of {f.expected}' if f.expected else ''})"
+                         if f.frames or f.expected else "")
                 lines.append(f"FAILED {f.name}: {f.reason}{extra}")
         return "\n".join(lines)
 

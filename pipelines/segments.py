@@ -22,6 +22,10 @@ the next one started early) decode markedly slower than sessions with one long-l
 pipeline each, and work pools that hand out units as sessions free up lose more to
 pipeline builds than an even finish wins back (see benchmarks/RESULTS.md).
 
+A file a resumed job continues (:class:`ResumedFile`: its outputs already hold the frames
+before ``resume_at``) is cut from the last keyframe at or before that frame: the frames in
+front of it are not decoded again.
+
 Usage::
 
     plans = plan_segments([(file, info, geom), ...], sessions=14)
@@ -42,6 +46,24 @@ from streams.sources.probe import VideoInfo
 
 
 @dataclass(frozen=True)
+class ResumedFile(VideoFile):
+    """A file continued by a resumed job: the job's outputs hold its frames before ``resume_at``."""
+
+    resume_at: int = 0
+
+
+def resume_keyframe(info: VideoInfo, frame: int) -> int:
+    """The last keyframe at or before ``frame`` (0 when none is): where decoding restarts."""
+    i = bisect.bisect_right(info.keyframes, frame)
+    return info.keyframes[i - 1] if i else 0
+
+
+def first_frame(f: VideoFile, info: VideoInfo) -> int:
+    """The frame ``f``'s decoding starts at: 0, or for a :class:`ResumedFile` its resume keyframe."""
+    return resume_keyframe(info, f.resume_at) if isinstance(f, ResumedFile) and f.resume_at > 0 else 0
+
+
+@dataclass(frozen=True)
 class Segment:
     """Frames ``[start, end)`` of one file (``start`` is a keyframe, or 0)."""
 
@@ -56,16 +78,17 @@ class Segment:
         return self.end - self.start
 
 
-def cut_points(info: VideoInfo, chunk: int) -> list[int]:
-    """Keyframe indices where ``info``'s file is cut into pieces of about ``chunk`` frames.
+def cut_points(info: VideoInfo, chunk: int, first: int = 0) -> list[int]:
+    """Keyframe indices where ``info``'s file, from frame ``first`` (0 or a keyframe) on, is
+    cut into pieces of about ``chunk`` frames.
 
-    Returns the piece starts, ``[0, k1, k2, ...]``; a piece is never shorter than
+    Returns the piece starts, ``[first, k1, k2, ...]``; a piece is never shorter than
     ``chunk // 2`` except when the file itself is.
     """
     n = info.num_frames
-    starts = [0]
+    starts = [first]
     for k in info.keyframes:
-        if k - starts[-1] >= chunk and n - k >= chunk // 2:
+        if k > first and k - starts[-1] >= chunk and n - k >= chunk // 2:
             starts.append(k)
     return starts
 
@@ -81,7 +104,8 @@ def plan_segments(
     """Deal keyframe-aligned segments of ``files`` out to ``sessions`` sessions.
 
     Args:
-        files: the probed files with their letterbox geometry, in job order.
+        files: the probed files with their letterbox geometry, in job order; a
+            :class:`ResumedFile` starts at its resume keyframe.
         sessions: number of decode sessions; fewer lists come back when there are fewer
             segments than sessions.
         chunk: target segment length in frames; default: a quarter of a session's share,
@@ -97,14 +121,15 @@ def plan_segments(
     """
     if sessions < 1:
         raise ValueError(f"sessions must be >= 1, got {sessions}")
-    total = sum(info.num_frames for _, info, _ in files)
+    firsts = [first_frame(f, info) for f, info, _ in files]
+    total = sum(info.num_frames - a for (_, info, _), a in zip(files, firsts, strict=True))
     if chunk is None:
         chunk = max(min_chunk, total // (4 * sessions) if sessions else total)
     order: dict[str, int] = {}
     segs: list[Segment] = []
-    for i, (f, info, geom) in enumerate(files):
+    for i, ((f, info, geom), first) in enumerate(zip(files, firsts, strict=True)):
         order[f.source_id] = i
-        starts = cut_points(info, chunk)
+        starts = cut_points(info, chunk, first)
         ends = [*starts[1:], info.num_frames]
         segs += [Segment(f, info, geom, a, b) for a, b in zip(starts, ends, strict=True) if b > a]
     n = min(sessions, len(segs))

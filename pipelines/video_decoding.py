@@ -214,24 +214,33 @@ class FileDecoder:
         import av
 
         path = str(self.file.path)
+        chunk: list[np.ndarray] = []
+        chunk_pts: list[int | None] = []
+        error: DecodeError | None = None
         try:
-            self._container = av.open(path)
+            # metadata that is not UTF-8 (a Latin-1 title) must not make the video unreadable
+            self._container = av.open(path, metadata_errors="replace")
             stream = self._container.streams.video[0]
             stream.thread_type = "AUTO"
-            chunk: list[np.ndarray] = []
-            chunk_pts: list[int | None] = []
             for frame in self._container.decode(stream):
+                if (frame.width, frame.height) != (self.info.width, self.info.height):
+                    error = DecodeError(path, f"frame size changed mid-stream from {self.info.width}x"
+                                              f"{self.info.height} to {frame.width}x{frame.height} at frame "
+                                              f"{self.frames_decoded + len(chunk)}")
+                    break
                 chunk.append(frame.to_ndarray(format="rgb24"))
                 chunk_pts.append(frame.pts)
                 if len(chunk) == self.batch:
                     yield self._run_chunk(chunk, chunk_pts)
                     chunk, chunk_pts = [], []
-            if chunk:
-                yield self._run_chunk(chunk, chunk_pts)
         except av.error.FFmpegError as e:
-            raise DecodeError(
-                path, f"decoding failed after {self.frames_decoded} frames: {e.strerror or e}"
-            ) from e
+            error = DecodeError(path, f"decoding failed after {self.frames_decoded + len(chunk)} frames: "
+                                      f"{e.strerror or e}")
+            error.__cause__ = e
+        if chunk:  # the frames decoded before an error are real: they go on first
+            yield self._run_chunk(chunk, chunk_pts)
+        if error is not None:
+            raise error
 
     def _run_chunk(self, chunk: list[np.ndarray], chunk_pts: list[int | None]) -> DecodedBatch:
         h, w = chunk[0].shape[:2]

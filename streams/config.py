@@ -443,6 +443,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
         decode["backend"] = "cpu" if dev == "cpu" else ("auto" if dev == "auto" else "gpu")
         out["decode"] = decode
     if overrides.get("out"):
+        from streams.sinks import default_path  # a sink without a path (a bare sqlite) moves too
+
         folder = Path(overrides["out"])
         sinks = out.get("sinks") or [
             {"type": "jsonl", "path": "detections.jsonl"},
@@ -451,6 +453,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
         new_sinks = []
         for s in sinks:
             s = dict(s)
+            if "path" not in s and (default := default_path(s.get("type"))) is not None:
+                s["path"] = default
             if isinstance(s.get("path"), str):
                 s["path"] = str(folder / Path(s["path"]).name)
             new_sinks.append(s)

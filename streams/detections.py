@@ -14,6 +14,13 @@ Usage::
     len(d)            # 1
     d.labels          # ["person"]
     d[d.confidence > 0.5]
+
+A segmentation model's detections carry ``masks`` (one :class:`InstanceMask` each: a bitmap
+over the detection's box, in frame pixels), a pose model's ``keypoints``
+(``float32[N, K, 3]``: x, y in frame pixels and the keypoint's visibility score, or
+``[N, K, 2]`` where the model gives none). Records write a mask as COCO run-length encoding
+(``{"size": [h, w], "counts": "..."}``, what ``pycocotools.mask.decode`` reads) and keypoints
+as ``[[x, y, v], ...]``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,59 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.errors import ShapeError
+
+
+@dataclass(frozen=True, eq=False)
+class InstanceMask:
+    """One detection's mask: ``bitmap`` (``bool[h, w]``) placed at ``(x, y)`` in a frame of
+    ``frame_hw`` ``(height, width)`` pixels; pixels outside the bitmap are not in the mask."""
+
+    x: int
+    y: int
+    bitmap: npt.NDArray[np.bool_]
+    frame_hw: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        bitmap = np.asarray(self.bitmap, dtype=bool)
+        if bitmap.ndim != 2:
+            raise ShapeError(f"InstanceMask.bitmap: expected 2 dimensions, got shape {bitmap.shape}")
+        fh, fw = self.frame_hw
+        h, w = bitmap.shape
+        if self.x < 0 or self.y < 0 or self.x + w > fw or self.y + h > fh:
+            raise ShapeError(f"InstanceMask: a {w}x{h} bitmap at ({self.x}, {self.y}) does not fit a {fw}x{fh} frame")
+        object.__setattr__(self, "bitmap", bitmap)
+        object.__setattr__(self, "frame_hw", (int(fh), int(fw)))
+
+    @property
+    def area(self) -> int:
+        """Pixels in the mask."""
+        return int(self.bitmap.sum())
+
+    def full(self) -> npt.NDArray[np.bool_]:
+        """The mask over the whole frame: ``bool[frame_h, frame_w]``."""
+        out = np.zeros(self.frame_hw, dtype=bool)
+        h, w = self.bitmap.shape
+        out[self.y:self.y + h, self.x:self.x + w] = self.bitmap
+        return out
+
+    def to_rle(self) -> dict[str, Any]:
+        """COCO compressed run-length encoding over the frame: ``{"size": [h, w], "counts": str}``
+        (column-major runs, starting with background), as ``pycocotools.mask.encode`` writes it."""
+        from pycocotools import mask as mask_utils  # a core dependency, imported where used
+
+        fh, fw = self.frame_hw
+        h, w = self.bitmap.shape
+        cols = np.zeros((w, fh), dtype=np.uint8)  # the bitmap's columns, whole frame height
+        cols[:, self.y:self.y + h] = self.bitmap.T
+        flat = np.concatenate([np.zeros(self.x * fh, np.uint8), cols.reshape(-1),
+                               np.zeros((fw - self.x - w) * fh, np.uint8)])
+        change = np.flatnonzero(np.diff(flat)) + 1
+        bounds = np.concatenate([[0], change, [flat.size]])
+        counts = np.diff(bounds).tolist()
+        if flat.size and flat[0]:
+            counts = [0, *counts]  # COCO runs start with background
+        rle = mask_utils.frPyObjects({"size": [fh, fw], "counts": counts}, fh, fw)
+        return {"size": [fh, fw], "counts": rle["counts"].decode("ascii")}
 
 
 @dataclass(frozen=True)
@@ -41,6 +101,9 @@ class Detections:
             ``-1`` for a detection no track took; ``None`` when no tracker ran.
         attributes: per detection, a dict of attributes added by later stages (secondary
             models: ``{"color": ("red", 0.93)}``); ``None`` when no stage added any.
+        masks: a segmentation model's mask of each detection; ``None`` for other models.
+        keypoints: a pose model's ``float32[N, K, 3]`` (x, y in frame pixels, visibility
+            score) or ``[N, K, 2]``; ``None`` for other models.
     """
 
     xyxy: npt.NDArray[np.float32]
@@ -49,6 +112,8 @@ class Detections:
     class_names: tuple[str, ...] = field(default=())
     track_id: npt.NDArray[np.int64] | None = None
     attributes: tuple[dict[str, Any], ...] | None = None
+    masks: tuple[InstanceMask, ...] | None = None
+    keypoints: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -75,6 +140,16 @@ class Detections:
             if len(attrs) != n:
                 raise ShapeError(f"Detections.attributes: expected {n} entries, got {len(attrs)}")
             object.__setattr__(self, "attributes", attrs)
+        if self.masks is not None:
+            masks = tuple(self.masks)
+            if len(masks) != n:
+                raise ShapeError(f"Detections.masks: expected {n} masks, got {len(masks)}")
+            object.__setattr__(self, "masks", masks)
+        if self.keypoints is not None:
+            kp = np.asarray(self.keypoints, dtype=np.float32)
+            if kp.ndim != 3 or kp.shape[0] != n or kp.shape[2] not in (2, 3):
+                raise ShapeError(f"Detections.keypoints: expected shape ({n}, K, 2 or 3), got {kp.shape}")
+            object.__setattr__(self, "keypoints", kp)
 
     @classmethod
     def empty(cls, class_names: Sequence[str] = ()) -> Detections:
@@ -93,12 +168,17 @@ class Detections:
         """Select detections with a boolean mask, an index array or a slice."""
         if isinstance(index, int):
             index = [index]
-        attrs = None
+        attrs = masks = None
+        picked = np.arange(len(self))[index].tolist() if self.attributes is not None or self.masks is not None \
+            else []
         if self.attributes is not None:
-            attrs = tuple(self.attributes[i] for i in np.arange(len(self))[index].tolist())
+            attrs = tuple(self.attributes[i] for i in picked)
+        if self.masks is not None:
+            masks = tuple(self.masks[i] for i in picked)
         return Detections(
             self.xyxy[index], self.confidence[index], self.class_id[index], self.class_names,
-            None if self.track_id is None else self.track_id[index], attrs,
+            None if self.track_id is None else self.track_id[index], attrs, masks,
+            None if self.keypoints is None else self.keypoints[index],
         )
 
     def with_tracks(self, track_id: npt.NDArray[np.int64]) -> Detections:
@@ -133,4 +213,12 @@ class Detections:
             for rec, attrs in zip(records, self.attributes, strict=True):
                 if attrs:
                     rec["attributes"] = attrs
+        if self.masks is not None:
+            for rec, mask in zip(records, self.masks, strict=True):
+                rec["mask"] = mask.to_rle()
+        if self.keypoints is not None:
+            kps = self.keypoints.astype(np.float64).tolist()
+            for rec, points in zip(records, kps, strict=True):
+                rec["keypoints"] = [[round(p[0], decimals), round(p[1], decimals), *(round(v, 4) for v in p[2:])]
+                                    for p in points]
         return records

@@ -13,6 +13,7 @@ ones lazily on first use, so importing this package has no side effects beyond t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -61,6 +62,10 @@ class _SinkRegistry(Registry[Sink]):
         self._load()
         return super().names()
 
+    def config_class(self, name: str) -> type:
+        self._load()
+        return super().config_class(name)
+
     def parse(self, raw: object, key: str) -> PluginConfig:
         self._load()
         return super().parse(raw, key)  # type: ignore[arg-type]
@@ -72,4 +77,17 @@ class _SinkRegistry(Registry[Sink]):
 
 SINKS: Registry[Sink] = _SinkRegistry("sink")
 
-__all__ = ["SINKS", "Sink"]
+
+def default_path(sink_type: object) -> str | None:
+    """The default ``path`` of sink type ``sink_type`` (a sink configured without one writes
+    there; ``fovea run --out DIR`` moves it into DIR); ``None`` for an unknown type or one
+    whose ``path`` has no default."""
+    if not isinstance(sink_type, str) or sink_type not in SINKS.names():
+        return None
+    for f in dataclasses.fields(SINKS.config_class(sink_type)):
+        if f.name == "path" and isinstance(f.default, str):
+            return f.default
+    return None
+
+
+__all__ = ["SINKS", "Sink", "default_path"]

@@ -1,8 +1,8 @@
 """Database sinks' tables, and the SQLite sink (a file next to the other outputs).
 
-Three tables per sink, one per record type, created on first use (``IF NOT EXISTS``), each
-with an index on ``(source, frame_index)``; ``table_prefix`` (default ``fovea_``) starts
-their names::
+Four tables per sink, one per record type, created on first use (``IF NOT EXISTS``), each
+with an index on ``(source, frame_index)`` (the summaries: on ``source``); ``table_prefix``
+(default ``fovea_``) starts their names::
 
     fovea_frames      one row per frame (frames without detections too)
         source TEXT, frame_index BIGINT, pts BIGINT NULL, pts_seconds DOUBLE NULL,
@@ -16,10 +16,14 @@ their names::
         source, frame_index, event_index INT (its place among the frame's events),
         event TEXT, pts BIGINT NULL, pts_seconds DOUBLE NULL, track_id BIGINT, class TEXT,
         data JSON (the kind's own fields: line, direction, zone, dwell_s, reason, ...)
+    fovea_summaries   one row per source, at the end of a job that ran to its end
+        source, frames BIGINT, detections BIGINT (what the sink was given),
+        stages JSON (per per-source stage, its report about the source: tracks, line and
+        zone counts, ...; :mod:`streams.sinks.summaries`)
 
 (PostgreSQL types: ``real``, ``double precision``, ``jsonb``; SQLite stores the same columns
 with its own affinities.) A row is identified by ``(source, frame_index)`` plus
-``det_index`` / ``event_index``: the idempotency key of the delivery contract
+``det_index`` / ``event_index`` (a summary: ``source``): the idempotency key of the delivery contract
 (:mod:`streams.sinks.delivery`), so ``SELECT DISTINCT`` on those columns removes the rare
 duplicate a retried PostgreSQL batch can leave. Per-source counts::
 
@@ -57,6 +61,7 @@ from streams.frames import FrameResult
 from streams.registry import PluginConfig
 from streams.sinks import SINKS, Sink
 from streams.sinks.process import ProcessSink
+from streams.sinks.summaries import SourceCounts, SourceSummary
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ DETECTION_COLUMNS = ("source", "frame_index", "det_index", "x1", "y1", "x2", "y2
                      "label", "track_id", "attributes")
 EVENT_COLUMNS = ("source", "frame_index", "event_index", "event", "pts", "pts_seconds", "track_id", "class",
                  "data")
+SUMMARY_COLUMNS = ("source", "frames", "detections", "stages")
 _EVENT_TOP = frozenset({"event", "source", "frame_index", "pts", "pts_seconds", "track_id", "class"})
 
 _TYPES: dict[Dialect, dict[str, str]] = {
@@ -85,16 +91,17 @@ _SCHEMA = {
     "events": [("source", "text NOT NULL"), ("frame_index", "big NOT NULL"), ("event_index", "int NOT NULL"),
                ("event", "text NOT NULL"), ("pts", "big"), ("pts_seconds", "double"), ("track_id", "big"),
                ("class", "text"), ("data", "json")],
+    "summaries": [("source", "text NOT NULL"), ("frames", "big"), ("detections", "big"), ("stages", "json")],
 }
 
 
 def table_names(prefix: str) -> dict[str, str]:
-    """``{"frames": ..., "detections": ..., "events": ...}`` with ``prefix``."""
+    """``{"frames": ..., "detections": ..., "events": ..., "summaries": ...}`` with ``prefix``."""
     return {t: f"{prefix}{t}" for t in _SCHEMA}
 
 
 def schema_sql(prefix: str, dialect: Dialect) -> list[str]:
-    """The ``CREATE TABLE`` / ``CREATE INDEX`` statements (idempotent) of the three tables."""
+    """The ``CREATE TABLE`` / ``CREATE INDEX`` statements (idempotent) of the tables."""
     types = _TYPES[dialect]
     out = []
     for table, name in table_names(prefix).items():
@@ -103,7 +110,10 @@ def schema_sql(prefix: str, dialect: Dialect) -> list[str]:
             kind, _, rest = spec.partition(" ")
             cols.append(f'"{col}" {types[kind]}{" " + rest if rest else ""}')
         out.append(f'CREATE TABLE IF NOT EXISTS "{name}" ({", ".join(cols)})')
-        out.append(f'CREATE INDEX IF NOT EXISTS "{name}_source_frame" ON "{name}" (source, frame_index)')
+        if table == "summaries":
+            out.append(f'CREATE INDEX IF NOT EXISTS "{name}_source" ON "{name}" (source)')
+        else:
+            out.append(f'CREATE INDEX IF NOT EXISTS "{name}_source_frame" ON "{name}" (source, frame_index)')
     return out
 
 
@@ -146,6 +156,11 @@ def event_row(event: Event, index: int) -> tuple[Any, ...]:
             event.track_id, event.class_name, json.dumps(data, separators=(",", ":")))
 
 
+def summary_row(summary: SourceSummary) -> tuple[Any, ...]:
+    """A source summary's row (:data:`SUMMARY_COLUMNS`): its stages' reports as JSON text."""
+    return (summary.source, summary.frames, summary.detections, summary.stages_json())
+
+
 # ---------------------------------------------------------------------------------------- SQLite
 @dataclass(frozen=True)
 class SqliteConfig:
@@ -172,8 +187,10 @@ class SqliteSink:
         names = table_names(config.table_prefix)
         self._insert = {
             t: f'INSERT INTO "{names[t]}" VALUES ({", ".join("?" * len(cols))})'
-            for t, cols in (("frames", FRAME_COLUMNS), ("detections", DETECTION_COLUMNS), ("events", EVENT_COLUMNS))
+            for t, cols in (("frames", FRAME_COLUMNS), ("detections", DETECTION_COLUMNS), ("events", EVENT_COLUMNS),
+                            ("summaries", SUMMARY_COLUMNS))
         }
+        self._counts = SourceCounts()
 
     def __enter__(self) -> SqliteSink:
         try:
@@ -207,13 +224,22 @@ class SqliteSink:
             frames.append(frame)
             dets += rows
             events += [event_row(e, i) for i, e in enumerate(r.events)]
+        self._insert_rows(db, [("frames", frames), ("detections", dets), ("events", events)])
+        self._counts.add(results)
+
+    def write_summary(self, summaries: Sequence[SourceSummary]) -> None:
+        """A row per source in the summaries table (:mod:`streams.sinks.summaries`)."""
+        if self._db is None:
+            raise SinkError(f"{self.path}: write_summary() called outside 'with'")
+        self._insert_rows(self._db, [("summaries", [summary_row(s) for s in self._counts.complete(summaries)])])
+
+    def _insert_rows(self, db: sqlite3.Connection, tables: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Insert the rows of each table in one transaction."""
         try:
             db.execute("BEGIN")
-            db.executemany(self._insert["frames"], frames)
-            if dets:
-                db.executemany(self._insert["detections"], dets)
-            if events:
-                db.executemany(self._insert["events"], events)
+            for table, rows in tables:
+                if rows:
+                    db.executemany(self._insert[table], rows)
             db.execute("COMMIT")
         except sqlite3.Error as e:
             if db.in_transaction:

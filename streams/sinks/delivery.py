@@ -19,15 +19,22 @@ there then stays on disk and :meth:`ReliableSink.__exit__` raises
 and where the spool is, so the job exits non-zero; the next job with the same spool sends
 them first.
 
-**Health.** :meth:`ReliableSink.health` gives :class:`DeliveryHealth`: connected, records
-delivered, spool depth and bytes, dropped, re-sent (an upper bound on the duplicates),
-disconnects, the last error. Errors and ``where`` never contain a password: credentials come from an
+**Health.** :meth:`ReliableSink.health` gives :class:`~streams.sinks.health.DeliveryHealth`:
+connected, records delivered, spool depth and bytes, dropped, re-sent (an upper bound on the
+duplicates), disconnects, the last error (the sink is
+:class:`~streams.sinks.health.HealthReporting`; with ``writer: process`` the sink's process
+passes it back). Errors and ``where`` never contain a password: credentials come from an
 environment variable (``password_env``) or a file (``password_file``), read when the sink
 opens (:func:`read_secret`).
 
-A sink plugs in two pieces: an encoder (``results -> list[OutRecord]``) and a transport
+**Summaries.** :meth:`ReliableSink.write_summary` (the sink is
+:class:`~streams.sinks.summaries.SummaryAware`) spools one record of kind ``summary`` per
+source at the end of a job (key ``source|-1|summary|0``), after the source's frames.
+
+A sink plugs in three pieces: an encoder (``results -> list[OutRecord]``), a transport
 factory (``() -> Transport``: one connection, a context manager whose ``send`` delivers a
-batch and says how many of its leading records were acknowledged).
+batch and says how many of its leading records were acknowledged) and, when it delivers
+summaries, their encoder (``SourceSummary -> bytes``).
 
 Usage::
 
@@ -53,9 +60,11 @@ from streams.errors import ConfigError, SinkError
 from streams.frames import FrameResult
 from streams.registry import PluginConfig
 from streams.sinks import Sink
+from streams.sinks.health import DeliveryHealth
 from streams.sinks.process import ProcessSink
 from streams.sinks.records import event_json, frame_json
 from streams.sinks.spool import OutRecord, Spool
+from streams.sinks.summaries import SourceCounts, SourceSummary
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +87,7 @@ class DeliveryConfig:
     ``fovea run --out DIR`` puts it in DIR); each network sink needs its own. ``writer``:
     ``process`` (the default) runs the sink (encoding, spool, delivery thread) in a process
     of its own (:class:`~streams.sinks.process.ProcessSink`, as the JSONL sink does), off the
-    job's GIL; ``inline`` in the job's process, where :meth:`ReliableSink.health` can be read.
+    job's GIL, which passes the sink's health back; ``inline`` in the job's process.
     """
 
     path: str = "fovea-out/spool"
@@ -166,34 +175,23 @@ class Transport(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class DeliveryHealth:
-    """A network sink's state, for ``/metrics`` and the end-of-job summary."""
-
-    sink: str  # its type: kafka, redis, postgres, mqtt
-    where: str  # the broker (no credentials)
-    spool: str  # the spool folder
-    connected: bool
-    delivered: int  # records the broker acknowledged
-    spooled: int  # records in the spool, not delivered yet
-    spool_bytes: int
-    dropped: int  # records removed at the spool's size limit
-    resent: int  # records sent again after an unacknowledged try: at most this many duplicates
-    disconnects: int  # times the broker went away (or could not be reached) after being connected
-    last_error: str | None
-
-
 class ReliableSink:
-    """A :class:`~streams.sinks.Sink` that delivers through a spool and a delivery thread (module docstring)."""
+    """A :class:`~streams.sinks.Sink` that delivers through a spool and a delivery thread (module docstring).
+
+    ``encode_summary``: a summary record's payload; ``None``: the sink delivers no summaries.
+    """
 
     def __init__(self, config: DeliveryConfig, sink_type: str, where: str,
                  encode: Callable[[Sequence[FrameResult]], list[OutRecord]],
-                 connect: Callable[[], Transport]) -> None:
+                 connect: Callable[[], Transport],
+                 encode_summary: Callable[[SourceSummary], bytes] | None = None) -> None:
         self.config = config
         self.sink_type = sink_type
         self.where = where
         self._encode = encode
         self._connect = connect
+        self._encode_summary = encode_summary
+        self._counts = SourceCounts()
         self.spool = Spool(Path(config.path), max_bytes=max(1, int(config.spool_max_mb * (1 << 20))))
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -238,6 +236,20 @@ class ReliableSink:
         if not self._open:
             raise SinkError(f"{self.where}: write() called outside 'with'")
         records = self._encode(results)
+        self._counts.add(results)
+        self._append(records)
+
+    def write_summary(self, summaries: Sequence[SourceSummary]) -> None:
+        """Spool a ``summary`` record per source (:meth:`SourceCounts.complete
+        <streams.sinks.summaries.SourceCounts.complete>`); nothing without ``encode_summary``."""
+        if not self._open:
+            raise SinkError(f"{self.where}: write_summary() called outside 'with'")
+        if self._encode_summary is None:
+            return
+        encode = self._encode_summary
+        self._append([OutRecord("summary", s.source, -1, 0, encode(s)) for s in self._counts.complete(summaries)])
+
+    def _append(self, records: list[OutRecord]) -> None:
         if not records:
             return
         with self._cond:

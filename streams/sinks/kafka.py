@@ -7,6 +7,7 @@ apply too: ``path`` (the spool), ``spool_max_mb``, ``flush_timeout_s``, ...)::
       bootstrap_servers: "127.0.0.1:9092"
       detections_topic: fovea.detections   # one message per frame (frame_record JSON)
       events_topic: fovea.events           # one message per event (Event.to_record JSON)
+      summaries_topic: fovea.summaries     # one message per source at the end of a job (summaries.py)
       compression: lz4                     # none | gzip | snappy | lz4 | zstd
       linger_ms: 20                        # how long librdkafka gathers a batch
       batch_bytes: 1000000                 # its largest batch
@@ -19,8 +20,8 @@ apply too: ``path`` (the spool), ``spool_max_mb``, ``flush_timeout_s``, ...)::
       options: {}                          # more librdkafka properties (ssl.ca.location, ...)
 
 Each message: key = the source id (one source stays ordered in one partition), value = the
-record's JSON (the JSONL sink's lines), header ``fovea-key`` = the idempotency key
-(:attr:`~streams.sinks.spool.OutRecord.key`). The producer is idempotent
+record's JSON (the JSONL sink's lines; a summary: :class:`~streams.sinks.summaries.SourceSummary`'s),
+header ``fovea-key`` = the idempotency key (:attr:`~streams.sinks.spool.OutRecord.key`). The producer is idempotent
 (``enable.idempotence``, ``acks=all``) and every delivery report is checked: a record
 leaves the spool only once its report says it was written. librdkafka's own retries run
 for ``send_timeout_s`` (``message.timeout.ms``); after that the batch is retried from the
@@ -55,6 +56,7 @@ from streams.sinks.delivery import (
     read_secret,
     with_writer,
 )
+from streams.sinks.summaries import SourceSummary
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class KafkaConfig(DeliveryConfig):
     bootstrap_servers: str = "127.0.0.1:9092"
     detections_topic: str = "fovea.detections"
     events_topic: str = "fovea.events"
+    summaries_topic: str = "fovea.summaries"
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     linger_ms: int = 20
     batch_bytes: int = 1_000_000
@@ -87,7 +90,7 @@ class KafkaConfig(DeliveryConfig):
         self.validate_delivery(key)
         if not self.bootstrap_servers.strip():
             raise ConfigError(f"{key}.bootstrap_servers", "must not be empty (host:port[,host:port...])")
-        for name in ("detections_topic", "events_topic"):
+        for name in ("detections_topic", "events_topic", "summaries_topic"):
             topic = getattr(self, name)
             if not topic or len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
                 raise ConfigError(f"{key}.{name}", f"{topic!r} is not a Kafka topic name (letters, digits, "
@@ -114,7 +117,8 @@ class KafkaConfig(DeliveryConfig):
 
     def __repr__(self) -> str:  # options may hold paths, never shown; no password is ever a field
         return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, detections_topic="
-                f"{self.detections_topic!r}, events_topic={self.events_topic!r}, path={self.path!r})")
+                f"{self.detections_topic!r}, events_topic={self.events_topic!r}, summaries_topic="
+                f"{self.summaries_topic!r}, path={self.path!r})")
 
 
 def producer_config(config: KafkaConfig, password: str | None) -> dict[str, Any]:
@@ -148,7 +152,8 @@ class _KafkaTransport:
         self.where = where
         self._producer: Any = None
         self._fatal: str | None = None
-        self._topics = {"detections": config.detections_topic, "events": config.events_topic}
+        self._topics = {"detections": config.detections_topic, "events": config.events_topic,
+                        "summary": config.summaries_topic}
 
     def __enter__(self) -> _KafkaTransport:
         try:
@@ -257,7 +262,8 @@ def _report(status: list[Any], index: int, err: Any, msg: Any) -> None:
 def kafka_sink(config: KafkaConfig) -> ReliableSink:
     """The sink for ``config``: JSON records through the spool to Kafka."""
     where = f"kafka://{config.bootstrap_servers}"
-    return ReliableSink(config, "kafka", where, json_records, lambda: _KafkaTransport(config, where))
+    return ReliableSink(config, "kafka", where, json_records, lambda: _KafkaTransport(config, where),
+                        SourceSummary.to_json)
 
 
 @SINKS.register("kafka", KafkaConfig)

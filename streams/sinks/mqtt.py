@@ -14,6 +14,8 @@ apply too: ``path`` (the spool), ``spool_max_mb``, ``flush_timeout_s``, ``send_t
       topic: "fovea/{source}/detections"   # {source}; with {label}: one message per label
       events_topic: "fovea/{source}/events/{event}"   # {source}, {event}: line_cross, zone_enter, ...;
                                                        # null: events are not published
+      summary_topic: "fovea/{source}/summary"   # a source's summary at the end of a job (summaries.py);
+                                                # null: not published
       qos: 1                                # 1 | 2: at least once; 0: at most once (no acknowledgement)
       protocol: 5                           # 5 | "3.1.1"
       client_id: ""                         # "" = random
@@ -33,6 +35,7 @@ With ``{label}`` in the topic a frame becomes one message per detected label (it
 only; the key's index is the label's place in the frame), and frames without detections go
 to label ``none``. A frame's events follow its message, one message each on ``events_topic``
 (``fovea/cam1/events/line_cross``), also for frames that ``only_with_detections`` leaves out.
+At the end of a job each source's summary record goes to ``summary_topic``.
 
 Usage::
 
@@ -58,6 +61,7 @@ from streams.frames import FrameResult
 from streams.sinks import SINKS, Sink
 from streams.sinks.delivery import DeliveryConfig, OutRecord, ReliableSink, TransportError, read_secret, with_writer
 from streams.sinks.records import event_json, frame_json
+from streams.sinks.summaries import SourceSummary
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class MqttConfig(DeliveryConfig):
     port: int = 1883
     topic: str = "fovea/{source}/detections"
     events_topic: str | None = "fovea/{source}/events/{event}"
+    summary_topic: str | None = "fovea/{source}/summary"
     qos: Literal[0, 1, 2] = 1
     protocol: Literal[5, "3.1.1"] = 5
     client_id: str = ""
@@ -107,6 +112,14 @@ class MqttConfig(DeliveryConfig):
             if not sample or "+" in sample or "#" in sample:
                 raise ConfigError(f"{key}.events_topic", "must be non-empty, without + or # wildcards "
                                                          "(null: no event messages)")
+        if self.summary_topic is not None:
+            try:
+                sample = self.summary_topic.format(source="s")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"{key}.summary_topic", f"only {{source}} may be used ({e})") from e
+            if not sample or "+" in sample or "#" in sample:
+                raise ConfigError(f"{key}.summary_topic", "must be non-empty, without + or # wildcards "
+                                                          "(null: no summary messages)")
         if self.keepalive < 1:
             raise ConfigError(f"{key}.keepalive", f"expected >= 1, got {self.keepalive}")
 
@@ -137,9 +150,12 @@ def mqtt_records(results: Sequence[FrameResult], topic: str, only_with_detection
     return out
 
 
-def record_topic(r: OutRecord, topic: str, events_topic: str | None) -> str:
+def record_topic(r: OutRecord, topic: str, events_topic: str | None, summary_topic: str | None = None) -> str:
     """The topic of record ``r`` (``/``, ``+``, ``#`` in a source id, label or event become ``_``)."""
     source = r.source.translate(_TOPIC_UNSAFE)
+    if r.kind == "summary":
+        assert summary_topic is not None
+        return summary_topic.format(source=source)
     if r.kind == "events":
         assert events_topic is not None
         return events_topic.format(source=source, event=r.subject.translate(_TOPIC_UNSAFE))
@@ -217,8 +233,8 @@ class _MqttTransport:
             if self._properties is not None:
                 props = self._properties[0](self._properties[1])
                 props.UserProperty = ("fovea-key", r.key)
-            info = client.publish(record_topic(r, c.topic, c.events_topic), r.payload, qos=c.qos, retain=c.retain,
-                                  properties=props)
+            info = client.publish(record_topic(r, c.topic, c.events_topic, c.summary_topic), r.payload, qos=c.qos,
+                                  retain=c.retain, properties=props)
             if info.rc != 0:
                 break
             infos.append(info)
@@ -266,7 +282,8 @@ def mqtt_sink(config: MqttConfig) -> ReliableSink:
     def encode(results: Sequence[FrameResult]) -> list[OutRecord]:
         return mqtt_records(results, config.topic, config.only_with_detections, config.events_topic)
 
-    return ReliableSink(config, "mqtt", where, encode, lambda: _MqttTransport(config, where))
+    return ReliableSink(config, "mqtt", where, encode, lambda: _MqttTransport(config, where),
+                        None if config.summary_topic is None else SourceSummary.to_json)
 
 
 @SINKS.register("mqtt", MqttConfig)

@@ -6,7 +6,7 @@ apply too: ``path`` (the spool), ``spool_max_mb``, ``flush_timeout_s``, ...)::
     - type: postgres
       dsn: "postgresql://fovea@db.example:5432/analytics"   # no password in it
       password_env: FOVEA_PG_PASSWORD                        # or password_file: /run/secrets/pg
-      table_prefix: fovea_                                   # fovea_frames, fovea_detections, fovea_events
+      table_prefix: fovea_                                   # fovea_frames, _detections, _events, _summaries
 
 The tables (and their ``(source, frame_index)`` indexes) are created on first use; their
 columns are in :mod:`streams.sinks.database`. A batch of records is written with ``COPY``
@@ -14,6 +14,8 @@ columns are in :mod:`streams.sinks.database`. A batch of records is written with
 the spool once the commit returned. A batch whose commit succeeded but whose answer was lost
 (the connection dropped at that moment) is written again: ``SELECT DISTINCT`` on a table's
 key columns (source, frame_index and det_index / event_index) removes such duplicates.
+At the end of a job each source's summary is a row of ``fovea_summaries``
+(:mod:`streams.sinks.summaries`).
 
 Usage::
 
@@ -38,13 +40,16 @@ from streams.sinks.database import (
     DETECTION_COLUMNS,
     EVENT_COLUMNS,
     FRAME_COLUMNS,
+    SUMMARY_COLUMNS,
     event_row,
     frame_rows,
     schema_sql,
+    summary_row,
     table_names,
     validate_prefix,
 )
 from streams.sinks.delivery import DeliveryConfig, OutRecord, ReliableSink, TransportError, read_secret, with_writer
+from streams.sinks.summaries import SourceSummary
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +132,22 @@ def postgres_records(results: Sequence[FrameResult]) -> list[OutRecord]:
     return out
 
 
+def summary_line(summary: SourceSummary) -> bytes:
+    """A source summary's row (:data:`~streams.sinks.database.SUMMARY_COLUMNS`) in COPY's text format."""
+    row = summary_row(summary)
+    return f"{_text(row[0])}\t{row[1]}\t{row[2]}\t{_text(row[3])}\n".encode()
+
+
 class _PostgresTransport:
-    """One connection; a batch is three COPYs in one transaction."""
+    """One connection; a batch is a COPY per table in one transaction."""
 
     def __init__(self, config: PostgresConfig, where: str) -> None:
         self.config = config
         self.where = where
         self._conn: Any = None
         names = table_names(config.table_prefix)
-        cols = {"frames": FRAME_COLUMNS, "detections": DETECTION_COLUMNS, "events": EVENT_COLUMNS}
+        cols = {"frames": FRAME_COLUMNS, "detections": DETECTION_COLUMNS, "events": EVENT_COLUMNS,
+                "summaries": SUMMARY_COLUMNS}
         self._copy = {t: f'COPY "{names[t]}" ({", ".join(cols[t])}) FROM STDIN' for t in names}
 
     def __enter__(self) -> _PostgresTransport:
@@ -162,16 +174,20 @@ class _PostgresTransport:
         frames: list[bytes] = []
         dets: list[bytes] = []
         events: list[bytes] = []
+        summaries: list[bytes] = []
         for r in records:
             if r.kind == "events":
                 events.append(r.payload)
+            elif r.kind == "summary":
+                summaries.append(r.payload)
             else:
                 end = r.payload.index(b"\n") + 1
                 frames.append(r.payload[:end])
                 dets.append(r.payload[end:])
         try:
             with self._conn.transaction(), self._conn.cursor() as cur:
-                for table, lines in (("frames", frames), ("detections", dets), ("events", events)):
+                for table, lines in (("frames", frames), ("detections", dets), ("events", events),
+                                     ("summaries", summaries)):
                     data = b"".join(lines)
                     if data:
                         with cur.copy(self._copy[table]) as copy:
@@ -197,7 +213,8 @@ def postgres_sink(config: PostgresConfig) -> ReliableSink:
     """The sink for ``config``: rows through the spool to PostgreSQL."""
     p = _dsn_parts(config.dsn)
     where = f"postgresql://{p.get('host', 'localhost')}:{p.get('port', '5432')}/{p.get('dbname', '')}"
-    return ReliableSink(config, "postgres", where, postgres_records, lambda: _PostgresTransport(config, where))
+    return ReliableSink(config, "postgres", where, postgres_records, lambda: _PostgresTransport(config, where),
+                        summary_line)
 
 
 @SINKS.register("postgres", PostgresConfig)

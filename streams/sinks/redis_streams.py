@@ -8,12 +8,14 @@ apply too: ``path`` (the spool), ``spool_max_mb``, ``flush_timeout_s``, ...)::
       username: null                      # ACL user; the password: password_env or password_file
       detections_stream: "fovea:detections"   # {source} may be used: a stream per source
       events_stream: "fovea:events"
+      summaries_stream: "fovea:summaries"   # one entry per source at the end of a job (summaries.py)
       maxlen: 1000000                     # XADD MAXLEN ~ maxlen (approximate trimming); null: none
 
 Each entry has the fields ``key`` (the idempotency key,
 :attr:`~streams.sinks.spool.OutRecord.key`), ``source`` and ``data`` (the record's JSON, the
-JSONL sink's line). A batch goes in one pipeline (one round trip); an entry leaves the spool
-once Redis answered its ``XADD`` with an id. Trimming with ``MAXLEN ~`` keeps a stream
+JSONL sink's line; a summary: :class:`~streams.sinks.summaries.SourceSummary`'s). A batch
+goes in one pipeline (one round trip); an entry leaves the spool once Redis answered its
+``XADD`` with an id. Trimming with ``MAXLEN ~`` keeps a stream
 bounded for consumers that read it as it grows; null keeps everything.
 
 Usage::
@@ -43,6 +45,7 @@ from streams.sinks.delivery import (
     read_secret,
     with_writer,
 )
+from streams.sinks.summaries import SourceSummary
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class RedisConfig(DeliveryConfig):
     username: str | None = None
     detections_stream: str = "fovea:detections"
     events_stream: str = "fovea:events"
+    summaries_stream: str = "fovea:summaries"
     maxlen: int | None = 1_000_000
 
     def validate(self, key: str) -> None:
@@ -69,7 +73,7 @@ class RedisConfig(DeliveryConfig):
             raise ConfigError(f"{key}.url", "expected redis://host[:port][/db] or rediss://...")
         if parts.password:
             raise ConfigError(f"{key}.url", "must not hold a password: use password_env or password_file")
-        for name in ("detections_stream", "events_stream"):
+        for name in ("detections_stream", "events_stream", "summaries_stream"):
             try:
                 sample = getattr(self, name).format(source="s")
             except (KeyError, IndexError, ValueError) as e:
@@ -87,9 +91,9 @@ class _RedisTransport:
         self.config = config
         self.where = where
         self._client: Any = None
-        self._per_source = {"detections": "{source}" in config.detections_stream,
-                            "events": "{source}" in config.events_stream}
-        self._streams = {"detections": config.detections_stream, "events": config.events_stream}
+        self._streams = {"detections": config.detections_stream, "events": config.events_stream,
+                         "summary": config.summaries_stream}
+        self._per_source = {kind: "{source}" in stream for kind, stream in self._streams.items()}
 
     def __enter__(self) -> _RedisTransport:
         try:
@@ -151,7 +155,8 @@ def redis_sink(config: RedisConfig) -> ReliableSink:
     """The sink for ``config``: JSON records through the spool to Redis Streams."""
     parts = urlsplit(config.url)
     where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
-    return ReliableSink(config, "redis", where, json_records, lambda: _RedisTransport(config, where))
+    return ReliableSink(config, "redis", where, json_records, lambda: _RedisTransport(config, where),
+                        SourceSummary.to_json)
 
 
 @SINKS.register("redis", RedisConfig)

@@ -54,6 +54,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -167,8 +168,9 @@ def draw_detections(
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h - 1)
     labels = detections.labels
     tids = [-1] * len(detections) if detections.track_id is None else detections.track_id.tolist()
-    for (x1, y1, x2, y2), conf, cid, label, tid in zip(
-        boxes.tolist(), detections.confidence.tolist(), detections.class_id.tolist(), labels, tids,
+    attrs = detections.attributes or ({},) * len(detections)  # a cascade's results: "striped", ...
+    for (x1, y1, x2, y2), conf, cid, label, tid, attr in zip(
+        boxes.tolist(), detections.confidence.tolist(), detections.class_id.tolist(), labels, tids, attrs,
         strict=True,
     ):
         if x2 < x1 or y2 < y1:
@@ -177,6 +179,8 @@ def draw_detections(
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=lw)
         if draw_labels:
             text = f"#{tid} {label} {conf:.2f}" if tid >= 0 else f"{label} {conf:.2f}"
+            if attr:
+                text += "".join(f" {v[0]}" if isinstance(v, (list, tuple)) and v else f" {v}" for v in attr.values())
             _label(draw, (x1, y1), text, colour, font, above=True, fallback_y=y1 + lw)
     if frame_index is not None:
         text = f"#{frame_index}"
@@ -480,7 +484,7 @@ class _SourceWriter:
         h, w = rgb.shape[:2]
         if meta_size is not None and meta_size != (w, h) and len(dets):
             scale = np.array([w / meta_size[0], h / meta_size[1]] * 2, np.float32)
-            dets = Detections(dets.xyxy * scale, dets.confidence, dets.class_id, dets.class_names, dets.track_id)
+            dets = dataclasses.replace(dets, xyxy=dets.xyxy * scale)
         size = max(10, round(h / 36))
         if size not in self._fonts:
             self._fonts[size] = _load_font(size)

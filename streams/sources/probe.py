@@ -2,7 +2,13 @@
 
 DALI cannot skip one bad sample inside a batch and a decode error invalidates its
 pipeline, so every file is opened and demuxed here first. A missing, empty, non-video
-or unreadable file fails here with a :class:`SourceError` naming the reason.
+or unreadable file fails here with a :class:`SourceError` naming the reason; so does a
+file that trips PyAV in a way nobody foresaw (a damaged file must never stop the job: the
+traceback is logged for a bug report). Metadata that is not UTF-8 is read with
+replacement characters: a Latin-1 title does not make a video unreadable.
+
+The file's size and modification time at the probe are kept, so that the job can tell a
+file that changed while it was read (one still being written) from a complete one.
 
 The demux pass (packets only, no decoding: fast) also yields the presentation-order
 pts of every frame, which DALI does not report in stream units (its timestamps are in
@@ -16,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import json
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.errors import SourceError
+from streams.sources.frame_size import SizeWatch
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,11 @@ class VideoInfo:
     # (rounded); None when it says neither
     declared_frames: int | None = None
     declared_exact: bool = False  # declared_frames is the header's own frame count
+    size: int = -1  # bytes, when probed (-1: unknown)
+    mtime_ns: int = -1  # modification time when probed (-1: unknown)
+    # (frame index, width, height) of the first keyframe announcing another frame size than
+    # the stream's (streams.sources.frame_size); frames from there on are not decoded
+    resized: tuple[int, int, int] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -87,19 +100,46 @@ def probe_video(path: Path) -> VideoInfo:
     """Open ``path`` with PyAV, demux every packet of its first video stream.
 
     Raises:
-        SourceError: missing, empty, not a video, unreadable or holding no frames.
+        SourceError: missing, empty, not a video, unreadable or holding no frames, or
+            PyAV failed on it unexpectedly (logged with the traceback).
     """
+    name = str(path)
+    before = _stat(path)
+    try:
+        return _probe(path, name)
+    except SourceError as e:
+        after = _stat(path)
+        if before is None or after is None or _identity(before) == _identity(after):
+            raise
+        raise SourceError(name, f"{e.reason}; the file changed while it was probed: still being written?") from e
+    except Exception as e:  # PyAV tripped on a damaged file in a way not foreseen: isolate the file
+        log.warning("%s: unexpected probe failure", name, exc_info=True)
+        raise SourceError(name, f"cannot be probed ({type(e).__name__}: {str(e).strip()[:200]})") from e
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
+def _probe(path: Path, name: str) -> VideoInfo:
     import av  # local: keeps the data layer importable without PyAV's load cost
 
-    name = str(path)
     if not path.exists():
         raise SourceError(name, "no such file")
     if not path.is_file():
         raise SourceError(name, "not a regular file")
-    if path.stat().st_size == 0:
+    st = path.stat()
+    if st.st_size == 0:
         raise SourceError(name, "empty file (0 bytes)")
     try:
-        container = av.open(name)
+        container = av.open(name, metadata_errors="replace")
     except av.error.InvalidDataError as e:
         raise SourceError(name, f"not a video file or corrupt header ({e.strerror or e})") from e
     except (av.error.FFmpegError, OSError) as e:
@@ -109,12 +149,16 @@ def probe_video(path: Path) -> VideoInfo:
             raise SourceError(name, "not a video file (no video stream)")
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        if ctx is None:
+            raise SourceError(name, "video stream of an unknown codec (damaged header?)")
         if not ctx.width or not ctx.height:
             raise SourceError(name, "video stream has no frame size (corrupt header?)")
         tb = stream.time_base or Fraction(1, 90000)
         pts: list[int] = []
         key_pts: list[int] = []
         bad_packets = 0
+        watch = SizeWatch(ctx.name, ctx.extradata, int(ctx.width), int(ctx.height))
+        resized: tuple[int, int, int] | None = None  # (pts, width, height) until the pts are sorted
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
@@ -125,6 +169,8 @@ def probe_video(path: Path) -> VideoInfo:
                 pts.append(int(packet.pts))
                 if packet.is_keyframe:
                     key_pts.append(int(packet.pts))
+                    if resized is None and watch.watches and (size := watch.keyframe(packet)) is not None:
+                        resized = (int(packet.pts), *size)
         except av.error.FFmpegError as e:
             raise SourceError(name, f"demuxing failed after {len(pts)} packets ({e.strerror or e})") from e
         if not pts:
@@ -132,6 +178,11 @@ def probe_video(path: Path) -> VideoInfo:
         if bad_packets:
             log.warning("%s: %d packets without pts", name, bad_packets)
         pts.sort()
+        if resized is not None:
+            at = bisect.bisect_left(pts, resized[0])
+            log.warning("%s: the frame size changes mid-stream, from %dx%d to %dx%d at frame %d", name,
+                        ctx.width, ctx.height, resized[1], resized[2], at)
+            resized = (at, resized[1], resized[2])
         index = {p: i for i, p in enumerate(pts)}
         keyframes = tuple(sorted(index[p] for p in key_pts))
         rate = stream.average_rate or stream.guessed_rate
@@ -149,6 +200,9 @@ def probe_video(path: Path) -> VideoInfo:
             keyframes=keyframes,
             declared_frames=declared,
             declared_exact=exact,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            resized=resized,
         )
 
 
@@ -284,8 +338,9 @@ def _from_json(d: dict[str, Any]) -> VideoInfo | tuple[str, str]:
     if "error" in d:
         source, reason = d["error"]
         return (str(source), str(reason))
+    resized = d.get("resized")
     return VideoInfo(**{**d, "path": Path(d["path"]), "time_base": tuple(d["time_base"]), "pts": tuple(d["pts"]),
-                        "keyframes": tuple(d["keyframes"])})
+                        "keyframes": tuple(d["keyframes"]), "resized": None if resized is None else tuple(resized)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,6 +125,42 @@ def vector_input_onnx(d: Path) -> tuple[Path, str]:
     return _export_onnx(VectorModel(), torch.zeros(1, 16), d / "vectors.onnx"), "not an image batch"
 
 
+def with_metadata(path: Path, **props: str) -> Path:
+    """``path`` with ``props`` written into its ONNX metadata, as an exporter would."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def html_as_onnx(d: Path) -> tuple[Path, str]:
+    """What a failed download often leaves: the server's error page, saved under the model's name."""
+    path = d / "yolov8n.onnx"
+    path.write_text("<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n")
+    return path, "not an ONNX model"
+
+
+def classify_task_onnx(d: Path) -> tuple[Path, str]:
+    """A classification export (Ultralytics metadata task=classify): no boxes to decode."""
+    path = _export_onnx(Classifier(), torch.zeros(1, 3, 64, 64), d / "yolov8n-cls.onnx")
+    return with_metadata(path, task="classify", imgsz="[64, 64]"), "a 'classify' model"
+
+
+def segment_without_protos_onnx(d: Path) -> tuple[Path, str]:
+    """The file says segmentation but has no mask prototypes: its outputs match no family."""
+    path = _export_onnx(BrightSpotDetector(), torch.zeros(1, 3, 64, 64), d / "seg.onnx")
+    return with_metadata(path, task="segment"), "not a segment model Fovea can decode"
+
+
+def grey_input_onnx(d: Path) -> tuple[Path, str]:
+    """A one-channel (grey) image input: not what Fovea feeds."""
+    return _export_onnx(nn.Conv2d(1, 6, 3), torch.zeros(1, 1, 64, 64), d / "grey.onnx"), "not an image batch"
+
+
 BAD_MODELS: dict[str, Callable[[Path], tuple[Path, str]]] = {
     "text file as .onnx": text_as_onnx,
     "truncated .onnx": truncated_onnx,
@@ -140,4 +176,8 @@ BAD_MODELS: dict[str, Callable[[Path], tuple[Path, str]]] = {
     "classifier outputs (.onnx)": classifier_onnx,
     "vector input (.pt)": vector_input_pt,
     "vector input (.onnx)": vector_input_onnx,
+    "an HTML error page as .onnx (a failed download)": html_as_onnx,
+    "a classification export (.onnx)": classify_task_onnx,
+    "a segmentation export without prototypes (.onnx)": segment_without_protos_onnx,
+    "a one-channel input (.onnx)": grey_input_onnx,
 }

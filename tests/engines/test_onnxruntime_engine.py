@@ -120,24 +120,35 @@ def test_tensorrt_engine_without_tensorrt_names_what_to_install(bright_onnx: Pat
             pass
 
 
-def test_onnx_on_a_gpu_without_gpu_engines_falls_back_to_the_cpu_loudly(bright_onnx: Path, caplog) -> None:
-    """A GPU machine without tensorrt and without onnxruntime-gpu (the lent H200 is one):
-    engine auto runs the ONNX model on the CPU and says why, instead of failing."""
-    import logging
-
+def test_onnx_on_a_gpu_without_gpu_runtimes_is_an_error_not_the_cpu(bright_onnx: Path, monkeypatch) -> None:
+    """A GPU machine without tensorrt, onnx2torch and onnxruntime-gpu: engine auto refuses the
+    ONNX model on the GPU, naming what to install and device: cpu, instead of running it on
+    the CPU behind the user's back (issue #30)."""
+    import engines.onnx_torch
+    import engines.onnxruntime_engine
     from engines.factory import open_engine
-    from engines.onnxruntime_engine import cuda_provider_available
     from streams.config import EngineConfig, ModelConfig
-
-    if cuda_provider_available():
-        pytest.skip("onnxruntime-gpu is installed here")
-    with caplog.at_level(logging.WARNING):
-        engine, _ = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(), "cuda:0")
-    assert engine.device == "cpu"
-    assert any("no GPU engine can run this ONNX model" in r.message for r in caplog.records)
-    # asked for explicitly, onnxruntime on CUDA is an error naming what to install
     from streams.errors import MissingDependencyError
 
+    monkeypatch.setattr(engines.onnx_torch, "onnx2torch_problem", lambda: "onnx2torch cannot be imported (test)")
+    monkeypatch.setattr(engines.onnxruntime_engine, "cuda_provider_available", lambda: False)
+    monkeypatch.setattr("engines.factory._tensorrt_importable", lambda: (False, "tensorrt is not installed"))
+    with pytest.raises(MissingDependencyError) as info:
+        open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(), "cuda:0")
+    msg = str(info.value)
+    assert "onnx2torch" in msg and "onnxruntime-gpu" in msg and "engine.device: cpu" in msg and "\n" not in msg
+    # asked for explicitly, onnxruntime on CUDA is an error naming what to install
     explicit, _ = open_engine(ModelConfig(path=str(bright_onnx)), EngineConfig(kind="onnxruntime"), "cuda:0")
     with pytest.raises(MissingDependencyError, match="onnxruntime-gpu"), explicit:
         pass
+
+
+def test_onnx_on_a_gpu_prefers_onnx2torch_where_tensorrt_is_absent(monkeypatch) -> None:
+    import engines.onnx_torch
+    from engines.factory import _onnx_auto_kind
+
+    monkeypatch.setattr(engines.onnx_torch, "onnx2torch_problem", lambda: None)
+    monkeypatch.setattr("engines.factory._tensorrt_importable", lambda: (False, "tensorrt is not installed"))
+    kind, why = _onnx_auto_kind("cuda:0")
+    assert kind == "torch" and "onnx2torch" in why
+    assert _onnx_auto_kind("cpu") == ("onnxruntime", "device is the CPU")

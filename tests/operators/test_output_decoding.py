@@ -10,6 +10,7 @@ import torch
 
 from operators.output_decoding import (
     Candidates,
+    LayoutHints,
     decode_efficient_nms,
     decode_yolov5,
     decode_yolov8,
@@ -241,7 +242,11 @@ EFFICIENT_SHAPES = [(None, 1), (None, 100, 4), (None, 100), (None, 100)]
         ([(16, 5, 2100)], ["out"], "yolov8"),  # one class
         ([(1, 25200, 85)], ["output"], "yolov5"),
         ([(None, 25200, 6)], ["output"], "yolov5"),
-        ([(1, 116, 8400), (1, 32, 160, 160)], ["output0", "output1"], "yolov8"),  # seg protos
+        ([(1, 116, 8400), (1, 32, 160, 160)], ["output0", "output1"], "yolov8_seg"),  # seg protos
+        ([(1, 300, 38), (1, 32, 80, 80)], ["output0", "output1"], "end2end_seg"),
+        ([(1, 300, 6)], ["output0"], "end2end"),  # YOLOv10 / YOLO26 nms=False
+        ([(1, 300, 4), (1, 300, 91)], ["dets", "labels"], "detr"),  # RF-DETR
+        ([(1, 300, 91), (1, 300, 4)], ["labels", "dets"], "detr"),
         (EFFICIENT_SHAPES, ["num_dets", "det_boxes", "det_scores", "det_classes"], "efficient_nms"),
         (
             EFFICIENT_SHAPES,
@@ -285,6 +290,53 @@ def test_detect_layout_errors_explain_the_accepted_layouts(
     for layout in ("'yolov8'", "'yolov5'", "'efficient_nms'"):
         assert layout in message  # the accepted ones
     assert "[B, 4+nc, N]" in message and "model.layout" in message
+
+
+@pytest.mark.parametrize(
+    ("shapes", "hints", "expected"),
+    [
+        ([(1, 300, 6)], LayoutHints(head="RTDETRDecoder"), "rtdetr"),
+        ([(1, 300, 84)], LayoutHints(head="RTDETRDecoder"), "detr"),  # older RT-DETR exports
+        ([(1, 300, 84)], LayoutHints(), "yolov5"),  # without the head, a [B, N, 5+nc] table
+        ([(1, 56, 8400)], LayoutHints(task="pose"), "yolov8_pose"),
+        ([(1, 56, 8400)], LayoutHints(), "yolov8"),  # without the task, 52 classes
+        ([(1, 300, 57)], LayoutHints(task="pose", end2end=True), "end2end_pose"),
+        ([(1, 300, 6)], LayoutHints(end2end=True), "end2end"),
+        ([(1, 2000, 6)], LayoutHints(end2end=True), "end2end"),  # the file says so
+        ([(1, 2000, 6)], LayoutHints(), "yolov5"),  # too many rows for an end-to-end table
+        ([(1, 300, 6)], LayoutHints(end2end=False), "yolov5"),
+        ([(1, 300, 38), (1, 32, 80, 80)], LayoutHints(task="segment", end2end=True), "end2end_seg"),
+        ([(1, 116, 8400), (1, 32, 160, 160)], LayoutHints(task="detect"), "yolov8"),  # boxes only
+    ],
+)
+def test_detect_layout_with_hints(shapes: list[tuple[int, ...]], hints: LayoutHints, expected: str) -> None:
+    assert detect_layout(shapes, [f"o{i}" for i in range(len(shapes))], hints) == expected
+
+
+@pytest.mark.parametrize(
+    ("shapes", "hints"),
+    [
+        ([(1, 116, 8400)], LayoutHints(task="segment")),  # no prototypes
+        ([(1, 300, 6)], LayoutHints(task="pose", end2end=True)),  # no keypoints
+        ([(1, 300, 20), (1, 32, 80, 80)], LayoutHints(end2end=True)),  # fewer values than prototypes
+    ],
+)
+def test_detect_layout_refuses_outputs_that_contradict_the_hints(
+    shapes: list[tuple[int, ...]], hints: LayoutHints
+) -> None:
+    with pytest.raises(ShapeError, match="cannot infer"):
+        detect_layout(shapes, [f"o{i}" for i in range(len(shapes))], hints)
+
+
+def test_select_outputs_of_the_families() -> None:
+    pred, protos = torch.zeros(1, 116, 100), torch.zeros(1, 32, 8, 8)
+    assert [t is e for t, e in zip(select_outputs({"p": protos, "o": pred}, "yolov8_seg"), [pred, protos],
+                                   strict=True)] == [True, True]
+    boxes, logits = torch.zeros(1, 30, 4), torch.zeros(1, 30, 91)
+    got = select_outputs({"labels": logits, "dets": boxes}, "detr")
+    assert got[0] is boxes and got[1] is logits
+    with pytest.raises(ShapeError, match="4-D output"):
+        select_outputs({"o": pred}, "end2end_seg")
 
 
 def test_detect_layout_rejects_mismatched_names() -> None:

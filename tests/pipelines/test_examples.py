@@ -143,8 +143,21 @@ def _run_tracking_yaml(ws: Path) -> None:
     assert _frames(out / "annotated.mp4") == 24
 
 
+def _run_cascade_yaml(ws: Path) -> None:
+    assert main([*QUIET, "run", "examples/cascade.yaml", "--device", "cpu", "--no-progress"]) == 0
+    out = ws / "fovea-cascade"
+    frames = [r for r in _records(out / "detections.jsonl") if "event" not in r]
+    dets = [d for r in frames for d in r["detections"]]
+    assert len(frames) == 24 and len(dets) > 24
+    assert all(d["attributes"]["pattern"][0] in ("solid", "striped", "dotted") for d in dets)
+    rows = (out / "detections.csv").read_text().splitlines()
+    assert len(rows) - 1 == len(dets) and "attributes" in rows[0]
+    assert _frames(out / "annotated.mp4") == 24
+
+
 RUNS: dict[str, Callable[[Path], None]] = {
     "api.py": _run_api_py,
+    "cascade.yaml": _run_cascade_yaml,
     "demo.yaml": _run_demo_yaml,
     "job.yaml": _run_job_yaml,
     "live.yaml": _run_live_yaml,
@@ -154,7 +167,7 @@ RUNS: dict[str, Callable[[Path], None]] = {
 
 def test_this_test_runs_every_example_file() -> None:
     found = sorted(p.name for p in EXAMPLES.iterdir() if p.is_file())
-    assert len(found) == 5, found
+    assert len(found) == 6, found
     assert found == sorted(RUNS)
 
 
@@ -230,3 +243,40 @@ def test_the_readme_running_a_job_block_runs_in_order(tmp_path: Path, monkeypatc
         assert main([*QUIET, *argv]) == 0, command
     assert len(_records(tmp_path / "fovea-out" / "detections.jsonl")) == 24
     assert "exit codes" in capsys.readouterr().out
+
+
+def test_the_readme_yaml_blocks_are_valid_configs() -> None:
+    """Every ```yaml block of the README is a valid config section (with a source added)."""
+    import yaml
+
+    from streams.config import parse_config
+
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 1
+    for block in blocks:
+        raw = yaml.safe_load(block)
+        assert isinstance(raw, dict)
+        parse_config({"sources": ["a.mp4"], **raw})
+
+
+@pytest.mark.slow
+def test_the_readme_resume_and_ray_block_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The two lines of "Resuming a job, ...", on the CPU after the demo: ``--resume`` with no
+    manifest runs the job, again finds nothing to do; ``--ray`` (a local Ray cluster of CPU
+    workers here) gives the same records."""
+    commands = _readme_commands("Resuming a job, and jobs bigger than one GPU")
+    assert len(commands) == 2 and "--resume" in commands[0] and "--ray" in commands[1]
+    monkeypatch.chdir(tmp_path)
+    assert main([*QUIET, "demo", *DEMO_SMALL]) == 0
+    first = shlex.split(commands[0], comments=True)[1:] + ["--no-progress", "--device", "cpu"]
+    assert main([*QUIET, *first]) == 0
+    records = _records(tmp_path / "fovea-out" / "detections.jsonl")
+    assert len(records) == 24
+    capsys.readouterr()
+    assert main([*QUIET, *first]) == 0
+    assert "nothing to do" in capsys.readouterr().out.lower()
+    shutil.rmtree(tmp_path / "fovea-out")
+    ray_argv = shlex.split(commands[1], comments=True)[1:] + ["--no-progress", "--device", "cpu"]
+    assert main([*QUIET, *ray_argv]) == 0
+    assert _records(tmp_path / "fovea-out" / "detections.jsonl") == records

@@ -81,7 +81,8 @@ def test_csv_has_a_track_id_column_and_an_events_file(tmp_path: Path) -> None:
         sink.write([_result(2, [5, 9], (_cross(2, 9, "out"),))])
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(CSV_COLUMNS) and CSV_COLUMNS[-1] == "track_id"
+    assert list(rows[0]) == list(CSV_COLUMNS) and CSV_COLUMNS[-2:] == ("track_id", "attributes")
+    assert [r["attributes"] for r in rows] == [""] * 6  # no stage added attributes
     assert [r["track_id"] for r in rows] == ["5", "-1", "", "", "5", "9"]  # empty: no tracker ran
     assert events_path(out) == tmp_path / "detections.events.csv"
     with open(tmp_path / "detections.events.csv", newline="") as f:
@@ -114,6 +115,21 @@ def test_csv_append_keeps_one_events_header(tmp_path: Path) -> None:
     rows = (tmp_path / "d.events.csv").read_text().splitlines()
     assert rows[0].startswith("event,") and len(rows) == 3 and not rows[2].startswith("event,")
     assert len(out.read_text().splitlines()) == 1 + 2 * 2
+
+
+def test_csv_writes_a_cascades_attributes_as_json(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    r = _result(0, [5, -1])
+    r = dataclasses.replace(r, detections=dataclasses.replace(
+        r.detections, attributes=({"pattern": ["striped", 0.97]}, {})))
+    with CsvSink(tmp_path / "d.csv") as sink:
+        sink.write([r])
+    with open(tmp_path / "d.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [json.loads(x["attributes"]) if x["attributes"] else None for x in rows] == [
+        {"pattern": ["striped", 0.97]}, None]
 
 
 def test_csv_append_to_an_older_header_is_refused(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The sink process (``writer: process``): same output as inline, errors surface, nothing lost."""
+"""The sink process (``writer: process``): same output as inline, errors surface, nothing lost,
+a network sink's health reaches the job."""
 
 from __future__ import annotations
 
@@ -102,6 +103,29 @@ def test_process_writer_output_equals_inline(tmp_path: Path, kind: str, tracked:
         assert not events.exists() and not (tmp_path / "process.events.csv").exists()
 
 
+def test_a_network_sinks_health_reaches_the_job(tmp_path: Path) -> None:
+    """Redis unreachable (nothing listens on the port): the process's sink keeps the records in
+    its spool, and the job sees that while it runs and after the sink closed."""
+    from tests.optional import require_module
+    from tests.servers.helpers import free_port
+
+    require_module("redis", "the redis extra: pip install 'fovea[redis]'")
+    sink = SINKS.create(SINKS.parse({"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0",
+                                     "path": str(tmp_path / "spool"), "flush_timeout_s": 0}, "sinks[0]"))
+    assert isinstance(sink, ProcessSink)
+    with pytest.raises(SinkError, match="32 record"), sink:
+        sink.write(_batch(0))
+        sink.write(_batch(1))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and ((h := sink.health()) is None or h.last_error is None):
+            time.sleep(0.05)
+        h = sink.health()
+        assert h is not None and h.last_error is not None and not h.connected, h
+        assert (h.sink, h.spooled, h.delivered, h.spool) == ("redis", 32, 0, str(tmp_path / "spool"))
+    h = sink.health()
+    assert h is not None and (h.spooled, h.delivered) == (32, 0) and h.spool_bytes > 0
+
+
 def test_default_writer_is_the_process() -> None:
     sink = SINKS.create(SINKS.parse({"type": "jsonl", "path": "x.jsonl"}, "sinks[0]"))
     assert isinstance(sink, ProcessSink)
@@ -176,3 +200,24 @@ def test_ctrl_c_or_sigterm_to_the_group_does_not_lose_records(tmp_path: Path, si
         for k in range(1, 5):
             sink.write(_batch(k))
     assert len(out.read_text().splitlines()) == 5 * 16
+
+
+def test_masks_and_keypoints_travel_to_the_sink_process() -> None:
+    """A segmentation/pose model's masks and keypoints reach a sink in its own process (the
+    default writer) unchanged; frames without them stay without."""
+    import numpy as np
+
+    from streams.detections import Detections, InstanceMask
+    from streams.frames import FrameMeta, FrameResult
+    from streams.sinks.process import decode_results, encode_results
+
+    mask = InstanceMask(1, 2, np.eye(3, 4, dtype=bool), (10, 12))
+    kps = np.arange(17 * 3, dtype=np.float32).reshape(1, 17, 3)
+    d = Detections(np.array([[1, 2, 5, 5]], np.float32), np.array([0.9], np.float32), np.array([0]), ("a",),
+                   masks=(mask,), keypoints=kps)
+    sent = [FrameResult(FrameMeta("s", "s", 0, 0, (1, 25), 12, 10), d),
+            FrameResult(FrameMeta("s", "s", 1, 1, (1, 25), 12, 10), Detections.empty(("a",)))]
+    got = decode_results(encode_results(sent))
+    assert got[0].detections.masks is not None and got[0].detections.masks[0].to_rle() == mask.to_rle()
+    np.testing.assert_array_equal(got[0].detections.keypoints, kps)  # type: ignore[arg-type]
+    assert got[1].detections.masks is None and got[1].detections.keypoints is None

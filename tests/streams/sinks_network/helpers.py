@@ -95,14 +95,23 @@ def run_outage_job(clip: Path, model: Path, out: Path, sink: ReliableSink, switc
     return summary, truth
 
 
+_SUMMARY = "|-1|summary|0"
+
+
 def exactly_once(truth: dict[str, bytes], got: Iterable[tuple[str, bytes]]) -> int:
     """Assert ``got`` (key, payload) holds every record of ``truth`` with its payload, nothing
-    else; returns the number of duplicates (deliveries beyond the first of a key)."""
+    else but the sources' summary records (which must count the frames and detections of
+    ``truth``); returns the number of duplicates (deliveries beyond the first of a key)."""
     got = list(got)
     counts = Counter(k for k, _ in got)
     first: dict[str, bytes] = {}
     for k, payload in got:
         first.setdefault(k, payload)
+    for k in [k for k in first if k.endswith(_SUMMARY)]:
+        source = k[:-len(_SUMMARY)]
+        frames = [json.loads(v) for key, v in truth.items() if key.rsplit("|", 3)[0] == source]
+        assert json.loads(first.pop(k)) == {"source": source, "frames": len(frames), "stages": {},
+                                            "detections": sum(len(f["detections"]) for f in frames)}, k
     missing = sorted(set(truth) - set(first))
     assert not missing, f"{len(missing)} record(s) lost, e.g. {missing[:3]}"
     extra = sorted(set(first) - set(truth))

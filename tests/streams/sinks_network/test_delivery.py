@@ -5,6 +5,7 @@ the count and the spool's place; and the SQLite sink (a file next to the other o
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sqlite3
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from pipelines.cli import main
+from streams.config import apply_overrides, load_config
 from streams.errors import SinkError
 from streams.sinks import SINKS
 from streams.sinks.spool import OutRecord, Spool
@@ -124,8 +126,9 @@ def test_a_silent_broker_never_blocks_beyond_the_bound(sink_type: str, silent_br
 
 def test_an_unreachable_broker_fails_the_job_with_the_spool_and_its_count(
         outage_clip: Path, bright_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``fovea run`` with Redis down from the start: the job runs to its end, the records wait in
-    the spool (in --out, like the file sinks' outputs), and the exit code is 1."""
+    """``fovea run`` with Redis down from the start: the job runs to its end, the records (the
+    frames' and the source's summary) wait in the spool (in --out, like the file sinks'
+    outputs), and the exit code is 1."""
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
         "sources": [str(outage_clip)], "model": {"path": str(bright_model), "input_size": [96, 160]},
@@ -136,10 +139,12 @@ def test_an_unreachable_broker_fails_the_job_with_the_spool_and_its_count(
     assert code == 1
     spool = tmp_path / "out" / "redis-spool"
     err = capsys.readouterr().err
-    assert f"{OUTAGE_FRAMES} record(s) not delivered" in err and str(spool) in err
+    assert f"{OUTAGE_FRAMES + 1} record(s) not delivered" in err and str(spool) in err
     assert len((tmp_path / "out" / "detections.jsonl").read_text().splitlines()) == OUTAGE_FRAMES
     s = Spool(spool, max_bytes=1 << 30).open()
-    assert s.depth == OUTAGE_FRAMES
+    assert s.depth == OUTAGE_FRAMES + 1
+    _, records = s.peek(OUTAGE_FRAMES + 1)
+    assert records[-1].key == "cam1.mp4|-1|summary|0"  # after the source's frames
     s.close()
 
 
@@ -154,27 +159,43 @@ def test_the_spool_limit_is_reported(tmp_path: Path) -> None:
     assert f"{h.dropped} record(s) were dropped at the spool's limit" in str(e.value)
 
 
-def test_sqlite_file_next_to_the_outputs(outage_clip: Path, bright_model: Path, tmp_path: Path) -> None:
+def test_sqlite_file_next_to_the_outputs(outage_clip: Path, bright_model: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare ``{type: sqlite}`` (no path) goes into --out too; the job's end adds the summaries."""
+    monkeypatch.chdir(tmp_path)  # where the default path (fovea-out/detections.sqlite) would be
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
         "sources": [str(outage_clip)], "model": {"path": str(bright_model), "input_size": [96, 160]},
-        "sinks": [{"type": "jsonl", "path": "detections.jsonl"}, {"type": "sqlite", "path": "detections.sqlite"}]}))
+        "sinks": [{"type": "jsonl", "path": "detections.jsonl"}, {"type": "sqlite"}]}))
     out = tmp_path / "out"
     assert main(["run", str(config), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert not (tmp_path / "fovea-out").exists()
     db = sqlite3.connect(out / "detections.sqlite")  # moved into --out like the JSONL
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"fovea_frames", "fovea_detections", "fovea_events"}
+    assert tables == {"fovea_frames", "fovea_detections", "fovea_events", "fovea_summaries"}
     for table in tables:
         [index] = db.execute(f"PRAGMA index_list({table})").fetchall()
-        assert [r[2] for r in db.execute(f"PRAGMA index_info({index[1]})")] == ["source", "frame_index"]
+        assert [r[2] for r in db.execute(f"PRAGMA index_info({index[1]})")] == (
+            ["source"] if table == "fovea_summaries" else ["source", "frame_index"])
     lines = (out / "detections.jsonl").read_text().splitlines()
     per_source = db.execute("SELECT f.source, count(*) AS frames, sum(f.detections) AS detections "
                             "FROM fovea_frames f GROUP BY f.source ORDER BY f.source").fetchall()
-    import json
-
     records = [json.loads(x) for x in lines]
     assert per_source == [("cam1.mp4", len(records), sum(len(r["detections"]) for r in records))]
     assert db.execute("SELECT count(*) FROM fovea_detections").fetchone() == (per_source[0][2],)
+    summaries = db.execute("SELECT source, frames, detections, stages FROM fovea_summaries").fetchall()
+    assert summaries == [(*per_source[0], "{}")]  # no per-source stage: counts only
+
+
+def test_out_moves_the_sinks_without_a_path(tmp_path: Path) -> None:
+    raw = apply_overrides({"sinks": [{"type": "sqlite"}, {"type": "kafka", "writer": "inline"},
+                                     {"type": "redis", "path": "a/b/spool"}, {"type": "nope"}]},
+                          {"out": str(tmp_path)})
+    assert [s.get("path") for s in raw["sinks"]] == [str(tmp_path / "detections.sqlite"),
+                                                     str(tmp_path / "kafka-spool"), str(tmp_path / "spool"), None]
+    cfg = load_config(None, {"sources": ["a.mp4"], "out": str(tmp_path / "o")})  # the default sinks
+    assert [s.config.path for s in cfg.sinks] == [str(tmp_path / "o" / "detections.jsonl"),
+                                                  str(tmp_path / "o" / "detections.csv")]
 
 
 def test_the_documented_sink_configs_parse() -> None:

@@ -6,6 +6,7 @@ while the broker runs, and kills it only once everything the broker acknowledged
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -14,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from pipelines.runner import run_job
+from streams.config import parse_config
 from streams.errors import ConfigError, SinkError
 from streams.sinks import SINKS
 from streams.sinks.delivery import ReliableSink
 from streams.sinks.kafka import producer_config
-from tests.optional import require_module
+from tests.optional import require_module, skip_reason
 from tests.servers.brokers import TansuProcess
 from tests.streams.sinks_network.helpers import (
     OutageSwitch,
@@ -199,6 +202,38 @@ def test_outage_mid_job_loses_nothing(kafka_broker: TansuProcess, outage_clip: P
         duplicates = exactly_once(truth, reader.got())
         print(f"kafka outage: {len(truth)} records, {duplicates} duplicate(s) delivered, {h.resent} re-sent")
         assert duplicates <= h.resent
+    finally:
+        reader.close()
+
+
+@pytest.mark.skipif(bool(skip_reason("trackers", "the tracking extra")), reason="needs the tracking extra")
+def test_a_job_ends_with_each_sources_summary_and_reports_the_sinks_health(
+        kafka_broker: TansuProcess, outage_clip: Path, bright_model: Path, tmp_path: Path) -> None:
+    """A tracked job with the Kafka sink in its own process (``writer: process``, the default):
+    the source's summary follows its frames on the summaries topic, and the job summary says
+    what the sink delivered."""
+    reader = Reader(kafka_broker.bootstrap, (*TOPICS, "fovea.summaries"))
+    try:
+        cfg = parse_config({"sources": [str(outage_clip)], "tracker": {"type": "bytetrack"},
+                            "model": {"path": str(bright_model), "input_size": [96, 160]},
+                            "engine": {"device": "cpu", "batch_size": 4}, "decode": {"backend": "cpu"},
+                            "sinks": [_raw(kafka_broker, tmp_path)]})
+        summary = run_job(cfg, show_progress=False)
+        assert summary.ok
+        [h] = summary.sinks
+        assert (h.sink, h.connected, h.delivered, h.spooled, h.dropped) == ("kafka", True, 161, 0, 0), h
+        assert f"sink kafka kafka://{kafka_broker.bootstrap}: connected, 161 delivered, 0 in the spool" in \
+            summary.to_text()
+        assert wait_until(lambda: len(reader.got("fovea.summaries")) == 1 and len(reader.got()) == 160, 20)
+        [(key, payload)] = reader.got("fovea.summaries")
+        assert key == "cam1.mp4|-1|summary|0"
+        assert [m[1] for m in reader.messages if m[0] == "fovea.summaries"] == ["cam1.mp4"]  # Kafka key: the source
+        tracking = summary.stages["TrackerStage"]["sources"]["cam1.mp4"]
+        assert tracking["tracks_total"] > 0
+        frames = [json.loads(v) for _, v in reader.got()]
+        assert json.loads(payload) == {"source": "cam1.mp4", "frames": 160,
+                                       "detections": sum(len(f["detections"]) for f in frames),
+                                       "stages": {"TrackerStage": json.loads(json.dumps(tracking))}}
     finally:
         reader.close()
 

@@ -13,6 +13,8 @@ import pytest
 
 from streams.errors import ConfigError
 from streams.sinks import SINKS
+from streams.sinks.health import HealthReporting
+from streams.sinks.summaries import SourceSummary
 from tests.optional import require_module
 from tests.servers.brokers import PostgresProcess
 from tests.streams.sinks_network.helpers import OutageSwitch, make_sink, result, run_outage_job
@@ -64,6 +66,22 @@ def test_rows_schema_and_indexes(postgres_server: PostgresProcess, tmp_path: Pat
     counts = _rows(postgres_server, "SELECT f.source, count(*) AS frames, sum(f.detections) AS detections "
                                     "FROM t_frames f GROUP BY f.source ORDER BY f.source")  # the README's query
     assert counts == [("cam0", 10, 10), ("cam1", 10, 20)]
+
+
+def test_a_summary_row_per_source(postgres_server: PostgresProcess, tmp_path: Path) -> None:
+    """Through the sink's own process (``writer: process``, the default): a row per source in
+    ``fovea_summaries``, with the sink's counts and the stages' reports as jsonb."""
+    sink = SINKS.create(SINKS.parse(_raw(postgres_server, tmp_path), "sinks[0]"))
+    stages = {"TrackerStage": {"tracks_total": 2, "tracks": [{"track_id": 0, "class": "car\tx"}]}}
+    with sink:
+        sink.write([result("cam0", i, n=2) for i in range(3)] + [result("cam1", 0, n=1)])
+        sink.write_summary([SourceSummary("cam0", stages)])
+    assert isinstance(sink, HealthReporting) and (h := sink.health()) is not None
+    assert (h.delivered, h.spooled) == (6, 0)
+    assert _rows(postgres_server, "SELECT source, frames, detections, stages FROM fovea_summaries ORDER BY source") \
+        == [("cam0", 3, 6, stages), ("cam1", 1, 1, {})]
+    [index] = _rows(postgres_server, "SELECT indexdef FROM pg_indexes WHERE tablename = 'fovea_summaries'")
+    assert index == ("CREATE INDEX fovea_summaries_source ON public.fovea_summaries USING btree (source)",)
 
 
 def test_text_needing_escapes_arrives_unchanged(postgres_server: PostgresProcess, tmp_path: Path) -> None:
