@@ -29,12 +29,9 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from engines.factory import resolve_device
 from pipelines.analytics import AnalyticsStage
@@ -42,6 +39,7 @@ from pipelines.graph import (
     PerSourceStages,
     batch_size_for,
     gil_switch_interval,
+    needs_source_frames,
     open_inference_stage,
     open_sinks,
     prepare_inference,
@@ -58,8 +56,10 @@ from streams.errors import ConfigError, DecodeError
 from streams.frames import FrameResult
 from streams.live.config import LiveConfig, ingest_processes, parse_live_config
 from streams.live.manager import StreamManager
-from streams.live.metrics import AnalyticsMetrics
+from streams.live.metrics import AnalyticsMetrics, SinkMetrics
+from streams.live.stats import Reservoir
 from streams.sinks import Sink
+from streams.sinks.health import sink_health
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class StreamSummary:
     detections: int = 0
     first_emit: float | None = None
     last_emit: float | None = None
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    latencies: Reservoir = field(default_factory=Reservoir)  # a bounded sample: days of frames, same memory
 
     @property
     def fps(self) -> float:
@@ -81,7 +81,7 @@ class StreamSummary:
         return (self.frames - 1) / (self.last_emit - self.first_emit)
 
     def latency_quantile(self, q: float) -> float | None:
-        return float(np.quantile(np.fromiter(self.latencies, float), q)) if self.latencies else None
+        return self.latencies.quantile(q)
 
 
 @dataclass
@@ -130,14 +130,19 @@ class LiveRunner:
         if decode in ("gpu", "gop") and not device.startswith("cuda"):
             raise ConfigError("live.decode", f"{decode} decoding needs a CUDA device (engine.device)")
         if decode == "gop":
-            return "gop"
-        return "packets" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
+            mode = "gop"
+        else:
+            mode = "packets" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
+        if self.cfg.secondary and mode != "frames":
+            raise ConfigError("secondary", f"live cascades crop source-resolution frames, which the {mode} decode "
+                                           "path does not keep (NVDEC scales while decoding); set live.decode: cpu")
+        return mode
 
     def run(self, duration_s: float | None = None, warmup_s: float = 0.0) -> LiveSummary:
         """Run until stopped or ``duration_s``; figures count frames emitted after ``warmup_s``."""
         with contextlib.ExitStack() as stack:
             requested = resolve_device(self.cfg.engine.device)
-            stage = open_inference_stage(self.cfg, requested, stack)
+            stage = open_inference_stage(self.cfg, requested, stack, self.stages)
             device = stage.engine.device  # the engine may have fallen back to the CPU (logged)
             mode = self._mode(device, fell_back=requested.startswith("cuda") and device == "cpu")
             self.summary.mode, self.summary.device = mode, device
@@ -171,6 +176,7 @@ class LiveRunner:
                                                     source_factory=pool.source if pool is not None else None))
             self.manager = mgr
             metrics = AnalyticsMetrics(mgr.registry)  # line crossings and zone events on /metrics
+            SinkMetrics(mgr.registry, lambda: sink_health(sinks))  # the network sinks' health on /metrics
             for source_stage in self.stages:
                 if isinstance(source_stage, AnalyticsStage):
                     source_stage.add_listener(metrics)
@@ -179,7 +185,7 @@ class LiveRunner:
             # engine.batch_size // 32 GOPs fill an engine batch
             items_per_batch = max(1, batch // 32) if mode == "gop" else batch
             spec = PreprocessSpec(dtype=stage.engine.input_dtype, layout=stage.engine.input_layout,  # type: ignore[arg-type]
-                                  options=self.cfg.preprocess)
+                                  options=self.cfg.preprocess, keep_source=needs_source_frames(self.cfg))
             feed = LiveFeed(mgr, mode, spec, stage.info.input_size, items_per_batch, device_id)
             infer = stack.enter_context(InferencePool(stage, feed, infer_streams, threads))
             start = time.monotonic()
@@ -198,6 +204,7 @@ class LiveRunner:
                             after.gap(sid, tuple(indices))
                         for sid in mgr.take_removed():  # its tracker and its held frames go
                             after.end(sid, "removed")
+                            self.summary.states[sid] = "removed"
                         try:
                             item = infer.get(timeout=0.1)
                         except queue.Empty:
@@ -236,7 +243,9 @@ class LiveRunner:
         if now < self._count_from:
             return
         for r in item:
-            s = self.summary.streams.setdefault(r.frame.source_id, StreamSummary())
+            s = self.summary.streams.get(r.frame.source_id)
+            if s is None:  # (not setdefault: it would build a summary for every frame)
+                s = self.summary.streams[r.frame.source_id] = StreamSummary()
             s.frames += 1
             s.detections += len(r.detections)
             s.first_emit = now if s.first_emit is None else s.first_emit

@@ -13,7 +13,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from urllib.parse import urlsplit
 
 # modules the live job imports unconditionally, from its extra (paho-mqtt, the other one,
 # is imported only by an mqtt sink, which names the extra itself when it is missing)
@@ -46,9 +48,20 @@ def _cmd_live(args: argparse.Namespace) -> int:
 
     if args.config is None and not args.source:
         raise ConfigError("sources", "give a CONFIG file or at least one --source URI")
+    if any(_has_password(uri) for uri in args.source or ()):
+        logging.getLogger("fovea").warning("a --source URI holds a password: other users of this machine can read "
+                                           "it in the process list (ps); put cameras with credentials in the "
+                                           "config file instead")
     overrides = {"sources": args.source, "model": args.model, "device": args.device,
                  "out": args.out or (None if args.config else "fovea-live")}
     cfg = load_config(args.config, overrides)
     summary = run_live(cfg, duration_s=args.duration)
     sys.stdout.write(summary.to_text() + "\n")
     return 0
+
+
+def _has_password(uri: str) -> bool:
+    try:
+        return urlsplit(uri).password is not None
+    except ValueError:
+        return "@" in uri.split("/", 3)[2] if uri.count("/") >= 2 else False

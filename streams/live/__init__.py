@@ -20,7 +20,8 @@ Modules:
 * :mod:`streams.live.drops`   :class:`~streams.live.drops.DropLog`, dropped frame indices
 * :mod:`streams.live.metrics` :class:`LiveMetrics`, Prometheus series and latency
 * :mod:`streams.live.http`    :class:`LiveHttpServer`, /metrics /health /streams (serves a
-  :class:`~streams.live.http.StreamControl`)
+  :class:`~streams.live.http.StreamControl`), behind :mod:`streams.live.access`: bearer
+  token, the URI allow-list of ``POST /streams`` (docs/control-api.md)
 * :mod:`streams.live.manager` :class:`StreamManager`, owns all of the above
 
 Usage::

@@ -135,14 +135,16 @@ class Batcher(Generic[T]):
             self._queues[stream_id] = q
             return q
 
-    def remove_stream(self, stream_id: str) -> bool:
-        """Drop the stream's queue and pending items; wakes a producer blocked in ``put``."""
+    def remove_stream(self, stream_id: str) -> QueueStats | None:
+        """Drop the stream's queue and pending items; wakes a producer blocked in ``put``.
+        Returns the queue's final counters (no put counts after this), ``None`` if unknown."""
         with self._lock:
             q = self._queues.pop(stream_id, None)
             if q is None:
-                return False
+                return None
+            final = QueueStats(len(q._items), q.enqueued, q.dequeued, q.dropped)
             q._close()
-            return True
+            return final
 
     def put(self, stream_id: str, item: T, timeout: float | None = None) -> bool:
         """``put`` on the queue of ``stream_id`` (``False`` when it has none)."""

@@ -16,9 +16,13 @@ YAML (every key optional; the defaults are shown)::
       gil_switch_interval_ms: 0.1   # Python thread switch interval during GPU runs
       ffmpeg_options: {}        # extra FFmpeg demuxer options, e.g. {buffer_size: "1048576"}
       http: {enabled: true, host: 127.0.0.1, port: 9108}   # port 0 = any free port
+        # token_env: NAME | token_file: /abs/path  bearer token (required off loopback)
+        # max_body_bytes: 65536                     larger request bodies get 413
+        # allow: {schemes: [rtsp, rtsps], hosts: ["*"], file_dirs: []}   what POST /streams may open
       batch: {max_wait_ms: 40, queue_size: 8, policy: drop_oldest}   # or policy: block
-      watchdog: {stall_s: 5, open_timeout_s: 10}
+      watchdog: {stall_s: 5, open_timeout_s: 10, undecodable_s: 20}
       backoff: {initial_s: 0.5, max_s: 30, multiplier: 2, jitter: 0.2}
+      quarantine: {faults: 3, window_s: 120, pause_s: 300}   # cameras sending garbage, changing format
       ingest: {processes: auto, ring_frames: 0}   # stream readers in worker processes
                                 # (auto: one per 24 streams with GPU decode and > 32 streams;
                                 # 0: in the job's process); ring_frames 0 = sized automatically
@@ -33,11 +37,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streams.errors import ConfigError
+from streams.live.access import host_pattern_error, is_loopback, read_token
 from streams.schema import from_dict
 
 log = logging.getLogger(__name__)
@@ -45,21 +52,74 @@ log = logging.getLogger(__name__)
 DecodeMode = Literal["auto", "cpu", "gpu", "gop"]
 OutputMode = Literal["frames", "gop", "packets"]
 QueuePolicy = Literal["drop_oldest", "block"]
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+@dataclass(frozen=True)
+class AllowConfig:
+    """``live.http.allow``: the URIs ``POST /streams`` may open (:class:`~streams.live.access.UriPolicy`).
+
+    ``schemes``: URI schemes (default RTSP only); ``hosts``: ``*``, addresses or networks
+    (``10.0.0.0/8``) and host-name globs (``cam-*.site.example``); ``file_dirs``: absolute
+    folders whose files ``file://`` URIs may read (none by default: no ``file://``).
+    Streams of the config's ``sources:`` are not checked: the operator wrote them.
+    """
+
+    schemes: tuple[str, ...] = ("rtsp", "rtsps")
+    hosts: tuple[str, ...] = ("*",)
+    file_dirs: tuple[str, ...] = ()
+
+    def validate(self, key: str) -> None:
+        for i, scheme in enumerate(self.schemes):
+            if not _SCHEME.fullmatch(scheme):
+                raise ConfigError(f"{key}.schemes[{i}]", f"expected a URI scheme such as rtsp, got {scheme!r}")
+            if scheme.lower() == "file" and not self.file_dirs:
+                raise ConfigError(f"{key}.schemes[{i}]", f"file:// needs {key}.file_dirs, the folders it may read")
+        for i, pattern in enumerate(self.hosts):
+            reason = host_pattern_error(pattern)
+            if reason is not None:
+                raise ConfigError(f"{key}.hosts[{i}]", reason)
+        for i, folder in enumerate(self.file_dirs):
+            if not os.path.isabs(folder):
+                raise ConfigError(f"{key}.file_dirs[{i}]", f"expected an absolute folder, got {folder!r}")
 
 
 @dataclass(frozen=True)
 class HttpConfig:
-    """``live.http``: the metrics/health/control HTTP server."""
+    """``live.http``: the metrics/health/control HTTP server and its access control.
+
+    ``token_env`` (the name of an environment variable) or ``token_file`` (an absolute path)
+    holds a bearer token every request must carry (``Authorization: Bearer <token>``); it is
+    required when ``host`` is not a loopback address. ``max_body_bytes`` bounds a request's
+    body (413 above it); ``allow`` is the allow-list of ``POST /streams``.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108
+    token_env: str | None = None
+    token_file: str | None = None
+    max_body_bytes: int = 64 * 1024
+    allow: AllowConfig = field(default_factory=AllowConfig)
 
     def validate(self, key: str) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{key}.port", f"expected 0..65535, got {self.port}")
         if not self.host:
             raise ConfigError(f"{key}.host", "must not be empty")
+        if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
+            raise ConfigError(f"{key}.max_body_bytes", f"expected 1024..16777216, got {self.max_body_bytes}")
+        if self.token_env is not None and self.token_file is not None:
+            raise ConfigError(f"{key}.token_file", f"give {key}.token_env or {key}.token_file, not both")
+        if self.token_file is not None and not os.path.isabs(self.token_file):
+            raise ConfigError(f"{key}.token_file", f"expected an absolute path, got {self.token_file!r}")
+        if not self.enabled:
+            return
+        if self.token_env is None and self.token_file is None and not is_loopback(self.host):
+            raise ConfigError(f"{key}.host", f"{self.host} is not a loopback address: the API could be reached "
+                                             f"from other machines, so set {key}.token_env or {key}.token_file "
+                                             "(bearer-token auth), or bind 127.0.0.1")
+        read_token(self, key)  # refused now, before any work, if it cannot be read
 
 
 @dataclass(frozen=True)
@@ -84,10 +144,13 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class WatchdogConfig:
-    """``live.watchdog``: when a stream counts as stalled, how long an open may take."""
+    """``live.watchdog``: when a stream counts as stalled, how long an open may take, and how
+    long a session may receive packets that yield no frame (no keyframe, or nothing the
+    decoder accepts: garbage, or a codec other than the announced one) before it ends."""
 
     stall_s: float = 5.0
     open_timeout_s: float = 10.0
+    undecodable_s: float = 20.0
 
     def validate(self, key: str) -> None:
         if not 0.1 <= self.stall_s <= 3600.0:
@@ -96,6 +159,29 @@ class WatchdogConfig:
             raise ConfigError(
                 f"{key}.open_timeout_s", f"expected 0.1..3600, got {self.open_timeout_s}"
             )
+        if not 0.5 <= self.undecodable_s <= 3600.0:
+            raise ConfigError(f"{key}.undecodable_s", f"expected 0.5..3600, got {self.undecodable_s}")
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    """``live.quarantine``: a camera whose sessions end in ``faults`` content faults (its
+    packets yield no frame, its resolution changes mid-stream, the GPU decoder rejects
+    them) within ``window_s`` seconds is quarantined: reconnects pause for ``pause_s``
+    seconds, the state is ``quarantined`` and the reason is its last error. ``faults: 0``
+    never quarantines."""
+
+    faults: int = 3
+    window_s: float = 120.0
+    pause_s: float = 300.0
+
+    def validate(self, key: str) -> None:
+        if not 0 <= self.faults <= 1000:
+            raise ConfigError(f"{key}.faults", f"expected 0..1000 (0 = never), got {self.faults}")
+        if not 1.0 <= self.window_s <= 86400.0:
+            raise ConfigError(f"{key}.window_s", f"expected 1..86400, got {self.window_s}")
+        if not 0.1 <= self.pause_s <= 86400.0:
+            raise ConfigError(f"{key}.pause_s", f"expected 0.1..86400, got {self.pause_s}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +252,7 @@ class LiveConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
 
     def validate(self, key: str) -> None:

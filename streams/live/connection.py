@@ -5,11 +5,19 @@ and the reconnect loop with a capped, jittered backoff.
 
     connecting --first keyframe--> live --no packet for stall_s--> stalled --+
         |                           |                                        |
-        +--open failed--+           +--drop / EOF / error---+                |
-                        v                                   v                v
-                 reconnecting <--backoff (capped, jittered)-+<---------------+
+        +--open failed--+           +--drop / EOF / error / fault--+         |
+                        v                                          v         v
+                 reconnecting <--backoff (capped, jittered)--------+<--------+
                         |--first keyframe--> live
+                        ^--quarantine.pause_s-- quarantined <--`faults` content faults in window_s
     any --stop()--> stopped;  401/403/404, no video, unsupported codec --> failed
+
+A *content fault* is a session that connected but whose content cannot be used: packets
+arrive and no frame comes out for ``watchdog.undecodable_s`` (no keyframe; garbage; a codec
+other than the announced one), the resolution changes mid-stream, the GPU decoder rejects
+a packet. It ends the session like a dropped connection; ``quarantine.faults`` of them within
+``quarantine.window_s`` quarantine the camera: no reconnect for ``quarantine.pause_s``, so a
+hostile camera cannot keep its reader reconnecting in a tight loop.
 
 It opens the container, hands it to a session reader (the caller's: demux and decode until
 the session ends), closes it, and decides what the end means: stopped, fatal (``failed``:
@@ -104,11 +112,13 @@ class Backoff:
 @dataclass(frozen=True)
 class Failure:
     """Why a session (or an open) ended: a redacted message; ``fatal``: retrying cannot
-    help; ``stall``: the watchdog fired."""
+    help; ``stall``: the watchdog fired; ``fault``: the content could not be used (see the
+    module docstring: these count towards quarantine)."""
 
     message: str
     fatal: bool = False
     stall: bool = False
+    fault: bool = False
 
 
 class FatalStreamError(Exception):
@@ -116,11 +126,13 @@ class FatalStreamError(Exception):
 
 
 class ReconnectError(Exception):
-    """A session must end (and reconnect at a keyframe with a fresh decoder)."""
+    """A session must end (and reconnect at a keyframe with a fresh decoder); ``fault``:
+    because of its content (counts towards quarantine)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, fault: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.fault = fault
 
 
 def classify_error(exc: BaseException, redact: Callable[[str], str]) -> Failure:
@@ -151,7 +163,7 @@ def session_failure(exc: BaseException, *, stall_s: float, got_packets: bool,
         what = "packet" if got_packets else "packet since connecting"
         return Failure(f"stalled: no {what} for {stall_s:g} s (watchdog)", stall=True)
     if isinstance(exc, ReconnectError):
-        return Failure(exc.message)
+        return Failure(exc.message, fault=exc.fault)
     return Failure(f"connection lost: {classify_error(exc, redact).message}")
 
 
@@ -206,7 +218,7 @@ class StateMachine:
         level = logging.INFO
         if state == StreamState.STALLED:
             level = logging.WARNING
-        elif state == StreamState.FAILED:
+        elif state in (StreamState.FAILED, StreamState.QUARANTINED):
             level = logging.ERROR
         log.log(level, "stream %s (%s): %s -> %s", *self._label, old, state)
 
@@ -235,6 +247,7 @@ class Connection:
         self.stop = stop
         b = config.backoff
         self.backoff = Backoff(b.initial_s, b.max_s, b.multiplier, b.jitter, rng)
+        self._faults: deque[float] = deque()  # monotonic times of recent content faults
 
     @property
     def is_file(self) -> bool:
@@ -292,6 +305,12 @@ class Connection:
                     self.stats.stall()
                     self.states.set(StreamState.STALLED)
                 self.record_error(failure.message)
+                if failure.fault and self._quarantine_due(failure):
+                    if self.stop.wait(self.config.quarantine.pause_s):
+                        break
+                    self.backoff.reset()
+                    self.states.set(StreamState.RECONNECTING)
+                    continue
             if self.stop.is_set():
                 break
             self.states.set(StreamState.RECONNECTING)
@@ -300,6 +319,24 @@ class Connection:
             if self.stop.wait(delay):
                 break
         return False
+
+    def _quarantine_due(self, failure: Failure) -> bool:
+        """Count a content fault; ``True`` (and the state ``quarantined``, the reason
+        recorded) when it makes ``quarantine.faults`` within ``quarantine.window_s``."""
+        q = self.config.quarantine
+        self.stats.fault()
+        now = time.monotonic()
+        self._faults.append(now)
+        while self._faults and now - self._faults[0] > q.window_s:
+            self._faults.popleft()
+        if q.faults == 0 or len(self._faults) < q.faults:
+            return False
+        self._faults.clear()
+        self.stats.quarantine()
+        self.states.set(StreamState.QUARANTINED)
+        self.record_error(f"quarantined for {q.pause_s:g} s after {q.faults} faults in {q.window_s:g} s; "
+                          f"last: {failure.message}", logging.ERROR)
+        return True
 
     def open(self) -> Any:
         """Open the stream with the watchdog's timeouts (RTSP: fast-open options)."""

@@ -37,6 +37,7 @@ def health_report(streams: Sequence[StreamStats], mode: str) -> tuple[int, dict[
                 "last_error": s.last_error,
                 "drops": s.dropped,
                 "reconnects": s.reconnects,
+                "faults": s.faults,
                 "queued": s.queued,
             }
             for s in streams

@@ -115,8 +115,7 @@ class StreamManager:
                 raise SourceError("live", "the stream manager was stopped; make a new one")
             self._started = True
         if self.config.http.enabled:
-            h = self.config.http
-            self.http = LiveHttpServer(self, h.host, h.port).start()
+            self.http = LiveHttpServer.from_config(self, self.config.http).start()
         if self.config.log_interval_s > 0:
             self._monitor = threading.Thread(target=self._monitor_loop, name="live-monitor",
                                              daemon=True)
@@ -224,7 +223,7 @@ class StreamManager:
             if source is None:
                 return False
             source.stop()
-            self.batcher.remove_stream(stream_id)
+            queue = self.batcher.remove_stream(stream_id)
             self.metrics.forget(stream_id)
             self._drops.forget(stream_id)
             self._removed.add(stream_id)
@@ -232,7 +231,9 @@ class StreamManager:
         if not source.join(timeout):
             with self._lock:
                 self._retired.append(source)
-        log.info("live: removed stream %s", stream_id)
+        final = _with_queue(source.stats(), queue)
+        log.info("live: removed stream %s (%d frames read, %d dropped, %d discarded from its queue)",
+                 stream_id, final.frames, final.dropped, final.queued)
         return True
 
     def source(self, stream_id: str) -> LiveSource | None:

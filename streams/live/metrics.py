@@ -13,6 +13,7 @@ Series (label ``stream`` = stream id; URIs appear only redacted, in ``fovea_live
     fovea_live_frames_out_total                       frames emitted by the runner
     fovea_live_dropped_total                          items dropped by a full queue
     fovea_live_reconnects_total / _stalls_total / _decode_errors_total
+    fovea_live_faults_total / _quarantines_total      content faults, quarantines
     fovea_live_fps / _queue_depth / _last_packet_age_seconds
     fovea_live_latency_seconds (histogram)            arrival -> detections emitted
 
@@ -45,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from streams.events import Event
 from streams.frames import FrameMeta
 from streams.live.types import StreamState, StreamStats
+from streams.sinks.health import DeliveryHealth
 
 NAMESPACE = "fovea_live"
 # live latency spans a few ms (CPU decode) to seconds (GOP buffers: >= one keyframe interval)
@@ -58,6 +60,8 @@ _COUNTERS = (
     ("reconnects", "reconnects", "Reconnection attempts."),
     ("stalls", "stalls", "Sessions ended by the stall watchdog."),
     ("decode_errors", "decode_errors", "Packets the decoder rejected."),
+    ("faults", "faults", "Sessions ended by a content fault (nothing decodable, format change)."),
+    ("quarantines", "quarantines", "Times the stream was quarantined after repeated faults."),
 )
 
 
@@ -207,3 +211,44 @@ class AnalyticsMetrics:
                 enter = e.kind == "zone_enter"
                 self._zones.labels(e.source_id, zone, "enter" if enter else "exit", e.class_name).inc()
                 self._occupancy.labels(e.source_id, zone, e.class_name).inc(1 if enter else -1)
+
+
+class SinkMetrics:
+    """The network sinks' delivery health on ``registry``, read at scrape time from ``health``
+    (e.g. ``lambda: sink_health(sinks)``, :mod:`streams.sinks.health`). Labels ``sink`` (its
+    type), ``where`` (the broker, without credentials), ``spool`` (its folder, one per sink)::
+
+        fovea_sink_connected                      1 while the broker is reachable, else 0
+        fovea_sink_spooled / fovea_sink_spool_bytes   records (bytes) waiting in the spool
+        fovea_sink_delivered_total / _dropped_total / _resent_total / _disconnects_total
+    """
+
+    _GAUGES = (("connected", "1 while the sink's broker is reachable."),
+               ("spooled", "Records waiting in the sink's spool."),
+               ("spool_bytes", "Bytes of the sink's spool files."))
+    _COUNTERS = (("delivered", "Records the broker acknowledged."),
+                 ("dropped", "Records dropped at the spool's size limit."),
+                 ("resent", "Records sent again after an unacknowledged try (at most as many duplicates)."),
+                 ("disconnects", "Times the broker went away after being connected."))
+
+    def __init__(self, registry: CollectorRegistry, health: Callable[[], Sequence[DeliveryHealth]]) -> None:
+        self._health = health
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic series: nothing to check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["sink", "where", "spool"]
+        gauges = {n: GaugeMetricFamily(f"fovea_sink_{n}", doc, labels=labels) for n, doc in self._GAUGES}
+        counters = {n: CounterMetricFamily(f"fovea_sink_{n}", doc, labels=labels) for n, doc in self._COUNTERS}
+        for h in self._health():
+            values = [h.sink, h.where, h.spool]
+            gauges["connected"].add_metric(values, 1.0 if h.connected else 0.0)
+            gauges["spooled"].add_metric(values, float(h.spooled))
+            gauges["spool_bytes"].add_metric(values, float(h.spool_bytes))
+            for name, value in (("delivered", h.delivered), ("dropped", h.dropped), ("resent", h.resent),
+                                ("disconnects", h.disconnects)):
+                counters[name].add_metric(values, float(value))
+        yield from gauges.values()
+        yield from counters.values()

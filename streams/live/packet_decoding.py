@@ -65,9 +65,20 @@ class FrameEmitter:
         self.stats = stats
         self.emit = emit
         self.session = session
+        self.size: tuple[int, int] | None = None  # the session's frame size (its first frame's)
 
     def frame(self, raw_pts: int | None, width: int, height: int, arrival: float, image: Any) -> bool:
-        """Emit one frame; ``False`` when the consumer closed the queue."""
+        """Emit one frame; ``False`` when the consumer closed the queue.
+
+        A frame of another size than the session's first ends the session (a content-fault
+        :class:`~streams.live.connection.ReconnectError`, before it takes an index): the next
+        session starts at a keyframe of the new size with a fresh decoder, and every session
+        hands out frames of one size."""
+        if self.size is None:
+            self.size = (width, height)
+        elif self.size != (width, height):
+            w, h = self.size
+            raise ReconnectError(f"resolution changed mid-stream: {w}x{h} -> {width}x{height}", fault=True)
         meta = self.stamper.stamp(raw_pts, width, height, arrival)
         self.stats.frame_size(width, height)
         self.stats.frames_out(1, time.time())
@@ -142,7 +153,7 @@ class PacketDecoding:
             first = self._frames.stats.decode_error() == 1
             log.log(logging.WARNING if first else logging.DEBUG, "stream %s: GPU decode error: %s",
                     self._frames.stamper.source_id, e.reason)
-            raise ReconnectError(f"GPU decode failed: {e.reason}") from e
+            raise ReconnectError(f"GPU decode failed: {e.reason}", fault=True) from e
         emit = self._frames.frame
         return all(emit(f.pts, f.width, f.height, self._arrivals.pop(f.pts, arrival), f) for f in frames)
 

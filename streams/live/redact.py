@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -24,6 +25,22 @@ MASK = "***"
 _SECRET_KEYS = re.compile(r"pass|pwd|token|secret|key|auth|sig", re.IGNORECASE)
 # scheme://userinfo@ -> scheme://***@  (catches URIs we did not build ourselves)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
+
+
+# key=value pairs whose key looks secret, in free text (a query string in a log line)
+_SECRET_PAIR = re.compile(r"(?P<k>[A-Za-z0-9_.-]*(?:pass|pwd|token|secret|key|auth|sig)[A-Za-z0-9_.-]*=)"
+                          r"(?P<v>[^&\s'\"#]+)", re.IGNORECASE)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every URI's userinfo, secret-looking ``key=value`` values and each of
+    ``secrets`` replaced by ``***`` (for text no :class:`Credentials` was made for: an
+    HTTP request line, an exception's traceback)."""
+    out = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    out = _SECRET_PAIR.sub(lambda m: f"{m['k']}{MASK}", out)
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        out = out.replace(secret, MASK)
+    return out
 
 
 def redact_uri(uri: str) -> str:
@@ -89,8 +106,6 @@ class Credentials:
         return cls(open_uri=open_uri, display_uri=redact_uri(open_uri), secrets=ordered)
 
     def redact(self, text: str) -> str:
-        """``text`` with URIs' userinfo and every known secret replaced by ``***``."""
-        out = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-        for secret in self.secrets:
-            out = out.replace(secret, MASK)
-        return out
+        """``text`` with URIs' userinfo, secret-looking ``key=value`` values and every known
+        secret replaced by ``***`` (:func:`redact_text`)."""
+        return redact_text(text, self.secrets)

@@ -42,6 +42,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -75,6 +77,41 @@ class _SessionOutput(Protocol):
     def packet(self, packet: Any, arrival: float) -> bool: ...
 
     def close(self, flush: bool) -> None: ...
+
+
+class ProgressWatch:
+    """Ends a session whose packets yield no frame for ``limit_s`` seconds: no keyframe
+    (garbage, or a codec other than the announced one that no parser takes for a keyframe)
+    or, once one came, nothing the decoder accepts. Raises a content-fault
+    :class:`~streams.live.connection.ReconnectError` saying which. ``frames=False`` (GOP
+    buffers, decoded later) watches for the keyframe only."""
+
+    def __init__(self, stats: SourceStats, limit_s: float, codec: str, frames: bool = True) -> None:
+        self._stats = stats
+        self.limit_s = limit_s
+        self.codec = codec
+        self.frames = frames
+        self._seen = stats.frames
+        self._skipped = stats.skipped_packets
+        self._errors = stats.decode_errors
+        self._since = time.monotonic()
+
+    def check(self, got_key: bool) -> None:
+        now = time.monotonic()
+        if self._stats.frames != self._seen:  # written by this (the reader) thread only
+            self._seen = self._stats.frames
+            self._since = now
+            return
+        if now - self._since < self.limit_s or (got_key and not self.frames):
+            return
+        if not got_key:
+            raise ReconnectError(
+                f"no keyframe in {self.limit_s:g} s ({self._stats.skipped_packets - self._skipped} packets "
+                f"skipped): garbage, or not the announced codec {self.codec}", fault=True)
+        raise ReconnectError(
+            f"packets arrive but none decoded to a frame for {self.limit_s:g} s "
+            f"({self._stats.decode_errors - self._errors} rejected by the {self.codec} decoder): garbage, "
+            f"or a codec other than the announced {self.codec}", fault=True)
 
 
 class RtspSource:
@@ -175,7 +212,8 @@ class RtspSource:
     def _run(self) -> None:
         try:
             failed = self._conn.run(self._read_session)
-        except Exception as e:  # a bug: report it (redacted) instead of dying silently
+        except Exception as e:  # a bug: report it (redacted, traceback included) instead of dying silently
+            log.error("stream %s: reader traceback:\n%s", self.id, self._conn.creds.redact(traceback.format_exc()))
             self._conn.record_error(f"reader crashed: {type(e).__name__}: {e}", logging.ERROR)
             self._states.set(StreamState.FAILED)
             return
@@ -185,6 +223,8 @@ class RtspSource:
         """Read one session. ``None`` when stopped, else why the session ended."""
         track = open_track(container)
         out = self._session_output(track)
+        watch = ProgressWatch(self._stats, self.config.watchdog.undecodable_s, track.codec,
+                              frames=self.mode != "gop")
         got_key = False
         got_packets = False
         try:
@@ -196,12 +236,14 @@ class RtspSource:
                 if not got_key:
                     if not packet.is_keyframe:
                         self._stats.skipped()
+                        watch.check(got_key)
                         continue
                     got_key = True
                     self._conn.connected()
                 if not out.packet(packet, arrival):  # the consumer closed our queue
                     self._stop.set()
                     return None
+                watch.check(got_key)
         except (av.error.FFmpegError, OSError, ReconnectError) as e:
             return self._conn.read_failure(e, got_packets)
         finally:
@@ -233,7 +275,10 @@ class RtspSource:
 
     def _new_session(self, track: Track) -> int:
         """Count a session (its codec and size) and continue the frame clock into it."""
+        before = self._stats.codec
         session = self._stats.new_session(track.codec, track.ctx.width, track.ctx.height)
+        if before is not None and before != track.codec:
+            log.warning("stream %s: the camera now sends %s (was %s)", self.id, track.codec, before)
         self._stamper.start_session(track)
         return session
 

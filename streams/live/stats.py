@@ -4,7 +4,8 @@
 errors, the frame size) and read by any thread through :meth:`SourceStats.snapshot`, which
 :meth:`RtspSource.stats() <streams.live.rtsp.RtspSource.stats>` turns into a
 :class:`~streams.live.types.StreamStats`. :class:`RateMeter` is the sliding-window frame rate
-behind ``StreamStats.fps``.
+behind ``StreamStats.fps``; :class:`Reservoir` keeps a fixed-size sample of a run's values
+(the runner's latencies) for its quantiles.
 
 Usage::
 
@@ -17,9 +18,12 @@ Usage::
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
+
+import numpy as np
 
 from streams.live.types import StreamState, StreamStats
 
@@ -56,6 +60,44 @@ class RateMeter:
         return n / span if span >= 1.0 else (n - 1) / span
 
 
+class Reservoir:
+    """A uniform random sample of at most ``capacity`` values out of all values added
+    (reservoir sampling): quantiles over a whole run in bounded memory (``capacity`` floats,
+    reached by doubling), so a job that runs for days stops growing (a list of every latency
+    would grow with each frame)."""
+
+    def __init__(self, capacity: int = 2048, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.count = 0  # values added
+        self._values = np.zeros(min(capacity, 64), np.float64)
+        self._seed = seed
+        self._rng: random.Random | None = None  # made once full (short-lived streams never need one)
+
+    def append(self, value: float) -> None:
+        if self.count < self.capacity:
+            if self.count == len(self._values):
+                self._values = np.concatenate([self._values, np.zeros(min(self.count, self.capacity - self.count))])
+            self._values[self.count] = value
+        else:
+            if self._rng is None:
+                self._rng = random.Random(self._seed)
+            j = self._rng.randrange(self.count + 1)
+            if j < self.capacity:
+                self._values[j] = value
+        self.count += 1
+
+    def __len__(self) -> int:
+        """Values held (at most ``capacity``)."""
+        return min(self.count, self.capacity)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile of the sample (``None`` when empty)."""
+        n = len(self)
+        return float(np.quantile(self._values[:n], q)) if n else None
+
+
 class SourceStats:
     """The counters of one source (thread-safe); see the module docstring.
 
@@ -74,6 +116,8 @@ class SourceStats:
         self.stalls = 0
         self.decode_errors = 0
         self.skipped_packets = 0
+        self.faults = 0
+        self.quarantines = 0
         self.last_packet_time: float | None = None
         self.last_error: str | None = None
         self.last_error_time: float | None = None
@@ -112,6 +156,15 @@ class SourceStats:
     def stall(self) -> None:
         with self._lock:
             self.stalls += 1
+
+    def fault(self) -> None:
+        """A session ended by a content fault (see :class:`~streams.live.connection.Failure`)."""
+        with self._lock:
+            self.faults += 1
+
+    def quarantine(self) -> None:
+        with self._lock:
+            self.quarantines += 1
 
     def new_session(self, codec: str, width: int | None, height: int | None) -> int:
         """A session (connection) starts reading ``codec``; returns its number (0 first)."""
@@ -155,7 +208,8 @@ class SourceStats:
                 packets=self.packets, frames=self.frames, bytes=self.bytes,
                 reconnects=self.reconnects, sessions=self.sessions, stalls=self.stalls,
                 decode_errors=self.decode_errors, skipped_packets=self.skipped_packets,
-                fps=fps, last_packet_age_s=age, last_error=self.last_error,
+                faults=self.faults, quarantines=self.quarantines, fps=fps, last_packet_age_s=age,
+                last_error=self.last_error,
                 last_error_time=self.last_error_time, codec=self.codec, width=self.width,
                 height=self.height,
             )

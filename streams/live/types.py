@@ -43,6 +43,7 @@ from streams.frames import FrameMeta
 from streams.live.redact import Credentials
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_URI_CHARS = 4096
 
 
 class StreamState(str, enum.Enum):
@@ -50,14 +51,17 @@ class StreamState(str, enum.Enum):
 
     ``connecting`` (first open) -> ``live`` (packets flowing) -> ``stalled`` (no packet for
     ``watchdog.stall_s``) or a drop -> ``reconnecting`` (backoff wait and re-open) -> ``live``
-    ... ; ``stopped`` after :meth:`RtspSource.stop`; ``failed`` on an error that retrying
-    cannot fix (401, 403, 404, no video stream, unsupported codec).
+    ... ; ``quarantined`` (reconnects paused for ``quarantine.pause_s`` after repeated content
+    faults: garbage, a resolution change, a codec other than announced) -> ``reconnecting``;
+    ``stopped`` after :meth:`RtspSource.stop`; ``failed`` on an error that retrying cannot
+    fix (401, 403, 404, no video stream, unsupported codec).
     """
 
     CONNECTING = "connecting"
     LIVE = "live"
     STALLED = "stalled"
     RECONNECTING = "reconnecting"
+    QUARANTINED = "quarantined"
     STOPPED = "stopped"
     FAILED = "failed"
 
@@ -88,6 +92,13 @@ class StreamSpec:
         if "://" not in self.uri:
             raise ConfigError(f"{key}.uri", "expected a stream URI such as rtsp://host/path "
                               "(or file:///clip.mp4 for a recorded clip paced at its frame rate)")
+        if len(self.uri) > MAX_URI_CHARS:
+            raise ConfigError(f"{key}.uri", f"expected at most {MAX_URI_CHARS} characters, got {len(self.uri)}")
+        try:
+            self.credentials()
+        except ValueError as e:  # urlsplit's message may quote the userinfo: not echoed
+            what = "unbalanced [ ] around an IPv6 host" if "IPv6" in str(e) else "invalid characters in its host part"
+            raise ConfigError(f"{key}.uri", f"not a valid URI ({what})") from None
 
     def __repr__(self) -> str:
         return (
@@ -140,6 +151,8 @@ class StreamStats:
     stalls: int = 0
     decode_errors: int = 0
     skipped_packets: int = 0
+    faults: int = 0  # sessions ended by a content fault (no decodable frame, format change)
+    quarantines: int = 0
     fps: float = 0.0
     last_packet_age_s: float | None = None
     last_error: str | None = None

@@ -3,7 +3,9 @@
 ``rtsp_servers`` is a factory: ``rtsp_servers(["cam0:pattern=red"], auth=[...])`` starts a
 GStreamer RTSP server subprocess on a free port (waits for its READY line) and returns a
 :class:`~tests.servers.helpers.RtspServerProcess` that the test may kill, restart (same
-port), pause or resume; all are stopped at teardown. ``mosquitto`` is a running broker
+port), pause or resume; all are stopped at teardown. ``hostile_rtsp`` starts misbehaving
+cameras (:mod:`tests.servers.hostile_rtsp`: garbage RTP, a resolution or codec change
+mid-stream, a codec other than announced). ``mosquitto`` is a running broker
 (:class:`~tests.servers.helpers.MosquittoProcess`). Tests skip, with the reason and the
 apt command, when a server cannot run on this machine; in CI, which installs both, they fail
 instead (:mod:`tests.optional`).
@@ -11,15 +13,17 @@ instead (:mod:`tests.optional`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
 from tests.live.helpers import RtspFactory
 from tests.optional import skip_unless_present
 from tests.servers.helpers import (
+    HostileRtspProcess,
     MosquittoProcess,
     RtspServerProcess,
+    hostile_unavailable,
     mosquitto_unavailable,
     rtsp_unavailable,
 )
@@ -36,6 +40,24 @@ def rtsp_servers() -> Iterator[RtspFactory]:
             server.start()
         except RuntimeError as e:
             skip_unless_present(f"the GStreamer RTSP server cannot start: {e}")
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def hostile_rtsp() -> Iterator[Callable[[Sequence[str]], HostileRtspProcess]]:
+    """A factory of hostile RTSP cameras (:class:`~tests.servers.helpers.HostileRtspProcess`),
+    stopped at teardown."""
+    skip_unless_present(hostile_unavailable())
+    started: list[HostileRtspProcess] = []
+
+    def make(mounts: Sequence[str]) -> HostileRtspProcess:
+        server = HostileRtspProcess(mounts)
+        server.start(timeout=60.0)  # encodes its clips first
         started.append(server)
         return server
 

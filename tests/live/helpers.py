@@ -1,5 +1,5 @@
-"""Test helpers: a consumer thread that drains a StreamManager like a runner would, and
-small polling utilities."""
+"""Test helpers: consumer threads that drain a StreamManager like a runner would (one
+keeping pixels' summaries, one metadata only), and small polling utilities."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streams.frames import FrameMeta
 from streams.live.manager import StreamManager
 from streams.live.types import GopBuffer, LiveFrame, StreamState
 from tests.servers.helpers import RtspServerProcess
@@ -84,6 +85,41 @@ class Consumer(threading.Thread):
     def count(self, source: str) -> int:
         with self._lock:
             return len(self.seen.get(source, ()))
+
+
+class MetaConsumer(threading.Thread):
+    """Drains a StreamManager like a runner, keeping only each frame's metadata and session
+    (works for every item kind: RGB frames, NVDEC surfaces, GOP buffers)."""
+
+    def __init__(self, mgr: StreamManager, max_batch: int = 16, max_wait_s: float = 0.05) -> None:
+        super().__init__(name="test-meta-consumer", daemon=True)
+        self.mgr = mgr
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._metas: dict[str, list[tuple[FrameMeta, int]]] = defaultdict(list)
+        self._stop_evt = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self._stop_evt.is_set():
+            batch = self.mgr.next_batch(self.max_batch, self.max_wait_s)
+            with self._lock:
+                for item in batch:
+                    for m in item.metas:
+                        self._metas[m.source_id].append((m, item.session))
+            for item in batch:
+                self.mgr.record_emitted(item.metas)
+            if self.mgr.stopped and not batch:
+                break
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join(5)
+
+    def metas(self, source: str) -> list[tuple[FrameMeta, int]]:
+        """``(meta, session)`` of every frame of ``source`` so far, in arrival order."""
+        with self._lock:
+            return list(self._metas.get(source, ()))
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -56,5 +56,5 @@ def test_live_gpu_decode_with_a_cascade_is_refused_before_work(tmp_path: Path) -
                         "live": {"decode": "gop"}, "engine": {"device": "cpu"},
                         "secondary": [{"name": "c", "model": str(tmp_path / "m.onnx")}]})
     runner = LiveRunner(cfg)
-    with pytest.raises(ConfigError, match="secondary: .*set live.decode: cpu"):
+    with pytest.raises(ConfigError, match=r"secondary: .*set live\.decode: cpu"):
         runner._mode("cuda:0", fell_back=False)

@@ -171,7 +171,7 @@ def test_mqtt_outage_mid_job_loses_nothing(mosquitto: MosquittoProcess, outage_c
     sink = _sink(mosquitto.port, tmp_path, retry_min_s=0.2, retry_max_s=1, send_timeout_s=2)
 
     def quiet() -> None:
-        assert wait_until(lambda: sink.health().spooled == 0 and sub.count() >= sink.health().delivered, 20)
+        assert wait_until(lambda: sink.health().spooled == 0 and sub.count() >= sink.health().delivered, 60)
 
     def kill() -> bool:
         mosquitto.pause()
@@ -188,7 +188,7 @@ def test_mqtt_outage_mid_job_loses_nothing(mosquitto: MosquittoProcess, outage_c
         assert summary.ok and switch.killed_at is not None and switch.restarted_at is not None
         h = sink.health()
         assert h.disconnects >= 1 and h.spooled == 0 and h.dropped == 0, h
-        assert wait_until(lambda: {k for k, _ in sub.keyed()} >= set(truth), 20)
+        assert wait_until(lambda: {k for k, _ in sub.keyed()} >= set(truth), 60)
         duplicates = exactly_once(truth, sub.keyed())
         print(f"mqtt outage: {len(truth)} records, {duplicates} duplicate(s) delivered, {h.resent} re-sent")
         assert duplicates <= h.resent

@@ -375,7 +375,8 @@ def test_http_server_serves_any_stream_control() -> None:
         with urllib.request.urlopen(server.url + "/health", timeout=5) as r:
             assert json.load(r) == {"status": "ok"}
         body = json.dumps({"id": "n", "uri": "rtsp://h/n"}).encode()
-        req = urllib.request.Request(server.url + "/streams", data=body, method="POST")
+        req = urllib.request.Request(server.url + "/streams", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 201 and [s.id for s in control.added] == ["n"]
         req = urllib.request.Request(server.url + "/streams/a", method="DELETE")

@@ -269,7 +269,7 @@ def test_the_readme_resume_and_ray_block_runs_as_written(tmp_path: Path, monkeyp
     assert len(commands) == 2 and "--resume" in commands[0] and "--ray" in commands[1]
     monkeypatch.chdir(tmp_path)
     assert main([*QUIET, "demo", *DEMO_SMALL]) == 0
-    first = shlex.split(commands[0], comments=True)[1:] + ["--no-progress", "--device", "cpu"]
+    first = [*shlex.split(commands[0], comments=True)[1:], "--no-progress", "--device", "cpu"]
     assert main([*QUIET, *first]) == 0
     records = _records(tmp_path / "fovea-out" / "detections.jsonl")
     assert len(records) == 24
@@ -277,6 +277,6 @@ def test_the_readme_resume_and_ray_block_runs_as_written(tmp_path: Path, monkeyp
     assert main([*QUIET, *first]) == 0
     assert "nothing to do" in capsys.readouterr().out.lower()
     shutil.rmtree(tmp_path / "fovea-out")
-    ray_argv = shlex.split(commands[1], comments=True)[1:] + ["--no-progress", "--device", "cpu"]
+    ray_argv = [*shlex.split(commands[1], comments=True)[1:], "--no-progress", "--device", "cpu"]
     assert main([*QUIET, *ray_argv]) == 0
     assert _records(tmp_path / "fovea-out" / "detections.jsonl") == records

@@ -10,6 +10,8 @@ Usage::
     srv.url("cam0")            # "rtsp://127.0.0.1:40111/cam0"
     srv.kill(); srv.start()    # same port
     srv.stop()
+    bad = HostileRtspProcess(["cam:phases=h264@320x240+garbage"]).start()
+    bad.next_phase()           # every client now receives garbage
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -229,6 +232,40 @@ class RtspServerProcess(_Process):
                 info += ":" + quote(password, safe="")
             info += "@"
         return f"rtsp://{info}127.0.0.1:{self.port}/{mount}"
+
+
+HOSTILE_RTSP = Path(__file__).with_name("hostile_rtsp.py")
+
+
+def hostile_unavailable() -> str | None:
+    """``None`` when the hostile RTSP camera can run (PyAV with libx264 and libx265), else why."""
+    import av
+
+    missing = [c for c in ("libx264", "libx265") if c not in av.codecs_available]
+    return f"PyAV lacks the encoder(s) {', '.join(missing)}" if missing else None
+
+
+class HostileRtspProcess(RtspServerProcess):
+    """``tests/servers/hostile_rtsp.py`` under this Python: mounts that play a script of
+    phases (``NAME:phases=h264@320x240+garbage,...``, see that module); :meth:`next_phase`
+    moves every mount to its next one."""
+
+    name = "hostile RTSP server"
+
+    def __init__(self, mounts: Sequence[str], port: int | None = None) -> None:
+        super().__init__(mounts, (), port)
+
+    def _command(self) -> list[str]:
+        cmd = [sys.executable, str(HOSTILE_RTSP), "--port", str(self.port)]
+        for m in self.mounts:
+            cmd += ["--mount", m]
+        return cmd
+
+    def next_phase(self) -> None:
+        """SIGUSR1: every mount moves to its next phase (the last one stays)."""
+        if self.proc is None:
+            raise RuntimeError("the hostile RTSP server is not running")
+        os.kill(self.proc.pid, signal.SIGUSR1)
 
 
 class MosquittoProcess(_Process):

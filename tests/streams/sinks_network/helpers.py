@@ -123,7 +123,7 @@ def exactly_once(truth: dict[str, bytes], got: Iterable[tuple[str, bytes]]) -> i
 
 def connected_and_delivering(sink: ReliableSink) -> None:
     """Wait until ``sink`` has delivered a record (so it is connected when the broker dies)."""
-    assert wait_until(lambda: sink.health().delivered > 0, 20), sink.health()
+    assert wait_until(lambda: sink.health().delivered > 0, 60), sink.health()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
