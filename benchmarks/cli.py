@@ -122,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cascade", action="store_true",
                    help="end to end with ByteTrack and two secondary classifiers (the bundled one) on every "
                         "detection: DeepStream's workload, against a run without")
+    p.add_argument("--manifest", action="store_true",
+                   help="end to end as fovea run runs a job: a manifest beside the JSONL (resumable) and each "
+                        "file's records in frame order; the cost of that, against a run without")
     p.add_argument("--profile", action="store_true",
                    help="run the end-to-end measurement under torch.profiler and report where the GPU's time "
                         "goes (slower: for the shares, not the fps)")
@@ -153,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seconds=args.seconds, job_seconds=args.job_seconds, sessions=args.sessions, batch=args.batch,
         model=args.model,
         input_size=args.input_size, clips_dir=args.clips, quick=args.quick, skip=args.skip, device=args.device,
-        profile=args.profile, tracking=args.tracking, cascade=args.cascade,
+        profile=args.profile, tracking=args.tracking, cascade=args.cascade, manifest=args.manifest,
         sources=tuple(args.source or ()), e2e_sessions=args.e2e_sessions, streams=args.streams,
         expect_fps=args.expect_fps,
         precision=args.precision, jobs=args.jobs,

@@ -91,6 +91,7 @@ class BenchConfig:
     profile: bool = False  # e2e under torch.profiler: GPU time per stream class (benchmarks.gputime)
     tracking: bool = False  # e2e with a tracker, one line and one zone per source (issue 24's cost)
     cascade: bool = False  # e2e with a tracker and two secondary classifiers (issue 25's workload)
+    manifest: bool = False  # e2e as fovea run: a manifest, each file's records in frame order
 
     def resolved(self) -> BenchConfig:
         q = self.quick
@@ -343,7 +344,7 @@ def run_bench(cfg: BenchConfig, on_update: Callable[[BenchResults], None] | None
                                            layout, max_seconds=3 * seconds, codec=codec), gpu_only=True)
             guard("e2e", codec, partial(measure_e2e, files, expected, model.config, engine_cfg, device, sessions,
                                         codec, tmp, profile=cfg.profile and on_cuda, tracking=cfg.tracking,
-                                        cascade=cfg.cascade))
+                                        cascade=cfg.cascade, manifest=cfg.manifest))
             eager = model.eager
             if eager is None:  # an ONNX model: nothing for torch eager to run
                 for name in BASELINES:

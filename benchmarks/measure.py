@@ -553,6 +553,7 @@ def measure_e2e(
     profile: bool = False,
     tracking: bool = False,
     cascade: bool = False,
+    manifest: bool = False,
 ) -> Measurement:
     """``run_job`` over ``files`` with a JSONL sink; checks every frame has its record.
 
@@ -560,6 +561,9 @@ def measure_e2e(
 
     ``tracking``: with a tracker, one line and one zone per source (:func:`job_config`);
     event records in the JSONL are counted apart (``extra["events"]``).
+
+    ``manifest``: as ``fovea run``: a manifest beside the JSONL, so the job is resumable and
+    each file's records reach the sink in frame order.
 
     ``profile``: under ``torch.profiler``; ``extra["gpu_time"]`` then says where the GPU's
     time went (:func:`benchmarks.gputime.gpu_time_breakdown`).
@@ -586,7 +590,7 @@ def measure_e2e(
         with UtilSampler(device) as sampler, _LogWatch().attached() as watch, _LineCounter(out) as counter, \
                 prof as p:
             t0 = time.perf_counter()
-            summary = run_job(cfg, show_progress=False)
+            summary = run_job(cfg, show_progress=False, manifest=manifest)
             wall = time.perf_counter() - t0
         gpu_time = None
         if profile:
@@ -606,7 +610,7 @@ def measure_e2e(
     extra = {
         "sessions": sessions, "batch": engine.batch_size, "precision": engine.precision,
         "expected_frames": expected_frames, "jsonl_records": lines, "jsonl_bytes": size, "frames_ok": ok,
-        "tracking": tracking, "cascade": cascade, "events": counter.events,
+        "tracking": tracking, "cascade": cascade, "manifest": manifest, "events": counter.events,
         "stages": summary.stages if cascade else {},
         "files": len(files), "failures": [f"{f.name}: {f.reason}" for f in summary.failures],
         "decoders": summary.decoders, "engine": summary.engine,
