@@ -10,7 +10,8 @@
    (:mod:`pipelines.segments`). Each session reads its segments through one long-lived
    reader pipeline (:class:`pipelines.video_decoding.SegmentDecoder`): no pipeline build per
    file, and the sessions finish together instead of idling behind the longest file.
-   Files only PyAV decodes are taken whole, one at a time, by sessions that are free.
+   Files only PyAV decodes are taken whole, one at a time, by sessions that are free (a
+   resumed one from the keyframe before where it continues: :mod:`pipelines.pyav_frames`).
 3. Decoded batches wait in one bounded queue, so decoding runs ahead of inference by a
    bounded amount; a free slot goes to the session with the most frames left
    (:class:`pipelines.batch_queue.BehindFirstQueue`), so that when inference is the slower
@@ -69,6 +70,7 @@ from typing import Any, Literal
 from operators.boxes import letterbox_geometry
 from pipelines.batch_queue import BehindFirstQueue
 from pipelines.preprocess import PreprocessSpec
+from pipelines.pyav_frames import planned_range
 from pipelines.segments import Segment, plan_segments
 from pipelines.video_decoding import (
     DecodedBatch,
@@ -342,7 +344,7 @@ class _Sessions:
             if sess.abandoned or f is None:
                 return
             sess.whole, sess.since = None, time.monotonic()
-            self._ledger.segment_ended(f, 0, self._ledger.state[f].info.num_frames, frames, error)
+            self._ledger.segment_ended(f, *planned_range(f, self._ledger.state[f].info), frames, error)
 
     def finished(self, sess: _Session) -> bool | None:
         """``sess`` ended: whether it was the last one (``None``: it had been abandoned)."""
@@ -374,7 +376,7 @@ class _Sessions:
         if sess.whole is not None:
             f = sess.whole
             what = str(f.path)
-            self._ledger.segment_ended(f, 0, self._ledger.state[f].info.num_frames, sess.frames,
+            self._ledger.segment_ended(f, *planned_range(f, self._ledger.state[f].info), sess.frames,
                                        DecodeError(str(f.path), reason))
         elif sess.group > 1 and not sess.opened:  # which of the reader's files? read them one by one
             what, alone = f"a reader over {sess.group} segments, before its first frame", sess.group
@@ -532,7 +534,7 @@ class FileDecodeSource:
                     f = self._whole.get_nowait()
                 except queue.Empty:
                     break
-                slog.planned += self._ledger.state[f].info.num_frames
+                slog.planned += planned_range(f, self._ledger.state[f].info)[1]
                 self._decode_whole(f, sess, stream, slog)
         except BaseException as e:  # a bug or a stop-the-job error: carried to the consumer
             if sessions.alive(sess, progress=False):
@@ -627,7 +629,7 @@ class FileDecodeSource:
         h, w = plan.input_size
         geom = letterbox_geometry(info.width, info.height, w, h, plan.spec.options.resize)
         decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, device_id=plan.device_id, stream=stream,
-                              num_threads=plan.threads)
+                              num_threads=plan.threads, progress=lambda: self._sessions.alive(sess))
         error: SourceError | None = None
         try:
             with decoder:

@@ -14,7 +14,8 @@ The DALI readers run in :class:`SegmentDecoder`: one pipeline (one NVDEC session
 list of file segments, sequentially (no re-seek per sequence), with ``pad_mode="constant"``
 so tail frames are not dropped; padded frames carry frame number ``-1`` and become padding
 rows. Frame numbers map to pts through the PyAV probe (DALI reports seconds relative to the
-first frame, not stream pts). :class:`FileDecoder` decodes a whole file with PyAV and feeds
+first frame, not stream pts). :class:`FileDecoder` decodes a whole file with PyAV (a resumed
+file from the keyframe before where it continues: :mod:`pipelines.pyav_frames`) and feeds
 the same preprocessing graph.
 
 Usage::
@@ -31,7 +32,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,7 @@ import numpy as np
 
 from operators.boxes import LetterboxGeometry
 from pipelines.preprocess import PreprocessSpec, preprocess
+from pipelines.pyav_frames import PyAVFrames, first_index
 from pipelines.segments import Segment
 from streams.errors import DecodeError, SourceError
 from streams.frames import FrameMeta
@@ -142,7 +144,12 @@ class FileDecoder:
     """Decode one file with PyAV and preprocess it with DALI, in batches of ``batch`` frames.
 
     For the codecs DALI's reader does not decode here (H.264/HEVC/... on the CPU, codecs
-    NVDEC lacks on the GPU). Iterate for batches.
+    NVDEC lacks on the GPU). Iterate for batches. A :class:`~pipelines.segments.ResumedFile`
+    is decoded from the keyframe at or before its ``resume_at`` and handed on from that frame
+    (:mod:`pipelines.pyav_frames`): :attr:`start` is the first frame index handed on,
+    :attr:`frames_decoded` counts the frames handed on from there, and :attr:`frames_read`
+    the frames PyAV decoded (those before :attr:`start` included); ``progress`` is called for
+    each of those (frames dropped before :attr:`start` are work too: a watchdog sees them).
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class FileDecoder:
         device_id: int | None = None,
         stream: int | None = None,
         num_threads: int = 2,
+        progress: Callable[[], object] | None = None,
     ) -> None:
         self.file = file
         self.info = info
@@ -164,9 +172,11 @@ class FileDecoder:
         self.device_id = device_id
         self.stream = stream
         self.num_threads = num_threads
+        self.start = first_index(file)
+        self.progress = progress
         self.frames_decoded = 0
         self._pipe: Any = None
-        self._container: Any = None
+        self._frames: PyAVFrames | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> FileDecoder:
@@ -183,9 +193,13 @@ class FileDecoder:
         tb: TracebackType | None,
     ) -> None:
         self._pipe = None  # releases DALI's buffers
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+        if self._frames is not None:
+            self._frames.close()  # its figures stay
+
+    @property
+    def frames_read(self) -> int:
+        """Frames PyAV decoded so far, those dropped before :attr:`start` included."""
+        return self._frames.decoded if self._frames is not None else 0
 
     def _build(self) -> Any:
         from nvidia.dali import fn, pipeline_def, types
@@ -217,16 +231,12 @@ class FileDecoder:
         chunk: list[np.ndarray] = []
         chunk_pts: list[int | None] = []
         error: DecodeError | None = None
+        self._frames = PyAVFrames(path, self.info, self.start, self.progress)
         try:
-            # metadata that is not UTF-8 (a Latin-1 title) must not make the video unreadable
-            self._container = av.open(path, metadata_errors="replace")
-            stream = self._container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in self._container.decode(stream):
+            for index, frame in self._frames:
                 if (frame.width, frame.height) != (self.info.width, self.info.height):
                     error = DecodeError(path, f"frame size changed mid-stream from {self.info.width}x"
-                                              f"{self.info.height} to {frame.width}x{frame.height} at frame "
-                                              f"{self.frames_decoded + len(chunk)}")
+                                              f"{self.info.height} to {frame.width}x{frame.height} at frame {index}")
                     break
                 chunk.append(frame.to_ndarray(format="rgb24"))
                 chunk_pts.append(frame.pts)
@@ -234,8 +244,8 @@ class FileDecoder:
                     yield self._run_chunk(chunk, chunk_pts)
                     chunk, chunk_pts = [], []
         except av.error.FFmpegError as e:
-            error = DecodeError(path, f"decoding failed after {self.frames_decoded + len(chunk)} frames: "
-                                      f"{e.strerror or e}")
+            error = DecodeError(path, f"decoding failed after {self.start + self.frames_decoded + len(chunk)} "
+                                      f"frames: {e.strerror or e}")
             error.__cause__ = e
         if chunk:  # the frames decoded before an error are real: they go on first
             yield self._run_chunk(chunk, chunk_pts)
@@ -250,7 +260,7 @@ class FileDecoder:
         seq = np.stack(chunk)
         outs = self._pipe.run(self.stream, frames=[seq]) if self.stream is not None \
             else self._pipe.run(frames=[seq])
-        start = self.frames_decoded
+        start = self.start + self.frames_decoded
         rows: list[FrameMeta | None] = [_frame_meta(self.file, self.info, start + i, p)
                                         for i, p in enumerate(chunk_pts)]
         self.frames_decoded += len(rows)
