@@ -6,24 +6,44 @@ integer offset (``fn.slice`` with a negative start), normalised, cast and laid o
 ``crop_mirror_normalize``. The mapping back to source pixels uses the same geometry, so
 boxes round-trip exactly.
 
+The resize filter (``preprocess.resize_filter``): DALI's bilinear ``fn.resize`` (``dali``),
+or OpenCV's ``cv2.resize(INTER_LINEAR)`` reproduced bit for bit
+(:func:`operators.resize.resize_bilinear_opencv`, ``opencv``), which the frameworks that
+letterbox with OpenCV (Ultralytics) trained and exported their models with: a float bilinear
+differs from it by one grey level in about one pixel in ten, and a network can turn that
+into boxes a few pixels apart. With ``opencv`` the DALI graph hands out the decoded frames
+(:func:`preprocess` returns them as they are) and :func:`finish_preprocess` letterboxes them
+in torch on the batch's device and CUDA stream (:func:`letterbox_frames`). ``auto`` becomes
+one or the other for the model (:func:`resolve_resize_filter`); unresolved, it is ``dali``.
+
 Usage (inside a ``pipeline_def``)::
 
     geom = letterbox_geometry(1920, 1080, 640, 640)
     x = preprocess(frames, geom, PreprocessSpec(dtype="float16", layout="NCHW"))
+    # after pipe.outputs(stream): the model input (unchanged with the dali filter)
+    images = finish_preprocess(outs[0], geom, spec, stream)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
+from engines.model_info import ModelInfo
 from operators.boxes import LetterboxGeometry, letterbox_geometry
 from operators.letterbox import canvas_hw
+from operators.resize import resize_bilinear_opencv
 from streams.config import PreprocessConfig
 from streams.errors import ShapeError
+
+log = logging.getLogger(__name__)
+_noted: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,8 @@ def preprocess(frames: Any, geom: LetterboxGeometry, spec: PreprocessSpec) -> An
     from nvidia.dali import fn, types
 
     opts = spec.options
+    if opts.resize_filter == "opencv":
+        return frames  # letterboxed by finish_preprocess, in torch
     x = frames
     if (geom.resized_w, geom.resized_h) != (geom.src_w, geom.src_h):
         x = fn.resize(
@@ -82,12 +104,114 @@ def preprocess_per_sample(
     """
     from nvidia.dali import fn, types
 
+    if spec.options.resize_filter == "opencv" and "per_sample" not in _noted:
+        _noted.add("per_sample")
+        log.warning("preprocess.resize_filter: opencv is not available where frames of several sources share a "
+                    "batch (live streams): they are resized with DALI's bilinear filter, whose pixels differ from "
+                    "OpenCV's by a grey level in some places; boxes may differ slightly from the framework's")
     x = fn.resize(frames, resize_x=resize_w, resize_y=resize_h,
                   interp_type=types.INTERP_LINEAR, antialias=False)
     shape = [dst[0], dst[1]] if isinstance(dst, tuple) else dst  # a DataNode: a canvas per sample
     x = fn.slice(x, start=start, shape=shape, axis_names="HW",
                  out_of_bounds_policy="pad", fill_values=float(spec.options.pad_value))
     return _normalize(x, spec, sequence)
+
+
+def resolve_resize_filter(options: PreprocessConfig, info: ModelInfo) -> PreprocessConfig:
+    """``options`` with ``resize_filter: auto`` made concrete for the model ``info`` describes:
+    ``opencv`` for an Ultralytics export (its metadata names the model's head, which only
+    Ultralytics writes: it letterboxes with ``cv2.resize``), else ``dali`` (Fovea's bundled
+    models, other exports). An explicit ``opencv`` or ``dali`` is kept."""
+    if options.resize_filter != "auto":
+        return options
+    chosen: Literal["opencv", "dali"] = "opencv" if info.head is not None else "dali"
+    if chosen == "opencv":
+        log.info("%s: an Ultralytics export: frames are resized with OpenCV's bilinear filter, as Ultralytics "
+                 "does (preprocess.resize_filter: auto)", info.source)
+    return replace(options, resize_filter=chosen)
+
+
+def finish_preprocess(images: Any, geom: LetterboxGeometry, spec: PreprocessSpec, stream: int | None) -> Any:
+    """The model input of a batch whose DALI graph ran :func:`preprocess`: ``images`` itself
+    with the ``dali`` filter; with ``opencv``, the decoded frames ``images`` (a DALI
+    TensorList of one ``FHWC`` sequence, or a ``uint8 [F, H, W, C]`` tensor) letterboxed by
+    :func:`letterbox_frames` on their device, on the raw CUDA ``stream`` they are ordered on
+    (a ``[F, C, h, w]`` or ``[F, h, w, C]`` tensor, as ``spec.layout`` says). Keep ``images``
+    alive as long as the result is in use."""
+    if spec.options.resize_filter != "opencv":
+        return images
+    if isinstance(images, torch.Tensor):
+        device = images.device
+    elif type(images).__name__.endswith("GPU"):  # DALI's TensorListGPU
+        device = torch.device("cuda", images.device_id())
+    else:
+        device = torch.device("cpu")
+    with _on_stream(stream, device):
+        frames = _frames_tensor(images)
+        return letterbox_frames(frames, geom, spec)
+
+
+def letterbox_frames(frames: torch.Tensor, geom: LetterboxGeometry, spec: PreprocessSpec) -> torch.Tensor:
+    """One source's ``uint8 [N, H, W, 3]`` RGB frames → the model input, as :func:`preprocess`
+    makes it but resized with OpenCV's filter (:func:`operators.resize.resize_bilinear_opencv`):
+    resized to ``geom``, padded with ``pad_value`` around it, channels reordered, normalised
+    (``(x - mean) / std``), cast to ``spec.dtype`` and laid out as ``spec.layout``
+    (``[N, 3, h, w]`` or ``[N, h, w, 3]``, contiguous). Runs on the frames' device and the
+    current stream."""
+    n, src_h, src_w, c = (int(v) for v in frames.shape)
+    if (src_w, src_h) != (geom.src_w, geom.src_h):
+        raise ShapeError(f"letterbox_frames: frames of {src_w}x{src_h}, but the geometry is for "
+                         f"{geom.src_w}x{geom.src_h}")
+    opts = spec.options
+    size = (geom.resized_h, geom.resized_w)
+    img = frames if size == (src_h, src_w) else resize_bilinear_opencv(frames, size)
+    if size != (geom.dst_h, geom.dst_w):
+        canvas = torch.full((n, geom.dst_h, geom.dst_w, c), opts.pad_value, dtype=torch.uint8, device=frames.device)
+        canvas[:, geom.pad_y:geom.pad_y + size[0], geom.pad_x:geom.pad_x + size[1]] = img
+        img = canvas
+    if opts.channel_order == "bgr":
+        img = img.flip(3)
+    x = img.to(torch.float32)
+    if len(set(opts.mean)) == 1 and len(set(opts.std)) == 1:  # one value for every channel (the default)
+        if opts.mean[0]:
+            x.sub_(opts.mean[0])
+        x.div_(opts.std[0])  # divided, as Ultralytics does (x / 255)
+    else:
+        for k in range(c):
+            x[..., k].sub_(opts.mean[k]).div_(opts.std[k])
+    dtype = torch.float16 if spec.dtype == "float16" else torch.float32
+    if spec.layout == "NHWC":
+        return x.to(dtype)
+    out = torch.empty((n, c, geom.dst_h, geom.dst_w), dtype=dtype, device=frames.device)
+    out.copy_(x.permute(0, 3, 1, 2))
+    return out
+
+
+def _frames_tensor(images: Any) -> torch.Tensor:
+    """``uint8 [F, H, W, C]`` view of a DALI TensorList holding one ``FHWC`` sequence (or of a
+    tensor/array already so)."""
+    if isinstance(images, torch.Tensor):
+        t = images
+    elif isinstance(images, np.ndarray):
+        t = torch.from_numpy(images)
+    else:
+        dense = images.as_tensor()
+        t = torch.from_dlpack(dense) if type(images).__name__.endswith("GPU") else torch.from_numpy(np.asarray(dense))
+    if t.dim() == 5:  # [samples, frames, H, W, C]
+        t = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+    if t.dim() != 4 or t.dtype != torch.uint8:
+        raise ShapeError(f"expected decoded uint8 frames [F, H, W, C], got {t.dtype} {tuple(t.shape)}")
+    return t
+
+
+@contextlib.contextmanager
+def _on_stream(stream: int | None, device: torch.device) -> Iterator[None]:
+    """The raw CUDA ``stream`` of ``device`` as torch's current stream (nothing for the CPU)."""
+    if stream is None or device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device), torch.cuda.stream(torch.cuda.ExternalStream(stream, device=device)):
+        yield
 
 
 def per_sample_inputs(geoms: Sequence[LetterboxGeometry]) -> dict[str, list[Any]]:
@@ -106,6 +230,9 @@ class HostPreprocessor:
     benchmark samples, the parity tests against the exporting framework): they go through
     the very same DALI ops as the pipeline's frames, with a letterbox geometry per frame, so
     they match what the engine sees in a job.
+
+    With ``options.resize_filter: opencv``, the frames are letterboxed in torch on the CPU
+    (:func:`letterbox_frames`: OpenCV's pixels) instead of by DALI's CPU operators.
 
     With ``stride`` (a dynamic-shape export), each frame is letterboxed into the smallest
     canvas whose sides are multiples of ``stride`` around its resized frame, as Ultralytics
@@ -155,14 +282,16 @@ class HostPreprocessor:
     def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """``uint8 [H, W, 3]`` RGB frames (any sizes; with ``stride``, of one canvas) →
         ``float32 [N, 3, h, w]``."""
-        if self._pipe is None:
-            self._pipe = self._build()
         geoms = [self.geometry(f.shape[1], f.shape[0]) for f in frames]
         canvases = {(g.dst_h, g.dst_w) for g in geoms}
         if len(canvases) > 1:
             raise ShapeError(f"HostPreprocessor: frames of {len(canvases)} canvases {sorted(canvases)} in one call; "
                              "with stride, give frames of one shape (one source) at a time")
         h, w = canvases.pop() if canvases else self.size
+        if self.spec.options.resize_filter == "opencv":
+            return self._exact(frames, geoms, (h, w))
+        if self._pipe is None:
+            self._pipe = self._build()
         out: list[np.ndarray] = []
         for i in range(0, len(frames), self.max_batch):
             chunk = [np.ascontiguousarray(f) for f in frames[i:i + self.max_batch]]
@@ -171,6 +300,21 @@ class HostPreprocessor:
             (res,) = self._pipe.run(data=chunk, shape=shapes, **per_sample_inputs(part))
             out.append(np.array(res.as_tensor()))
         return np.concatenate(out) if out else np.zeros((0, 3, h, w), np.float32)
+
+    def _exact(self, frames: Sequence[np.ndarray], geoms: list[LetterboxGeometry], hw: tuple[int, int]
+               ) -> np.ndarray:
+        """The ``opencv`` filter: :func:`letterbox_frames` in torch on the CPU, a run of frames
+        of one size at a time."""
+        out: list[torch.Tensor] = []
+        i = 0
+        while i < len(frames):
+            j = i + 1
+            while j < len(frames) and j - i < self.max_batch and frames[j].shape == frames[i].shape:
+                j += 1
+            batch = torch.from_numpy(np.stack([np.ascontiguousarray(f) for f in frames[i:j]]))
+            out.append(letterbox_frames(batch, geoms[i], self.spec))
+            i = j
+        return torch.cat(out).numpy() if out else np.zeros((0, 3, *hw), np.float32)
 
 
 def _normalize(x: Any, spec: PreprocessSpec, sequence: bool) -> Any:

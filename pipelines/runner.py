@@ -58,7 +58,7 @@ from pipelines.graph import (
 )
 from pipelines.inference_pool import FailedBatch, InferencePool
 from pipelines.job_sinks import open_job_sinks
-from pipelines.preprocess import PreprocessSpec
+from pipelines.preprocess import PreprocessSpec, resolve_resize_filter
 from pipelines.progress import FileFailure, JobSummary, Progress
 from pipelines.resume import JobState, ManifestBook, prepare_job, with_commits
 from pipelines.segments import ResumedFile
@@ -84,7 +84,8 @@ def decode_plan(cfg: JobConfig, stage: InferenceStage, device: str, batch: int) 
         raise ConfigError("decode.backend", "gpu decoding needs a CUDA device (engine.device)")
     engine = stage.engine
     spec = PreprocessSpec(dtype=engine.input_dtype, layout=engine.input_layout,  # type: ignore[arg-type]
-                          options=cfg.preprocess, keep_source=needs_source_frames(cfg))
+                          options=resolve_resize_filter(cfg.preprocess, stage.info),
+                          keep_source=needs_source_frames(cfg))
     return DecodePlan(
         spec=spec,
         input_size=stage.info.input_size,

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from operators.boxes import LetterboxGeometry
-from pipelines.preprocess import PreprocessSpec, preprocess
+from pipelines.preprocess import PreprocessSpec, finish_preprocess, preprocess
 from pipelines.pyav_frames import PyAVFrames, first_index
 from pipelines.segments import Segment
 from streams.errors import DecodeError, SourceError
@@ -62,7 +62,8 @@ class DecodedBatch:
 
     Attributes:
         images: DALI ``TensorListGPU``/``TensorListCPU`` with one sample ``[F, C, H, W]``
-            (layout ``FCHW``) or ``[F, H, W, C]`` (``FHWC``).
+            (layout ``FCHW``) or ``[F, H, W, C]`` (``FHWC``); with ``resize_filter: opencv``, a
+            torch tensor ``[F, C, H, W]`` or ``[F, H, W, C]`` on the same device.
         layout: ``"NCHW"`` or ``"NHWC"``: how ``images`` maps onto a batch of frames.
         rows: one entry per frame of the sample: its metadata, or ``None`` for padding.
         geometry: the letterbox geometry of every valid row (one file: one geometry).
@@ -264,7 +265,8 @@ class FileDecoder:
         rows: list[FrameMeta | None] = [_frame_meta(self.file, self.info, start + i, p)
                                         for i, p in enumerate(chunk_pts)]
         self.frames_decoded += len(rows)
-        return DecodedBatch(outs[0], self.spec.layout, rows, self.geometry, self.stream, self.file,
+        images = finish_preprocess(outs[0], self.geometry, self.spec, self.stream)  # opencv filter: in torch
+        return DecodedBatch(images, self.spec.layout, rows, self.geometry, self.stream, self.file, [outs[0]],
                             source_frames=seq if self.spec.keep_source else None)
 
 
@@ -449,8 +451,9 @@ class SegmentDecoder:
             rows = _rows(numbers.tolist(), seg.file, seg.info)
             n = sum(r is not None for r in rows)
             done += n
-            yield SegmentBatch(current, DecodedBatch(images, self.spec.layout, rows, seg.geometry,
-                                                     self.stream, seg.file, [label, fnum], source_frames=full))
+            model_input = finish_preprocess(images, seg.geometry, self.spec, self.stream)  # opencv filter: in torch
+            yield SegmentBatch(current, DecodedBatch(model_input, self.spec.layout, rows, seg.geometry,
+                                                     self.stream, seg.file, [label, fnum, images], source_frames=full))
             left -= 1
             if left == 0:
                 if done != seg.frames:

@@ -146,6 +146,10 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (255.0, 255.0, 255.0)
     channel_order: Literal["rgb", "bgr"] = "rgb"
+    # the bilinear filter of the resize: "opencv" gives cv2.resize(INTER_LINEAR)'s pixels
+    # exactly (operators/resize.py, in torch), "dali" DALI's fn.resize; "auto": opencv for a
+    # model exported by Ultralytics (which letterboxes with OpenCV), else dali (docs/models.md)
+    resize_filter: Literal["auto", "opencv", "dali"] = "auto"
 
     def validate(self, key: str) -> None:
         if not 0 <= self.pad_value <= 255:

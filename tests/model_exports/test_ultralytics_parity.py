@@ -6,12 +6,21 @@ exported to ONNX as ``yolo export`` writes it (static and dynamic shapes), and:
 
 - Fovea reads what the file says (task, image size, class names, end-to-end head) and
   picks the family's layout with no config beyond the path;
-- on the same frames, letterboxed as Ultralytics does (:func:`operators.letterbox.letterbox_reference`,
-  a dynamic export at the smallest stride-aligned rectangle), Fovea's engine and
-  postprocess give Ultralytics' boxes: >= 99 % of them matched at IoU >= 0.9 with the same
-  class; pose keypoints within a pixel of theirs, masks with a median IoU >= 0.9;
-- Fovea's own CPU preprocessing (DALI's CPU operators, :class:`pipelines.preprocess.HostPreprocessor`)
-  builds the same canvas as Ultralytics and the same image within one grey level.
+- on the same frames, Fovea's engine and postprocess give Ultralytics' boxes: >= 99 % of
+  them matched at IoU >= 0.9 with the same class; pose keypoints within a pixel of theirs,
+  masks with a median IoU >= 0.85; both on the frames letterboxed as Ultralytics does
+  (:func:`operators.letterbox.letterbox_reference`, a dynamic export at the smallest
+  stride-aligned rectangle) and through Fovea's own preprocessing
+  (:class:`pipelines.preprocess.HostPreprocessor` with the resize filter ``auto`` picks for
+  the export: OpenCV's, :mod:`operators.resize`); on a GPU (``-m gpu``) through the same
+  preprocessing in torch on the device (:func:`pipelines.preprocess.letterbox_frames`, what
+  the GPU decode path runs) and the engine Fovea picks there, in FP32 as Ultralytics predicts;
+- Fovea's CPU preprocessing builds the same canvas as Ultralytics and, with the OpenCV
+  filter, the same image (DALI's filter: within one grey level).
+
+Each case prints its figures (``-s``): boxes matched on Ultralytics' input, through Fovea's
+preprocessing, and through it with DALI's filter instead (not asserted: what the exact filter
+is for).
 
 Needs ``ultralytics`` (and the torchvision matching torch): the ``test-models`` extra.
 """
@@ -27,12 +36,11 @@ import pytest
 import torch
 
 from engines.factory import open_engine, output_layout
-from operators.boxes import letterbox_geometry
 from operators.letterbox import canvas_hw, letterbox_reference
 from operators.output_decoding import select_outputs
 from operators.postprocess import postprocess
 from operators.reference import box_iou_np
-from pipelines.preprocess import HostPreprocessor
+from pipelines.preprocess import HostPreprocessor, PreprocessSpec, letterbox_frames, resolve_resize_filter
 from streams.config import EngineConfig, ModelConfig, PostprocessConfig, PreprocessConfig
 from streams.detections import Detections
 from tests.optional import require_module, skip_for_ci_gap
@@ -86,23 +94,40 @@ def _ultralytics(path: Path, case: Case, rgb: list[np.ndarray]) -> list[Any]:
                                verbose=False))
 
 
-def _fovea(path: Path, rgb: list[np.ndarray]) -> tuple[Any, str, list[Detections]]:
-    """Fovea's detections on Ultralytics' letterboxed frames (engine + postprocess as a job runs them)."""
-    engine, info = open_engine(ModelConfig(path=str(path)), EngineConfig(kind="onnxruntime"), "cpu")
+def _fovea(path: Path, rgb: list[np.ndarray], pre: str = "reference", device: str = "cpu"
+           ) -> tuple[Any, str, list[Detections]]:
+    """Fovea's detections (engine + postprocess as a job runs them) on ``rgb`` letterboxed by
+    ``pre``: ``reference``: Ultralytics' letterbox (cv2); ``fovea``: Fovea's preprocessing with
+    the filter ``resize_filter: auto`` picks for the export (HostPreprocessor on the CPU,
+    letterbox_frames on a GPU); ``dali``: the same with DALI's filter."""
+    engine_cfg = EngineConfig(kind="onnxruntime") if device == "cpu" else \
+        EngineConfig(kind="torch", device=device, precision="fp32", compile="off", cuda_graphs=False)
+    engine, info = open_engine(ModelConfig(path=str(path)), engine_cfg, device)
+    options = PreprocessConfig(resize=info.resize, resize_filter="dali" if pre == "dali" else "auto")
+    options = resolve_resize_filter(options, info)
+    assert options.resize_filter == ("dali" if pre == "dali" else "opencv")  # an Ultralytics export: OpenCV's
+    host = HostPreprocessor(info.input_size, options, stride=info.stride if info.dynamic else None)
     out: list[Detections] = []
     with engine:
         layout = output_layout(engine, info)
         for frame in rgb:
-            h, w = canvas_hw(frame.shape[1], frame.shape[0], info.input_size, info.stride, rect=info.dynamic)
-            if info.resize == "stretch":  # RT-DETR: LetterBox(scale_fill=True)
-                import cv2
+            geom = host.geometry(frame.shape[1], frame.shape[0])
+            assert (geom.dst_h, geom.dst_w) == canvas_hw(frame.shape[1], frame.shape[0], info.input_size,
+                                                         info.stride, rect=info.dynamic)
+            if pre == "reference":
+                if info.resize == "stretch":  # RT-DETR: LetterBox(scale_fill=True)
+                    import cv2
 
-                img = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+                    img = cv2.resize(frame, (geom.dst_w, geom.dst_h), interpolation=cv2.INTER_LINEAR)
+                else:
+                    img = letterbox_reference(frame, (geom.dst_h, geom.dst_w))
+                x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[None], np.float32) / 255)
+            elif device == "cpu" or pre == "dali":
+                x = torch.from_numpy(host([frame]))
             else:
-                img = letterbox_reference(frame, (h, w))
-            geom = letterbox_geometry(frame.shape[1], frame.shape[0], w, h, info.resize)  # type: ignore[arg-type]
-            x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[None], np.float32) / 255)
-            outs = engine.infer({engine.inputs[0].name: x})
+                spec = PreprocessSpec(dtype="float32", layout="NCHW", options=options)
+                x = letterbox_frames(torch.from_numpy(frame)[None].to(device), geom, spec)
+            outs = engine.infer({engine.inputs[0].name: x.to(device)})
             (d,) = postprocess(select_outputs(outs, layout), layout, [geom],  # type: ignore[arg-type]
                                PostprocessConfig(conf_threshold=CONF, iou_threshold=IOU, fused="off"),
                                info.class_names)
@@ -118,8 +143,8 @@ def _match(results: list[Any], dets: list[Detections]) -> tuple[int, int, list[t
     pairs: list[tuple[int, int, int]] = []
     for f, (r, d) in enumerate(zip(results, dets, strict=True)):
         h, w = r.orig_shape
-        theirs = np.clip(r.boxes.xyxy.numpy(), 0, [w, h, w, h])  # Fovea clips to the frame (RT-DETR's are not)
-        cls = r.boxes.cls.numpy().astype(np.int64)
+        theirs = np.clip(r.boxes.xyxy.cpu().numpy(), 0, [w, h, w, h])  # Fovea clips to the frame (RT-DETR's are not)
+        cls = r.boxes.cls.cpu().numpy().astype(np.int64)
         total += len(theirs)
         if not len(theirs) or not len(d):
             continue
@@ -127,7 +152,7 @@ def _match(results: list[Any], dets: list[Detections]) -> tuple[int, int, list[t
         iou[np.abs(theirs[:, None, :] - d.xyxy[None, :, :]).max(axis=2) <= 0.5] = 1.0
         iou[cls[:, None] != d.class_id[None, :]] = 0
         used: set[int] = set()
-        for i in np.argsort(-r.boxes.conf.numpy(), kind="stable"):
+        for i in np.argsort(-r.boxes.conf.cpu().numpy(), kind="stable"):
             j = int(np.argmax(np.where([k in used for k in range(len(d))], -1, iou[i])))
             if iou[i, j] >= 0.9 and j not in used:
                 used.add(j)
@@ -157,28 +182,39 @@ def _check_onnx2torch(path: Path, x: torch.Tensor) -> None:
         np.testing.assert_allclose(b, a, atol=1e-3 * max(1.0, float(np.abs(a).max())), rtol=1e-3)
 
 
-def _check_case(case: Case, path: Path, rgb: list[np.ndarray]) -> None:
+def _check_case(case: Case, path: Path, rgb: list[np.ndarray], device: str = "cpu") -> None:
     h, w = canvas_hw(rgb[0].shape[1], rgb[0].shape[0], (IMGSZ, IMGSZ), 32, rect=case.dynamic)
-    if not case.yaml.startswith("rtdetr"):
+    if not case.yaml.startswith("rtdetr") and device == "cpu":
         img = letterbox_reference(rgb[0], (h, w))
         _check_onnx2torch(path, torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[None], np.float32) / 255))
     results = _ultralytics(path, case, rgb)
-    info, layout, dets = _fovea(path, rgb)
-    assert layout == case.layout and info.task == case.task and info.dynamic == case.dynamic
-    assert info.input_size == (IMGSZ, IMGSZ) and len(info.class_names) >= 1
-    matched, total, pairs = _match(results, dets)
-    assert total >= 20 * len(rgb) // 4, f"too few boxes to compare ({total})"
-    print(f"{case.yaml} dynamic={case.dynamic}: {matched} of {total} boxes matched")
-    assert matched >= 0.99 * total, f"{matched} of {total} boxes matched"
+    runs = {}
+    for pre in ("reference", "fovea", "dali"):
+        info, layout, dets = _fovea(path, rgb, pre, device)
+        assert layout == case.layout and info.task == case.task and info.dynamic == case.dynamic
+        assert info.input_size == (IMGSZ, IMGSZ) and len(info.class_names) >= 1
+        runs[pre] = (dets, *_match(results, dets))
+    figures = ", ".join(f"{pre} {m}/{t} ({100 * m / t:.1f} %)" for pre, (_, m, t, _) in runs.items())
+    print(f"{case.yaml} dynamic={case.dynamic} on {device}: boxes matched: {figures}")
+    for pre in ("reference", "fovea"):  # DALI's filter: the figure only, what the exact filter is for
+        dets, matched, total, pairs = runs[pre]
+        assert total >= 20 * len(rgb) // 4, f"too few boxes to compare ({total})"
+        assert matched >= 0.99 * total, f"{pre} preprocessing on {device}: {matched} of {total} boxes matched"
+        _check_extras(case, results, dets, pairs)
+
+
+def _check_extras(case: Case, results: list[Any], dets: list[Detections], pairs: list[tuple[int, int, int]]
+                  ) -> None:
+    """Pose keypoints within a pixel of Ultralytics'; masks with a median IoU >= 0.85."""
     if case.task == "pose":
-        diffs = [np.abs(results[f].keypoints.data.numpy()[i, :, :2] - dets[f].keypoints[j, :, :2]).max()  # type: ignore[index]
+        diffs = [np.abs(results[f].keypoints.data.cpu().numpy()[i, :, :2] - dets[f].keypoints[j, :, :2]).max()  # type: ignore[index]
                  for f, i, j in pairs]
         assert np.median(diffs) < 1.0, f"keypoints differ by {np.median(diffs)} px (median)"
     if case.task == "segment":
         from ultralytics.utils import ops
 
         ious = []
-        scaled = [(ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).numpy() for r in results]
+        scaled = [(ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).cpu().numpy() for r in results]
         for f, i, j in pairs:
             theirs = scaled[f][i]
             ours = dets[f].masks[j].full()  # type: ignore[index]
@@ -204,18 +240,57 @@ def test_fovea_gives_ultralytics_rtdetr_boxes(sample: list[np.ndarray], tmp_path
     _check_case(case, export(build(case.yaml, sample, class_bias=case.class_bias), tmp_path / "rtdetr-l.onnx"), sample)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(CASES))
+def test_fovea_gpu_preprocessing_gives_ultralytics_boxes(name: str, sample: list[np.ndarray], tmp_path: Path) -> None:
+    """On a GPU: the frames letterboxed in torch on the device (OpenCV's filter, as the GPU
+    decode path does it), the export on the torch engine (onnx2torch, as Fovea runs an ONNX
+    model on a GPU without TensorRT), in FP32 as Ultralytics predicts; Ultralytics' own
+    letterbox into the same engine is checked too, which tells preprocessing apart from the
+    engine's numerics should a figure fall short."""
+    case = CASES[name]
+    model = build(case.yaml, sample, class_bias=case.class_bias)
+    path = export(model, tmp_path / f"{case.yaml[:-5]}.onnx", case.dynamic, **dict(case.options))
+    _check_case(case, path, sample, device="cuda:0")
+
+
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_fovea_cpu_preprocessing_builds_ultralytics_canvas(dynamic: bool, sample: list[np.ndarray]) -> None:
-    """HostPreprocessor (DALI CPU) places frames as Ultralytics' LetterBox does, within a grey level."""
+    """HostPreprocessor places frames as Ultralytics' LetterBox does: with OpenCV's filter the
+    very same image, with DALI's (its CPU operators) within a grey level."""
     from ultralytics.data.augment import LetterBox
 
-    for size in ((768, 432), (640, 480), (300, 500)):
+    for size in ((768, 432), (640, 480), (300, 500), (1280, 720)):
         frame = np.ascontiguousarray(np.resize(sample[0], (size[1], size[0], 3)))
         theirs = LetterBox((IMGSZ, IMGSZ), auto=dynamic, stride=32)(image=frame)
-        pre = HostPreprocessor((IMGSZ, IMGSZ), PreprocessConfig(), stride=32 if dynamic else None)
-        ours = pre([frame])[0].transpose(1, 2, 0) * 255
-        assert ours.shape == theirs.shape
-        g = pre.geometry(*size)
-        assert (g.src_w, g.src_h, g.dst_w, g.dst_h) == (*size, theirs.shape[1], theirs.shape[0])
-        assert np.abs(ours - theirs).max() <= 1.0 + 1e-3
         np.testing.assert_array_equal(letterbox_reference(frame, theirs.shape[:2]), theirs)
+        for resize_filter in ("opencv", "dali"):
+            options = PreprocessConfig(resize_filter=resize_filter)  # type: ignore[arg-type]
+            pre = HostPreprocessor((IMGSZ, IMGSZ), options, stride=32 if dynamic else None)
+            ours = pre([frame])[0].transpose(1, 2, 0) * 255
+            assert ours.shape == theirs.shape
+            g = pre.geometry(*size)
+            assert (g.src_w, g.src_h, g.dst_w, g.dst_h) == (*size, theirs.shape[1], theirs.shape[0])
+            if resize_filter == "opencv":
+                np.testing.assert_array_equal(np.rint(ours).astype(np.uint8), theirs)
+            else:
+                assert np.abs(ours - theirs).max() <= 1.0 + 1e-3
+                assert (np.abs(ours - theirs) > 0.5).mean() > 0.01  # the one grey level the exact filter removes
+
+
+def test_auto_picks_opencvs_filter_for_an_ultralytics_export(sample: list[np.ndarray], tmp_path: Path) -> None:
+    """The file's metadata is what decides: an export is read as Ultralytics', the same graph
+    with its metadata removed is not."""
+    import onnx
+
+    from engines.model_info import onnx_model_info
+    from engines.onnx_model import read_onnx
+
+    path = export(build("yolov8n.yaml", sample), tmp_path / "yolov8n.onnx", False)
+    info = onnx_model_info(ModelConfig(path=str(path)), read_onnx(path), None)
+    assert resolve_resize_filter(PreprocessConfig(), info).resize_filter == "opencv"
+    bare = onnx.load(str(path))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    info = onnx_model_info(ModelConfig(path=str(tmp_path / "bare.onnx")), read_onnx(tmp_path / "bare.onnx"), None)
+    assert resolve_resize_filter(PreprocessConfig(), info).resize_filter == "dali"
