@@ -342,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking", action="store_true",
                    help="ByteTrack, one line and one zone on every camera (the cost issue 24 bounds)")
     p.add_argument("--cascade", action="store_true",
-                   help="ByteTrack and two secondary classifiers on every camera (DeepStream's workload; needs "
-                        "--decode cpu until the NVDEC path keeps source frames)")
+                   help="ByteTrack and two secondary classifiers on every camera (DeepStream's workload): NVDEC "
+                        "decodes full-size frames for the crops (--decode gpu only)")
     p.add_argument("--ingest-processes", default="auto",
                    help="live.ingest.processes: reader processes (auto: one per 24 streams above 32; 0: none)")
     p.add_argument("--gil-switch-ms", type=float, default=0.1, help="live.gil_switch_interval_ms")
@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-probe", action="store_true")
     p.add_argument("--out", default="benchmarks/out")
     args = p.parse_args(argv)
+    if args.cascade and args.decode == "gop":  # refused by the job too, after the clips and the engine
+        p.error("--cascade needs --decode gpu: the gop path does not return the source frames the crops need")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     clips = make_clips(Path(args.clips), args.num_clips)

@@ -14,20 +14,34 @@ Meanwhile it abuses the job:
   random point of a GOP for ``--stall-s`` s (longer than ``watchdog.stall_s``), then resumed;
   it must be live again within the same bound.
 
-Every ``--sample-s`` s it records the resident memory (RSS) of every process of the job (the
-job and its children: ingest and sink-writer processes) and the GPU memory they use (NVML,
-``nvidia-ml-py``; ``None`` without it), and the streams' states (``GET /streams``). At the end
+The soak's clock starts when the job's API first answers (the job binds a free port and logs
+it): a job slow to start, on a loaded machine, is not churned or sampled before it runs.
+A thread of its own polls ``GET /streams`` every 0.5 s and, every ``--sample-s`` s on a fixed
+schedule, records the resident memory (RSS) of every process of the job (the job and its
+children: ingest and sink-writer processes) and the GPU memory they use (NVML,
+``nvidia-ml-py``; ``None`` without it). A recovery is timed from the camera's return to the
+job's own transition to ``live`` (``state_since``), not to the poll that saw it. At the end
 it reports the memory slope after ``--warmup-s`` (least squares, MiB per 10 min), checks the
 records of every stream (JSONL: frame indices strictly increasing, no duplicate, gaps no
 more than the frames counted as dropped by the queue policy), that removed streams left
 ``/streams`` and ``/metrics``, and the reconnect times. Writes ``soak.json`` and ``soak.md``
 into ``--out``; ``--check`` exits 1 when a target is missed (slope above ``--max-slope``).
 
+Where the memory goes: ``--memwatch`` runs the job under :mod:`benchmarks.memwatch`, which
+samples its heaps from inside (glibc's in-use and free bytes, its arenas; with
+``--tracemalloc N`` Python's heap too, and the lines that grew after the warm-up); the report
+gives their slopes. Python-heap or in-use growth is a leak; free bytes growing with the RSS
+is the allocator keeping memory (``live.malloc_arenas``, :mod:`pipelines.live_memory`).
+``--trim-every S`` has the job call ``malloc_trim(0)`` every S s, so its RSS counts what it
+holds (the CI soak, whose 100 s of samples cannot tell the allocator's settling from a leak).
+
 Usage::
 
     python -m benchmarks.soak --duration 3600 --cameras 8 --warmup-s 900 --out soak-cpu --check   # CPU, 1 h
     python -m benchmarks.soak --duration 600 --cameras 4 --file-cameras 96 --size 1920x1080 --fps 30 \\
         --gop 30 --decode gpu --device cuda --model default --batch 64 --warmup-s 180 --out soak-gpu --check
+    python -m benchmarks.soak --duration 600 --cameras 4 --churn-every 5 --churn-life 3 --kill-every 60 \
+        --memwatch --out soak-churn      # churn amplified, the job's heaps sampled: where memory goes
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +67,7 @@ from typing import Any
 log = logging.getLogger("benchmarks.soak")
 
 TOKEN_ENV = "FOVEA_SOAK_TOKEN"
+API_LINE = re.compile(r"live HTTP server on http://[^\s/]+:(\d+)")  # streams/live/http.py logs it
 
 
 @dataclass
@@ -66,6 +82,9 @@ class Sample:
     @property
     def rss_total(self) -> float:
         return sum(self.rss_mib.values())
+
+
+NOT_YET = float("inf")  # a camera's back_at while it is still down
 
 
 @dataclass
@@ -244,10 +263,8 @@ class Job:
     """``fovea live`` in a subprocess, and its HTTP API."""
 
     def __init__(self, args: argparse.Namespace, sources: list[dict[str, str]], out: Path) -> None:
-        from tests.servers.helpers import free_port
-
         self.args = args
-        self.port = free_port()
+        self.port: int | None = None  # the job binds a free port itself (none to lose to another process)
         self.token = secrets.token_hex(24)
         self.records = out / "records.jsonl"
         self.config = out / "soak.yaml"
@@ -261,13 +278,17 @@ class Job:
             "live": {"decode": args.decode, "log_interval_s": 30,
                      "watchdog": {"stall_s": args.stall_watchdog_s, "open_timeout_s": 3},
                      "backoff": {"initial_s": 0.5, "max_s": args.backoff_max_s},
-                     "http": {"port": self.port, "token_env": TOKEN_ENV}},
+                     "http": {"port": 0, "token_env": TOKEN_ENV},
+                     **({} if args.live_malloc_arenas is None else {"malloc_arenas": args.live_malloc_arenas})},
             "sinks": [{"type": "jsonl", "path": str(self.records)}],
         }, indent=1))
         self.stderr_path = out / "job.log"
         self.stdout_path = out / "summary.txt"
+        self.memwatch_path = out / "memwatch.jsonl"
+        self.snapshots = out / "tracemalloc"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
+        self.launched = 0.0
+        self.started = 0.0  # when its API first answered: the soak's clock (the job's --duration runs from then)
 
     @property
     def bound_s(self) -> float:
@@ -281,11 +302,39 @@ class Job:
                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         if self.args.malloc_arenas:
             env["MALLOC_ARENA_MAX"] = str(self.args.malloc_arenas)
+        cmd = [sys.executable, "-m", "pipelines.cli"]
+        if self.args.memwatch or self.args.tracemalloc:  # the job's heaps sampled from inside
+            cmd = [sys.executable, "-m", "benchmarks.memwatch", "--log", str(self.memwatch_path),
+                   "--every", str(self.args.sample_s), "--trim-every", str(self.args.trim_every)]
+            if self.args.tracemalloc:
+                cmd += ["--tracemalloc", str(self.args.tracemalloc), "--snapshots", str(self.snapshots),
+                        "--snapshot-every", str(self.args.snapshot_every)]
+            cmd.append("--")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "live", str(self.config),
-                 "--duration", str(self.args.duration)], stdout=out, stderr=err, env=env)
-        self.started = time.monotonic()
+                [*cmd, "live", str(self.config), "--duration", str(self.args.duration)],
+                stdout=out, stderr=err, env=env)
+        self.launched = time.monotonic()
+
+    def wait_ready(self, timeout: float) -> str | None:
+        """Wait until the job's API answers (its port from the log line ``live HTTP server on
+        http://HOST:PORT``) and start the soak's clock: a job slow to start (a loaded machine,
+        a cold cache) must not be churned, killed and sampled before it runs. ``None`` once
+        ready, else why not."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return f"the job exited ({self.proc.returncode}) before its API answered"
+            if self.port is None:
+                found = API_LINE.search(self.stderr_path.read_text(errors="replace"))
+                self.port = int(found.group(1)) if found else None
+            if self.port is not None and self.call("GET", "/streams")[0] == 200:
+                self.started = time.monotonic()
+                log.info("the job answers on port %d, %.1f s after its start", self.port, self.started - self.launched)
+                return None
+            time.sleep(0.2)
+        return f"the job's API did not answer within {timeout:g} s"
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -343,19 +392,26 @@ class Soak:
     churned: list[str] = field(default_factory=list)
     churn_errors: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  # last seen per stream
+    not_ready: str | None = None  # why the job never became ready, if it did not
+    ready_after_s: float = 0.0  # how long the job took to answer: its own samples' t is from its start
 
 
-def _track(soak: Soak, states: dict[str, dict[str, Any]], now: float) -> None:
+def track_streams(soak: Soak, states: dict[str, dict[str, Any]], now: float) -> None:
+    """Drops seen, and the recoveries whose stream delivers frames again: back live at the
+    job's own time of its ``live`` transition (``state_since``), so how often the soak polls
+    (and a loaded machine slowing the poll) does not count against the camera."""
     for sid, s in states.items():
         soak.dropped[sid] = max(soak.dropped.get(sid, 0), int(s.get("dropped", 0)))
     for r in soak.recoveries:
         st = states.get(r.stream)
         if r.live_at is not None or now < r.back_at or st is None:
             continue
-        if r.frames_back is None:  # (a stall the job did not notice, its socket full of backlog, counts too)
+        if r.frames_back is None:
             r.frames_back = int(st["frames"])
         elif st["state"] == "live" and int(st["frames"]) > r.frames_back:
-            r.live_at = now
+            since = float(st.get("state_since") or now)
+            # a stall the job did not notice (its socket full of backlog) never left live: this poll
+            r.live_at = max(since, r.back_at) if since >= r.down_at else now
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -367,7 +423,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     soak = Soak()
     try:
         job.start()
-        Abuse(args, job, cams, soak).run()
+        soak.not_ready = job.wait_ready(args.ready_timeout)
+        if soak.not_ready is None:
+            soak.ready_after_s = job.started - job.launched
+            Abuse(args, job, cams, soak).run()
+        else:
+            log.error("%s", soak.not_ready)
         code = job.wait(args.duration + 180)
     finally:
         if job.proc is not None and job.proc.poll() is None:  # interrupted: stop it as a service is
@@ -391,16 +452,57 @@ def _file_sources(args: argparse.Namespace) -> list[dict[str, str]]:
             for i in range(args.file_cameras)]
 
 
+class Monitor:
+    """A thread that polls the job's streams every ``poll_s`` (drops, recoveries) and samples
+    its memory every ``sample_s`` on a fixed schedule (``t = k * sample_s``), whatever the
+    abuse loop is blocked in (a server restarting, a stream being removed)."""
+
+    def __init__(self, job: Job, soak: Soak, lock: threading.Lock, sample_s: float, poll_s: float = 0.5) -> None:
+        self.job = job
+        self.soak = soak
+        self.lock = lock
+        self.sample_s = sample_s
+        self.poll_s = poll_s
+        self.states: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-monitor", daemon=True)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        assert self.job.proc is not None
+        next_sample = 0.0
+        while not self._stop.is_set():
+            now = self.job.elapsed()
+            if now >= next_sample:  # first: a slow answer from the job must not delay it
+                pids = process_tree(self.job.proc.pid)
+                rss = {p: v for p in pids if (v := rss_mib(p)) is not None}
+                states = {s: v["state"] for s, v in self.states.items()}
+                self.soak.samples.append(Sample(now, rss, gpu_mib(pids), states))
+                next_sample = (now // self.sample_s + 1) * self.sample_s
+            self.states = self.job.streams()
+            with self.lock:
+                track_streams(self.soak, self.states, time.time())
+            self._stop.wait(max(0.0, min(self.poll_s, next_sample - self.job.elapsed())))
+
+
 class Abuse:
-    """The soak's main loop: samples, churn, kills and stalls until the job's time is up."""
+    """The soak's main loop: churn, kills and stalls until the job's time is up, while a
+    :class:`Monitor` samples and polls."""
 
     def __init__(self, args: argparse.Namespace, job: Job, cams: Cameras, soak: Soak) -> None:
         self.args = args
         self.job = job
         self.cams = cams
         self.soak = soak
+        self.lock = threading.Lock()  # soak.recoveries: appended here, updated by the monitor
         self.rng = random.Random(args.seed)
-        self.next_sample = 0.0
         self.next_churn, self.next_kill, self.next_stall = args.churn_every, args.kill_every, args.stall_every
         self.churning: dict[str, float] = {}  # stream id -> when to remove it
         self.restart_at: float | None = None
@@ -410,22 +512,16 @@ class Abuse:
     def run(self) -> None:
         job, args = self.job, self.args
         assert job.proc is not None
-        while job.proc.poll() is None and job.elapsed() < args.duration - 2:
-            now = job.elapsed()
-            states = job.streams()
-            _track(self.soak, states, time.time())
-            if now >= self.next_sample:
-                pids = process_tree(job.proc.pid)
-                rss = {p: v for p in pids if (v := rss_mib(p)) is not None}
-                self.soak.samples.append(Sample(now, rss, gpu_mib(pids), {s: v["state"] for s, v in states.items()}))
-                self.next_sample = now + args.sample_s
-            self.churn(now, states)
-            self.kill(now)
-            self.freeze(now)
-            time.sleep(0.5)
+        with Monitor(job, self.soak, self.lock, args.sample_s):
+            while job.proc.poll() is None and job.elapsed() < args.duration - 2:
+                now = job.elapsed()
+                self.churn(now)
+                self.kill(now)
+                self.freeze(now)
+                time.sleep(0.2)
         self.removed_are_gone()
 
-    def churn(self, now: float, states: dict[str, dict[str, Any]]) -> None:
+    def churn(self, now: float) -> None:
         args, soak = self.args, self.soak
         if args.churn_every and now >= self.next_churn and now < args.duration - args.churn_life - 5:
             sid = f"churn{len(soak.churned) + len(soak.churn_errors):04d}"
@@ -449,14 +545,16 @@ class Abuse:
             self.cams.flaky.kill()
             self.restart_at = now + args.down_s
             down = time.time()
-            soak.recoveries += [Recovery("kill", c, down, down + args.down_s, bound_s=self.job.bound_s)
-                                for c in self.cams.flaky_ids]
+            with self.lock:  # back_at: once the server is back (start() returns)
+                soak.recoveries += [Recovery("kill", c, down, NOT_YET, bound_s=self.job.bound_s)
+                                    for c in self.cams.flaky_ids]
             self.next_kill = now + args.kill_every
         if self.restart_at is not None and now >= self.restart_at:
             self.cams.flaky.start()
-            for r in soak.recoveries:
-                if r.kind == "kill" and r.live_at is None:
-                    r.back_at = time.time()
+            with self.lock:
+                for r in soak.recoveries:
+                    if r.kind == "kill" and r.back_at == NOT_YET:
+                        r.back_at = time.time()
             self.restart_at = None
 
     def freeze(self, now: float) -> None:
@@ -466,13 +564,15 @@ class Abuse:
             self.cams.stall.pause()
             self.resume_at = self.job.elapsed() + args.stall_s
             down = time.time()
-            self.stall = Recovery("stall", self.cams.stall_id, down, down + args.stall_s, bound_s=self.job.bound_s)
-            self.soak.recoveries.append(self.stall)
+            self.stall = Recovery("stall", self.cams.stall_id, down, NOT_YET, bound_s=self.job.bound_s)
+            with self.lock:
+                self.soak.recoveries.append(self.stall)
             self.next_stall = now + args.stall_every
         if self.resume_at is not None and self.job.elapsed() >= self.resume_at:
             self.cams.stall.resume()
             if self.stall is not None:
-                self.stall.back_at = time.time()
+                with self.lock:
+                    self.stall.back_at = time.time()
             self.resume_at = None
 
     def removed_are_gone(self) -> None:
@@ -512,15 +612,51 @@ def _report(args: argparse.Namespace, out: Path, code: int, soak: Soak, checks: 
         "churn_errors": soak.churn_errors,
         "streams": {sid: asdict(c) | {"ok": c.ok} for sid, c in sorted(checks.items())},
         "tracebacks_in_log": tracebacks,
+        "not_ready": soak.not_ready,
+        "ready_after_s": soak.ready_after_s,
     }
-    ok = {"exit": code == 0, "records": records_ok, "recoveries": recov_ok,
+    ok = {"ready": soak.not_ready is None, "exit": code == 0, "records": records_ok, "recoveries": recov_ok,
           "churn": not soak.churn_errors and (len(soak.churned) > 0 or not args.churn_every),
           "memory": slope_ok, "no_tracebacks": tracebacks == 0}
     report["ok"] = ok
     report["passed"] = all(ok.values())
+    report["heaps"] = heap_slopes(out / "memwatch.jsonl", args.warmup_s + soak.ready_after_s)
+    report["tracemalloc_diff"] = tracemalloc_diff(out / "tracemalloc", args.warmup_s + soak.ready_after_s)
     (out / "soak.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "soak.md").write_text(render(report))
     return report
+
+
+def heap_slopes(path: Path, warmup_s: float) -> dict[str, Any] | None:
+    """From the job's own samples (``--memwatch``): after the warm-up, the slope (MiB per 10 min)
+    and first -> last of its RSS, glibc's in-use and free bytes, Python's heap; arenas and threads."""
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["t"] >= warmup_s and not r.get("final")]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        values = {"rss": r.get("rss_mib"), "python": r.get("py_mib"), "threads": r.get("threads")}
+        for k, v in (r.get("malloc") or {}).items():
+            values[f"malloc_{k}"] = v
+        for k, v in values.items():
+            if v is not None:
+                series.setdefault(k, []).append((r["t"], float(v)))
+    return {k: {"slope_per_10min": slope_per_10min(pts), "first": pts[0][1], "last": pts[-1][1]}
+            for k, pts in series.items() if pts}
+
+
+def tracemalloc_diff(folder: Path, warmup_s: float) -> list[str] | None:
+    """What grew in the job's Python heap from the first snapshot after the warm-up to the last."""
+    snaps = sorted(folder.glob("snap-*.tm")) if folder.is_dir() else []
+    after = [p for p in snaps if int(p.stem.split("-")[1]) >= warmup_s]
+    if len(after) < 2:
+        return None
+    from benchmarks.memwatch import diff_snapshots
+
+    lines = diff_snapshots(after[0], after[-1])
+    (folder.parent / "tracemalloc-diff.txt").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def render(report: dict[str, Any]) -> str:
@@ -555,6 +691,8 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"**{'PASS' if report['passed'] else 'FAIL'}** " + ", ".join(k for k, v in report["ok"].items() if not v),
     ]
+    if report.get("not_ready"):
+        lines.append(f"the job never ran: {report['not_ready']}")
     if bad:
         lines.append(f"streams failing the record checks: {', '.join(bad)}")
     after = [x for x in report["samples"] if x["t"] >= a["warmup_s"]]
@@ -562,6 +700,15 @@ def render(report: dict[str, Any]) -> str:
         first, last = after[0]["rss_mib"], after[-1]["rss_mib"]
         procs = ", ".join(f"{pid}: {first[pid]:.0f} -> {last[pid]:.0f} MiB" for pid in first if pid in last)
         lines.append(f"RSS per process after the warm-up (pid: first -> last): {procs}")
+    heaps = report.get("heaps")
+    if heaps:
+        lines += ["", "The job process's heaps after the warm-up (`--memwatch`):", "",
+                  "| series | first | last | slope / 10 min |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['first']:.1f} | {v['last']:.1f} | {fmt(v['slope_per_10min'])} |"
+                  for k, v in heaps.items()]
+    if report.get("tracemalloc_diff"):
+        lines += ["", "Python allocations that grew after the warm-up (tracemalloc):", "", "```",
+                  *report["tracemalloc_diff"][:40], "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -589,11 +736,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-watchdog-s", type=float, default=3.0, help="live.watchdog.stall_s")
     p.add_argument("--backoff-max-s", type=float, default=4.0, help="live.backoff.max_s")
     p.add_argument("--sample-s", type=float, default=5.0)
+    p.add_argument("--ready-timeout", type=float, default=300.0,
+                   help="seconds the job may take to answer on its API; the soak's clock starts then")
     p.add_argument("--warmup-s", type=float, default=120.0, help="memory slope from here on")
     p.add_argument("--max-slope", type=float, default=1.0, help="MiB per 10 min (RSS and GPU)")
+    p.add_argument("--live-malloc-arenas", type=int, default=None, metavar="N",
+                   help="the job's live.malloc_arenas (default: the job's, 2; 0: glibc's, up to 8 per core, with "
+                        "which the RSS creeps up while reader threads come and go)")
     p.add_argument("--malloc-arenas", type=int, default=0,
-                   help="MALLOC_ARENA_MAX for the job (0: glibc's default, up to 8 per core: RSS grows while "
-                        "reader threads come and go until every arena exists)")
+                   help="MALLOC_ARENA_MAX in the job's environment (0: not set); it overrides live.malloc_arenas")
+    p.add_argument("--memwatch", action="store_true",
+                   help="sample the job's heaps from inside (benchmarks.memwatch): glibc in-use / free / arenas, "
+                        "into OUT/memwatch.jsonl, their slopes in the report")
+    p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                   help="also trace the job's Python allocations (slows it): snapshots in OUT/tracemalloc, "
+                        "the lines that grew after the warm-up in the report")
+    p.add_argument("--snapshot-every", type=float, default=120.0, help="seconds between tracemalloc snapshots")
+    p.add_argument("--trim-every", type=float, default=0.0,
+                   help="with --memwatch: malloc_trim(0) in the job every N s (0: never): its RSS then counts the "
+                        "memory it holds, not the free pages its allocator keeps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--out", default="soak-out")

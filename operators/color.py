@@ -4,6 +4,10 @@ NVDEC scales in hardware (see :mod:`pipelines.nvdec`), so what is left per frame
 colour conversion, the letterbox padding, normalisation, dtype and layout, done here for a
 batch of frames at once (one set of ops per distinct frame size).
 
+A live job with a cascade decodes frames at full size instead (the crops need the source
+pixels): :func:`nv12_resize` makes the letterbox-size frames NVDEC would have made, and
+:func:`nv12_to_rgb` converts a full-size frame to RGB when a crop is cut from it.
+
 Colour: limited-range BT.601 or BT.709 (H.273 ``matrix_coefficients`` 1), the chroma
 upsampled by repetition, as FFmpeg's default software path does for ``rgb24``.
 
@@ -11,6 +15,8 @@ Usage::
 
     x = nv12_letterbox([f.nv12 for f in frames], [g1, g2], (640, 640), spec)   # [B,3,640,640]
     ref = nv12_to_rgb_reference(nv12_numpy)                                     # uint8 [h,w,3]
+    small = nv12_resize([full_nv12], [(360, 640)])          # [uint8[540, 640]]
+    rgb = nv12_to_rgb(full_nv12, 709)                        # uint8 [1080, 1920, 3]
 """
 
 from __future__ import annotations
@@ -121,3 +127,116 @@ def nv12_letterbox(
         else:
             out[rows, :, py:py + h, px:px + w] = rgb.to(dtype)
     return out
+
+
+def nv12_to_rgb(frames: torch.Tensor, standard: int = 601) -> torch.Tensor:
+    """NV12 -> RGB, on the frames' device: :func:`nv12_to_rgb_reference` in torch.
+
+    Args:
+        frames: ``uint8[..., h * 3 // 2, w]`` (one frame or a batch), even ``h`` and ``w``.
+        standard: 601 or 709 (:func:`standard_of`).
+
+    Returns:
+        ``uint8[..., h, w, 3]`` RGB (HWC), the same float32 arithmetic as the reference; the
+        chroma terms are computed at half resolution and broadcast over each 2x2 block
+        (the reference repeats the chroma first: the same values, a quarter of the work).
+    """
+    if frames.dim() < 2 or frames.shape[-2] % 3 or frames.shape[-1] % 2:
+        raise ShapeError(f"nv12_to_rgb: expected uint8[..., h * 3 // 2, w] with even h and w, got "
+                         f"{tuple(frames.shape)}")
+    lead = tuple(frames.shape[:-2])
+    h, w = frames.shape[-2] * 2 // 3, frames.shape[-1]
+    y = ((frames[..., :h, :].float() - 16.0) * (255.0 / 219.0)).reshape(*lead, h // 2, 2, w // 2, 2)
+    uv = frames[..., h:, :].float().reshape(*lead, h // 2, 1, w // 2, 1, 2) - 128.0
+    u, v = uv[..., 0], uv[..., 1]
+    vr, ug, vg, ub = _coefficients(standard)
+    rgb = torch.stack([y + vr * v, y + ug * u + vg * v, y + ub * u], dim=-1)  # [..., h/2, 2, w/2, 2, 3]
+    return rgb.round_().clamp_(0, 255).to(torch.uint8).view(*lead, h, w, 3)
+
+
+def _resize_plane(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``float[k, c, h, w]`` -> ``uint8[k, c, h', w']``: bilinear, pixel centres aligned, no antialias."""
+    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def nv12_resize(frames: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]],
+                chunk: int = 16) -> list[torch.Tensor]:
+    """Resize NV12 frames, each to its own size, on their device (the live GPU path's model
+    input from full-size frames: NVDEC's scaling done in torch).
+
+    The luma plane and the interleaved chroma plane (as two channels at half resolution)
+    are resized separately, bilinearly with pixel centres aligned and no antialias: the
+    convention of DALI's ``INTERP_LINEAR`` resize of the file path and of
+    :func:`operators.crops.crop_resize`. :func:`nv12_resize_reference` is the NumPy reference.
+
+    Args:
+        frames: ``uint8[h * 3 // 2, w]`` per frame (even ``h`` and ``w``), one device.
+        sizes: ``(h', w')`` per frame, even (e.g. ``(g.resized_h, g.resized_w)`` of
+            :func:`operators.boxes.even_letterbox_geometry`).
+        chunk: at most this many frames are converted to float at once (bounds the
+            temporary memory: 12 MiB a 1080p frame).
+
+    Returns:
+        ``uint8[h' * 3 // 2, w']`` per frame, in order; a frame already at its size is
+        returned as is (not copied).
+    """
+    if len(frames) != len(sizes):
+        raise ShapeError(f"nv12_resize: {len(frames)} frames but {len(sizes)} sizes")
+    out: list[torch.Tensor | None] = [None] * len(frames)
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    for i, (f, (hh, ww)) in enumerate(zip(frames, sizes, strict=True)):
+        if f.dim() != 2 or f.shape[0] % 3 or f.shape[1] % 2:
+            raise ShapeError(f"nv12_resize(frames[{i}]): expected uint8[h * 3 // 2, w] with even h and w, "
+                             f"got {tuple(f.shape)}")
+        if hh < 2 or ww < 2 or hh % 2 or ww % 2:
+            raise ShapeError(f"nv12_resize(sizes[{i}]): expected even (h, w) >= 2, got {(hh, ww)}")
+        h, w = f.shape[0] * 2 // 3, f.shape[1]
+        if (h, w) == (hh, ww):
+            out[i] = f
+        else:
+            groups.setdefault((h, w, hh, ww), []).append(i)
+    for (h, w, hh, ww), idx in groups.items():
+        for start in range(0, len(idx), chunk):
+            part = idx[start:start + chunk]
+            x = torch.stack([frames[i] for i in part])  # uint8[k, h*3/2, w]
+            k = len(part)
+            res = torch.empty((k, hh * 3 // 2, ww), dtype=torch.uint8, device=x.device)
+            res[:, :hh] = _resize_plane(x[:, None, :h].float(), (hh, ww))[:, 0]
+            uv = x[:, h:].reshape(k, h // 2, w // 2, 2).permute(0, 3, 1, 2).float()  # [k, 2, h/2, w/2]
+            res[:, hh:] = _resize_plane(uv, (hh // 2, ww // 2)).permute(0, 2, 3, 1).reshape(k, hh // 2, ww)
+            for j, i in enumerate(part):
+                out[i] = res[j]
+    return [o for o in out if o is not None]
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear sampling along one axis with pixel centres aligned: ``(i0, i1, weight of i1)``."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def _resize_plane_reference(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[h, w, c]`` float -> ``[h', w', c]`` float, bilinear (see :func:`nv12_resize`)."""
+    y0, y1, fy = _linear_taps(p.shape[0], size[0])
+    x0, x1, fx = _linear_taps(p.shape[1], size[1])
+    fy, fx = fy[:, None, None], fx[None, :, None]
+    top = p[y0][:, x0] * (1 - fx) + p[y0][:, x1] * fx
+    bottom = p[y1][:, x0] * (1 - fx) + p[y1][:, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def nv12_resize_reference(nv12: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """NumPy reference of :func:`nv12_resize` for one frame: ``uint8[h * 3 // 2, w]`` ->
+    ``uint8[h' * 3 // 2, w']`` for ``size = (h', w')`` (float64: may differ from torch's
+    float32 by one level where a value rounds at .5)."""
+    if nv12.ndim != 2 or nv12.shape[0] % 3 or nv12.shape[1] % 2:
+        raise ShapeError(f"nv12: expected uint8[h * 3 // 2, w] with even h and w, got {nv12.shape}")
+    h, w = nv12.shape[0] * 2 // 3, nv12.shape[1]
+    hh, ww = size
+    y = _resize_plane_reference(nv12[:h].astype(np.float64)[:, :, None], (hh, ww))[:, :, 0]
+    uv = _resize_plane_reference(nv12[h:].reshape(h // 2, w // 2, 2).astype(np.float64), (hh // 2, ww // 2))
+    out = np.concatenate([y, uv.reshape(hh // 2, ww)], axis=0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

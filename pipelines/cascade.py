@@ -32,7 +32,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -84,6 +84,30 @@ class _Secondary:
         side = np.minimum(dets.xyxy[:, 2] - dets.xyxy[:, 0], dets.xyxy[:, 3] - dets.xyxy[:, 1])
         small = keep & (side < self.cfg.min_size)
         return np.flatnonzero(keep & ~small), int(small.sum())
+
+
+class RgbFrame(Protocol):
+    """A row's source frame that becomes RGB pixels only when a crop is cut from it (the live
+    GPU path's full-size NV12 frame, :class:`pipelines.live_decode.Nv12SourceFrame`). Its
+    buffer belongs to the decoder and may be reused once its batch is let go, so
+    :meth:`CascadeStage.cut` has finished reading it when it returns."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...  # (H, W, 3)
+
+    def rgb(self) -> torch.Tensor: ...  # uint8[H, W, 3] on the frame's device, made on the current stream
+
+
+_STACK_ROWS = 16  # list rows stacked per crop call (bounds the RGB copies: 6 MiB a 1080p frame)
+
+
+def _pixels(frame: np.ndarray | torch.Tensor | RgbFrame) -> torch.Tensor:
+    """A list row of :meth:`CascadeStage.cut` as an ``uint8[H, W, 3]`` tensor (where it is)."""
+    if isinstance(frame, torch.Tensor):
+        return frame
+    if isinstance(frame, np.ndarray):
+        return torch.from_numpy(frame)
+    return frame.rgb()
 
 
 def source_frames_tensor(frames: Any) -> torch.Tensor:
@@ -151,34 +175,67 @@ class CascadeStage:
     # -- inference threads: cut crops while the frames are on the device -------------------
     def cut(self, frames: Any, rows: Sequence[int], results: Sequence[FrameResult]) -> None:
         """Crop every chosen detection of ``results`` out of ``frames`` (the batch's source
-        frames: one ``[F, H, W, 3]`` batch, or a list of ``[H, W, 3]`` frames, one a row;
-        ``rows[i]`` is the frame of ``results[i]``) for every model; the crops wait for
-        :meth:`process`. Runs on the batch's CUDA stream (the caller's current stream)."""
+        frames: one ``[F, H, W, 3]`` batch, or a list with one frame a row: ``[H, W, 3]``
+        arrays or tensors, or :class:`RgbFrame` objects; ``rows[i]`` is the frame of ``results[i]``)
+        for every model; the crops wait for :meth:`process`. Runs on the batch's CUDA stream
+        (the caller's current stream).
+
+        A list's rows are read only where a detection is chosen (an :class:`RgbFrame` is
+        converted to RGB then, and read before this returns); every result gets its
+        bookkeeping (its pending entry, its ``too_small`` count) either way."""
         if not self.secondaries:
             raise RuntimeError("CascadeStage.cut before load()")
-        if isinstance(frames, list):  # one frame a row (live batches mix sources and sizes)
-            by_shape: dict[tuple[int, ...], list[int]] = {}
-            for k, row in enumerate(rows):
-                by_shape.setdefault(tuple(frames[row].shape), []).append(k)
-            for ks in by_shape.values():
-                group = np.stack([np.asarray(frames[rows[k]]) for k in ks])
-                self.cut(group, list(range(len(ks))), [results[k] for k in ks])
-            return
-        x = source_frames_tensor(frames)
+        picks = [[sec.chosen(r.detections) for sec in self.secondaries] for r in results]
         cuts: list[list[_Cut | None]] = [[None] * len(self.secondaries) for _ in results]
-        small = [0] * len(self.secondaries)
+        if isinstance(frames, list):  # one frame a row (live batches mix sources and sizes)
+            nbytes = self._cut_rows(frames, rows, results, picks, cuts)
+        else:
+            nbytes = self._crop(source_frames_tensor(frames), rows, range(len(results)), results, picks, cuts)
+        with self._lock:
+            for r, cs in zip(results, cuts, strict=True):
+                self._pending[(r.frame.source_id, r.frame.frame_index)] = cs
+            for si, sec in enumerate(self.secondaries):
+                sec.counts.too_small += sum(p[si][1] for p in picks)
+            self._pending_bytes += nbytes
+            self.peak_pending_bytes = max(self.peak_pending_bytes, self._pending_bytes)
+
+    def _cut_rows(self, frames: list[Any], rows: Sequence[int], results: Sequence[FrameResult],
+                  picks: Sequence[Sequence[tuple[np.ndarray, int]]], cuts: list[list[_Cut | None]]) -> int:
+        """:meth:`cut` of a list: the rows with a chosen detection, stacked by shape on their
+        device (at most ``_STACK_ROWS`` at once); returns the crops' bytes."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k, p in enumerate(picks):
+            if any(idx.size for idx, _ in p):
+                by_shape.setdefault(tuple(frames[rows[k]].shape), []).append(k)
+        nbytes = 0
+        pos = [0] * len(results)  # result k -> its frame in the stacked part
+        wait: torch.Tensor | None = None  # a device tensor made from decoder-owned frames
+        for ks in by_shape.values():
+            for start in range(0, len(ks), _STACK_ROWS):
+                part = ks[start:start + _STACK_ROWS]
+                pixels = []
+                for j, k in enumerate(part):
+                    pos[k] = j
+                    pixels.append(_pixels(frames[rows[k]]))
+                x = torch.stack(pixels) if len(pixels) > 1 else pixels[0][None]
+                if x.is_cuda and not all(isinstance(frames[rows[k]], (np.ndarray, torch.Tensor)) for k in part):
+                    wait = x
+                nbytes += self._crop(x, pos, part, results, picks, cuts)
+        if wait is not None:  # the RgbFrames' buffers may be reused once the batch goes: read them now
+            torch.cuda.current_stream(wait.device).synchronize()
+        return nbytes
+
+    def _crop(self, x: torch.Tensor, frame_of: Sequence[int], ks: Sequence[int], results: Sequence[FrameResult],
+              picks: Sequence[Sequence[tuple[np.ndarray, int]]], cuts: list[list[_Cut | None]]) -> int:
+        """Crop the chosen detections of ``results[k]`` (``k`` in ``ks``) out of frame
+        ``x[frame_of[k]]`` for every model, into ``cuts[k]``; returns the crops' bytes."""
         nbytes = 0
         for si, sec in enumerate(self.secondaries):
-            chosen: list[tuple[int, np.ndarray]] = []
-            for k, r in enumerate(results):
-                idx, n_small = sec.chosen(r.detections)
-                small[si] += n_small
-                if idx.size:
-                    chosen.append((k, idx))
+            chosen = [(k, picks[k][si][0]) for k in ks if picks[k][si][0].size]
             if not chosen:
                 continue
             boxes = np.concatenate([results[k].detections.xyxy[idx] for k, idx in chosen])
-            which = np.concatenate([np.full(idx.size, rows[k], np.int64) for k, idx in chosen])
+            which = np.concatenate([np.full(idx.size, frame_of[k], np.int64) for k, idx in chosen])
             crops = crop_resize(x, torch.from_numpy(which).to(x.device), torch.from_numpy(boxes).to(x.device),
                                 sec.model.info.input_size)
             if crops.is_cuda != sec.model.device.startswith("cuda"):  # a CPU model on a GPU job
@@ -192,13 +249,7 @@ class CascadeStage:
                 cuts[k][si] = _Cut(idx, crops[start:start + idx.size], ready)
                 start += idx.size
             nbytes += crops.numel() * crops.element_size()
-        with self._lock:
-            for r, cs in zip(results, cuts, strict=True):
-                self._pending[(r.frame.source_id, r.frame.frame_index)] = cs
-            for sec, n_small in zip(self.secondaries, small, strict=True):
-                sec.counts.too_small += n_small
-            self._pending_bytes += nbytes
-            self.peak_pending_bytes = max(self.peak_pending_bytes, self._pending_bytes)
+        return nbytes
 
     # -- job thread: classify in each source's order -------------------------------------
     def process(self, source_id: str, results: Sequence[FrameResult]) -> list[FrameResult]:

@@ -21,6 +21,15 @@ How frames cross the process boundary:
   ingest process drops the frame (counted per stream in ``dropped``/``ingest_dropped``).
   The copy into a slot is complete before its message is sent (the session waits for it),
   and the job's inference finishes reading a batch before its frames are let go.
+* GPU decode for a job with a cascade (``IngestSettings.source_size``): the crops need the
+  source pixels, so NVDEC decodes at full size and a slot holds a frame up to
+  ``live.max_source_size`` (default 1920x1080: 3,110,400 bytes a slot); a stream larger than
+  that is refused with its reason (it reconnects and is quarantined like any content fault)
+  before a frame is decoded. The ring is smaller (:func:`ring_frames_for`): its streams'
+  queues once plus one engine batch per inference thread: 8 x 24 + 2 x 16 = 224 slots, 0.65
+  GiB of GPU memory per process of 24 cameras with the default queue, threads and batch;
+  16 x 24 + 4 x 128 = 896 slots, 2.6 GiB, with ``benchmarks.live_sim``'s (queue 16, 4
+  threads, batch 128). ``live.ingest.ring_frames`` sets it; the start-up log line gives it.
 * CPU decode (``frames``): the RGB frames are pickled through the pipe.
 
 Every buffer is bounded: at most ``_OUTBOX_MAX`` frames wait in an ingest process and
@@ -88,6 +97,8 @@ class IngestSettings:
 
     ``mode`` is ``"packets"`` (NVDEC, frames to the GPU ring) or ``"frames"`` (PyAV, RGB);
     ``input_size`` (h, w) bounds the NV12 frames (scaled to their letterbox size in it).
+    ``source_size`` (w, h): decode at full size instead (a cascade crops source pixels),
+    streams up to that size in either orientation (``live.max_source_size``).
     """
 
     live: LiveConfig
@@ -97,6 +108,16 @@ class IngestSettings:
     resize: str = "letterbox"
     ring_frames: int = 512
     log_level: int = logging.INFO
+    source_size: tuple[int, int] | None = None
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes of one ring slot: the largest NV12 frame a session hands out."""
+        if self.source_size is not None:
+            w, h = self.source_size
+            return max(h * 3 // 2 * w, w * 3 // 2 * h)  # either orientation
+        h, w = self.input_size
+        return h * 3 // 2 * w
 
     def __post_init__(self) -> None:
         if self.mode not in ("packets", "frames"):
@@ -105,11 +126,18 @@ class IngestSettings:
             raise ValueError("mode 'packets' needs a device_id")
 
 
-def ring_frames_for(config: LiveConfig, streams_per_process: int, batch: int, workers: int) -> int:
+def ring_frames_for(config: LiveConfig, streams_per_process: int, batch: int, workers: int,
+                    full_size: bool = False) -> int:
     """Slots per ingest process: ``live.ingest.ring_frames``, or enough for twice its
-    streams' queues plus two engine batches per worker (frames held by the job at once)."""
+    streams' queues plus two engine batches per worker (frames held by the job at once).
+
+    ``full_size`` (source-size frames, for a cascade): each slot is several times larger, so
+    the ring holds its streams' queues once plus one batch per worker; beyond that the
+    frames are dropped as a full queue would drop them (counted per stream)."""
     if config.ingest.ring_frames:
         return config.ingest.ring_frames
+    if full_size:
+        return max(32, config.batch.queue_size * streams_per_process + workers * batch)
     return max(64, 2 * config.batch.queue_size * streams_per_process + 2 * workers * batch)
 
 
@@ -349,8 +377,12 @@ class IngestPool:
             raise
         for s in self._shards:
             s.start_receiver()
-        log.info("%d ingest processes ready in %.1f s (%s, %d frame slots each)", len(self._shards),
-                 time.monotonic() - t, self.settings.mode, self.settings.ring_frames)
+        st = self.settings
+        ring = (f", {st.ring_frames} frame slots of {st.slot_bytes} bytes each: "
+                f"{st.ring_frames * st.slot_bytes / 2**30:.2f} GiB of GPU memory per process") \
+            if st.mode == "packets" else ""
+        log.info("%d ingest processes ready in %.1f s (%s%s)", len(self._shards), time.monotonic() - t,
+                 st.mode, ring)
         return self
 
     def source(self, spec: StreamSpec, emit: Any) -> RemoteSource:
@@ -606,7 +638,7 @@ class _SlotRing:
 
     def take(self, h: int, w: int) -> tuple[Any, int] | None:
         rows = h * 3 // 2
-        if rows * w > self.cols:
+        if rows * w > self.cols:  # a session's target is checked before: this is a bug, not memory corruption
             raise SourceError("ingest", f"an NV12 frame of {w}x{h} does not fit a slot of {self.cols} bytes")
         while True:
             i = self._take_free()
@@ -658,8 +690,7 @@ class _IngestWorker:
 
             assert settings.device_id is not None
             torch.cuda.set_device(settings.device_id)
-            h, w = settings.input_size
-            self.ring = torch.empty((settings.ring_frames, h * 3 // 2 * w), dtype=torch.uint8,
+            self.ring = torch.empty((settings.ring_frames, settings.slot_bytes), dtype=torch.uint8,
                                     device=torch.device("cuda", settings.device_id))
             self._slots = _SlotRing(self.ring, flags, self._ring_full, wait=self._block, stop=self._stop)
             sys.setswitchinterval(settings.live.gil_switch_interval_ms / 1000)
@@ -685,7 +716,8 @@ class _IngestWorker:
             return got
 
         return nvdec_decoder_factory(self.settings.device_id, self.settings.input_size,
-                                     self.settings.resize, allocator=allocate)  # type: ignore[arg-type]
+                                     self.settings.resize, allocator=allocate,  # type: ignore[arg-type]
+                                     max_source=self.settings.source_size)
 
     def add(self, spec: StreamSpec) -> None:
         if spec.id in self.sources:

@@ -48,6 +48,7 @@ from pipelines.graph import (
 from pipelines.inference_pool import FailedBatch, InferencePool
 from pipelines.ingest import IngestPool, IngestSettings, ring_frames_for
 from pipelines.live_decode import LiveBatchPipeline
+from pipelines.live_memory import malloc_arenas
 from pipelines.preprocess import PreprocessSpec
 from pipelines.stages import SourceStage
 from pipelines.video_decoding import DecodedBatch
@@ -97,6 +98,13 @@ class LiveSummary:
     states: dict[str, str] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-source stages' reports, by name
 
+    def removed(self, stream_id: str, keep: int = 64) -> None:
+        """A stream removed: its latency sample shrinks to ``keep`` values (its quantiles), so
+        streams that come and go for days leave a few hundred bytes each, not a full sample."""
+        self.states[stream_id] = "removed"
+        if (s := self.streams.get(stream_id)) is not None:
+            s.latencies.shrink(keep)
+
     def to_text(self) -> str:
         lines = [f"live: {len(self.streams)} streams, {self.seconds:.1f} s, mode {self.mode} on {self.device}, "
                  f"batch errors {self.batch_errors}"]
@@ -113,10 +121,11 @@ class LiveRunner:
     """Owns the camera manager, the inference pool and the sinks of a live job. Use :func:`run_live`."""
 
     def __init__(self, cfg: JobConfig, live: LiveConfig | None = None, stages: Sequence[SourceStage] = (),
-                 sinks: Sequence[Sink] = ()) -> None:
+                 sinks: Sequence[Sink] = (), cameras_later: bool = False) -> None:
         self.cfg = cfg
         self.live = live or parse_live_config(cfg.extra.get("live"))
-        if not [s for s in cfg.sources if s.uri is not None]:
+        # cameras_later: the job may start without cameras, they come through self.manager (pipelines.ray_live)
+        if not cameras_later and not [s for s in cfg.sources if s.uri is not None]:
             raise ConfigError("sources", "a live job needs stream sources (rtsp://... or file:///clip.mp4)")
         self.stages = source_stages(cfg) + list(stages)  # the config's, then the caller's
         self.extra_sinks = list(sinks)
@@ -133,14 +142,16 @@ class LiveRunner:
             mode = "gop"
         else:
             mode = "packets" if (decode == "gpu" or (decode == "auto" and device.startswith("cuda"))) else "frames"
-        if self.cfg.secondary and mode != "frames":
-            raise ConfigError("secondary", f"live cascades crop source-resolution frames, which the {mode} decode "
-                                           "path does not keep (NVDEC scales while decoding); set live.decode: cpu")
+        if self.cfg.secondary and mode == "gop":
+            raise ConfigError("secondary", "live cascades crop source-resolution frames, which the gop decode path "
+                                           "(kept to compare GOP batches through DALI) does not return: it decodes "
+                                           "and scales each GOP in one DALI graph; set live.decode: cpu or gpu")
         return mode
 
     def run(self, duration_s: float | None = None, warmup_s: float = 0.0) -> LiveSummary:
         """Run until stopped or ``duration_s``; figures count frames emitted after ``warmup_s``."""
         with contextlib.ExitStack() as stack:
+            stack.enter_context(malloc_arenas(self.live.malloc_arenas))  # before the job's threads and processes
             requested = resolve_device(self.cfg.engine.device)
             stage = open_inference_stage(self.cfg, requested, stack, self.stages)
             device = stage.engine.device  # the engine may have fallen back to the CPU (logged)
@@ -161,16 +172,20 @@ class LiveRunner:
             factory = None
             pool: IngestPool | None = None
             n_proc = ingest_processes(self.live, mode, len(sources), os.cpu_count() or 1)  # type: ignore[arg-type]
+            # a cascade crops source pixels: NVDEC then decodes full-size frames, up to live.max_source_size
+            full = self.live.max_source_size if mode == "packets" and needs_source_frames(self.cfg) else None
             if n_proc > 0:
-                ring = ring_frames_for(self.live, -(-len(sources) // n_proc), batch, threads)
+                ring = ring_frames_for(self.live, -(-len(sources) // n_proc), batch, threads, full is not None)
                 settings = IngestSettings(self.live, mode, device_id, stage.info.input_size,  # type: ignore[arg-type]
-                                          self.cfg.preprocess.resize, ring, logging.getLogger().getEffectiveLevel())
+                                          self.cfg.preprocess.resize, ring, logging.getLogger().getEffectiveLevel(),
+                                          source_size=full)
                 pool = stack.enter_context(IngestPool(settings, n_proc))
             elif mode == "packets":
                 from pipelines.nvdec import nvdec_decoder_factory
 
                 assert device_id is not None
-                factory = nvdec_decoder_factory(device_id, stage.info.input_size, self.cfg.preprocess.resize)
+                factory = nvdec_decoder_factory(device_id, stage.info.input_size, self.cfg.preprocess.resize,
+                                                max_source=full)
             mgr = stack.enter_context(StreamManager(self.live, mode=mode,  # type: ignore[arg-type]
                                                     decoder_factory=factory,
                                                     source_factory=pool.source if pool is not None else None))
@@ -202,9 +217,10 @@ class LiveRunner:
                             drops_at_warmup = {st.id: st.dropped for st in mgr.streams()}
                         for sid, indices in mgr.take_dropped().items():  # the stages must not wait for them
                             after.gap(sid, tuple(indices))
-                        for sid in mgr.take_removed():  # its tracker and its held frames go
+                        for sid in mgr.take_removed():  # its tracker, held frames and series go
                             after.end(sid, "removed")
-                            self.summary.states[sid] = "removed"
+                            metrics.forget(sid)
+                            self.summary.removed(sid)
                         try:
                             item = infer.get(timeout=0.1)
                         except queue.Empty:

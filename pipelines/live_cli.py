@@ -8,6 +8,7 @@ Usage::
     fovea live examples/live.yaml              # until Ctrl-C / SIGTERM (file:// cameras)
     fovea live examples/live.yaml --duration 60   # a timed run, then a summary
     fovea live --source rtsp://cam1/main --source rtsp://user:pw@cam2/h264 --out live-out/
+    fovea live examples/live.yaml --ray           # cameras over Ray workers, one per GPU (docs/scale.md)
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", "-o", help="output folder for the config's file sinks")
     p.add_argument("--device", "-d", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="spread the cameras over Ray workers, one live pipeline per GPU (needs the 'ray' extra); "
+                        "ADDRESS: a running cluster (host:port, or 'auto'), default: a Ray instance on this machine")
+    p.add_argument("--ray-workers", type=int, metavar="N",
+                   help="with --ray: pipelines to run (default: one per GPU of the cluster, 1 without GPUs)")
     p.set_defaults(func=_cmd_live)
 
 
@@ -48,6 +54,10 @@ def _cmd_live(args: argparse.Namespace) -> int:
 
     if args.config is None and not args.source:
         raise ConfigError("sources", "give a CONFIG file or at least one --source URI")
+    if args.ray_workers is not None and (args.ray is None or args.ray_workers < 1):
+        raise ConfigError("--ray-workers", "a number >= 1, with --ray")
+    if args.ray is not None:
+        require_extra("live --ray", "ray", ["ray"])
     if any(_has_password(uri) for uri in args.source or ()):
         logging.getLogger("fovea").warning("a --source URI holds a password: other users of this machine can read "
                                            "it in the process list (ps); put cameras with credentials in the "
@@ -55,7 +65,13 @@ def _cmd_live(args: argparse.Namespace) -> int:
     overrides = {"sources": args.source, "model": args.model, "device": args.device,
                  "out": args.out or (None if args.config else "fovea-live")}
     cfg = load_config(args.config, overrides)
-    summary = run_live(cfg, duration_s=args.duration)
+    if args.ray is not None:
+        from pipelines.ray_live import run_live_ray
+
+        summary = run_live_ray(cfg, address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
+                               duration_s=args.duration)
+    else:
+        summary = run_live(cfg, duration_s=args.duration)
     sys.stdout.write(summary.to_text() + "\n")
     return 0
 

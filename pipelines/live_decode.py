@@ -12,6 +12,13 @@ Two modes, matching :class:`streams.live.manager.StreamManager`'s output:
     already scaled to its letterbox size in NV12; :func:`operators.color.nv12_letterbox`
     makes the batch's model input in torch (colour conversion, padding, normalisation).
 
+    With a cascade (``PreprocessSpec.keep_source``) the sessions decode at full size
+    instead: :func:`operators.color.nv12_resize` scales the batch's frames to their
+    letterbox size on the batch's stream first, and each row's full-size frame rides along
+    as an :class:`Nv12SourceFrame` (``DecodedBatch.source_frames``), converted to RGB only
+    if the cascade crops from it. It lives as long as the batch: its buffer (an ingest ring
+    slot, or NVDEC's copy) is let go with the batch's items.
+
 ``gop`` (GPU decode with DALI, for comparison)
     Each item is one self-contained GOP (Annex-B, SPS/PPS in band) of one stream.
     ``fn.decoders.video(device="mixed")`` decodes the samples of a batch in parallel on
@@ -49,25 +56,63 @@ log = logging.getLogger(__name__)
 Mode = Literal["frames", "gop", "packets"]
 
 
+class Nv12SourceFrame:
+    """One row's full-size decoded frame, kept in NVDEC's NV12 and converted to RGB only when
+    a crop is cut from it (:class:`pipelines.cascade.RgbFrame`): most rows of a live batch
+    have nothing to crop (no chosen detection), and RGB is twice the bytes of NV12.
+
+    ``nv12`` is ``uint8[h * 3 // 2, w]`` on any device (a view of the decoder's buffer:
+    valid as long as the batch that holds it); ``standard`` is 601 or 709.
+    """
+
+    __slots__ = ("nv12", "standard")
+
+    def __init__(self, nv12: Any, standard: int) -> None:
+        self.nv12 = nv12
+        self.standard = standard
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(h, w, 3)``: the shape :meth:`rgb` gives."""
+        return int(self.nv12.shape[0]) * 2 // 3, int(self.nv12.shape[1]), 3
+
+    def rgb(self) -> Any:
+        """``uint8[h, w, 3]`` RGB on the frame's device (a new tensor, made on the current stream)."""
+        from operators.color import nv12_to_rgb
+
+        return nv12_to_rgb(self.nv12, self.standard)
+
+
 def _surfaces_to_input(items: Sequence[Any], spec: PreprocessSpec, size: tuple[int, int],
-                       stream: int | None) -> tuple[Any, list[LetterboxGeometry]]:
-    """NVDEC surfaces (already at their letterbox size) of ``items`` -> model input, in torch."""
+                       stream: int | None) -> tuple[Any, list[LetterboxGeometry], list[Nv12SourceFrame] | None]:
+    """NVDEC surfaces of ``items`` -> model input, in torch; with ``spec.keep_source`` the
+    surfaces are full-size frames, scaled here first and also returned as source frames."""
     import torch
 
     from engines.inplace import on_stream
     from operators.boxes import even_letterbox_geometry
-    from operators.color import nv12_letterbox, standard_of
+    from operators.color import nv12_letterbox, nv12_resize, standard_of
 
     h, w = size
     opts = spec.options
     geoms = [even_letterbox_geometry(it.meta.width, it.meta.height, w, h, opts.resize) for it in items]
+    standards = [standard_of(it.image.matrix) for it in items]
+    frames = [it.image.nv12 for it in items]
+    full: list[Nv12SourceFrame] | None = None
     with on_stream(stream):
-        x = nv12_letterbox([it.image.nv12 for it in items], geoms, size, opts.mean, opts.std, opts.pad_value,
+        if spec.keep_source:
+            for it, f in zip(items, frames, strict=True):
+                m = it.meta
+                if tuple(f.shape) != ((m.height - m.height % 2) * 3 // 2, m.width - m.width % 2):
+                    raise DecodeError(m.source_id, f"expected a full-size NV12 frame of {m.width}x{m.height} for "
+                                                   f"the cascade's crops, got shape {tuple(f.shape)}")
+            full = [Nv12SourceFrame(f, s) for f, s in zip(frames, standards, strict=True)]
+            frames = nv12_resize(frames, [(g.resized_h, g.resized_w) for g in geoms])
+        x = nv12_letterbox(frames, geoms, size, opts.mean, opts.std, opts.pad_value,
                            torch.float16 if spec.dtype == "float16" else torch.float32,
-                           channels_last=spec.layout == "NHWC",
-                           standards=[standard_of(it.image.matrix) for it in items],
+                           channels_last=spec.layout == "NHWC", standards=standards,
                            bgr=opts.channel_order == "bgr")
-    return (x.permute(0, 2, 3, 1) if spec.layout == "NHWC" else x), geoms
+    return (x.permute(0, 2, 3, 1) if spec.layout == "NHWC" else x), geoms, full
 
 
 def _round_up(n: int, k: int = 8) -> int:
@@ -169,7 +214,7 @@ class LiveBatchPipeline:
                             row_geometries=row_geoms, source_frames=full)
 
     def _run_surfaces(self, items: Sequence[Any]) -> DecodedBatch:
-        images, geoms = _surfaces_to_input(items, self.spec, self.input_size, self.stream)
+        images, geoms, full = _surfaces_to_input(items, self.spec, self.input_size, self.stream)
         rows: list[FrameMeta | None] = [it.meta for it in items]
         return DecodedBatch(images, self.spec.layout, rows, None, self.stream, None, [items],
-                            row_geometries=list(geoms))
+                            row_geometries=list(geoms), source_frames=full)

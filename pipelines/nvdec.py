@@ -10,7 +10,11 @@ NVIDIA driver; nothing to build or install):
 * the parser (``cuvidCreateVideoParser``) takes Annex-B packets as they arrive and calls
   back to create the decoder, decode pictures and hand out pictures in display order;
 * the decoder scales in hardware to the letterbox size (``ulTargetWidth/Height``), so a
-  1080p frame leaves NVDEC as a 640x360 NV12 surface: no full-size RGB frame is ever made;
+  1080p frame leaves NVDEC as a 640x360 NV12 surface: no full-size RGB frame is ever made.
+  A job with a cascade needs the source pixels (its crops): its sessions decode at full size
+  instead (the even source size, :func:`full_size_target`), for streams up to
+  ``live.max_source_size``, and the model input is scaled in torch
+  (:func:`operators.color.nv12_resize`);
 * each displayed surface is copied (``cuMemcpy2DAsync``) into a torch tensor
   ``uint8[h * 3 // 2, w]`` (NV12) on the session's CUDA stream and handed out (and
   unmapped) at the next display, when the copy is done; its pts is the smallest pts fed and
@@ -26,6 +30,7 @@ Usage::
     for frame in dec.decode(annexb_packet, pts=pkt.pts):     # DecodedSurface
         frame.nv12.shape            # (540, 640) uint8 on cuda:0
     dec.close()
+    make = nvdec_decoder_factory(0, (640, 640), max_source=(1920, 1080))   # full-size frames
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from typing import Any, Literal
 from streams.errors import DecodeError, MissingDependencyError
 
 log = logging.getLogger(__name__)
+
+BLOCK_FRAMES = 32  # frames per torch allocation of a session without an allocator (scaled frames)
 
 CODECS = {"mpeg1video": 0, "mpeg2video": 1, "mpeg4": 2, "vc1": 3, "h264": 4, "mjpeg": 5, "hevc": 8,
           "vp8": 9, "vp9": 10, "av1": 11}
@@ -224,12 +231,16 @@ class NvdecSession:
 
     ``allocator`` (optional) gives the buffer each frame is copied to (e.g. a slot of a ring
     shared with another process, :mod:`pipelines.ingest`); by default frames are views into
-    blocks of 32 frames allocated by torch. A frame the allocator has no room for is dropped
-    (the allocator, which knows its stream, counts it).
+    blocks of ``block_frames`` frames allocated by torch (a block is freed with its last
+    frame: full-size frames take one each, so that a queued frame pins only itself). A frame
+    the allocator has no room for is dropped (the allocator, which knows its stream, counts it).
+    ``target`` (w, h), or a function of the source (w, h) giving it, may raise
+    :class:`DecodeError` to refuse a stream (before anything is decoded).
     """
 
     def __init__(self, codec: str, target: tuple[int, int] | Callable[[int, int], tuple[int, int]],
-                 device_id: int = 0, surfaces: int = 0, allocator: Allocator | None = None) -> None:
+                 device_id: int = 0, surfaces: int = 0, allocator: Allocator | None = None,
+                 block_frames: int = BLOCK_FRAMES) -> None:
         if codec not in CODECS:
             raise DecodeError("nvdec", f"codec {codec!r} is not decoded by NVDEC here; "
                               f"supported: {', '.join(sorted(CODECS))}")
@@ -243,6 +254,7 @@ class NvdecSession:
         self._proc = _ProcParams()  # reused for every frame (the hot path is Python)
         self._block: Any = None
         self._block_next = 0
+        self._block_frames = max(1, block_frames)
         self._mapped: tuple[Any, Any, DecodedSurface] | None = None  # the picture handed out next
         self._events: list[C.c_void_p] = []
         self._event_next = 0
@@ -349,11 +361,12 @@ class NvdecSession:
         return out
 
     def _next_buffer(self, h: int, w: int) -> Any:
-        """A fresh ``uint8[h * 3 // 2, w]`` frame: a view into a block allocated 32 frames at a
-        time (one allocation instead of 32; a block is freed when its last frame is)."""
+        """A fresh ``uint8[h * 3 // 2, w]`` frame: a view into a block allocated ``block_frames``
+        frames at a time (one allocation instead of 32; a block is freed when its last frame is)."""
         if self._block is None or self._block_next >= self._block.shape[0] or \
                 tuple(self._block.shape[1:]) != (h * 3 // 2, w):
-            self._block = self._torch.empty((32, h * 3 // 2, w), dtype=self._torch.uint8, device=self._device)
+            self._block = self._torch.empty((self._block_frames, h * 3 // 2, w), dtype=self._torch.uint8,
+                                            device=self._device)
             self._block_next = 0
         frame = self._block[self._block_next]
         self._block_next += 1
@@ -394,15 +407,21 @@ class NvdecSession:
                       *self.target, n)
             return n
         except BaseException as e:  # never raise through the C caller
-            self._error = e
+            self._fail(e)
             return 0
+
+    def _fail(self, e: BaseException) -> None:
+        """Keep the first error of a parse call: it is the reason (a refused stream makes no
+        decoder, and the calls after it fail for that)."""
+        if self._error is None:
+            self._error = e
 
     def _on_decode(self, _user: Any, pic: Any) -> int:
         try:
             self._drv.check(self._drv.cuvid.cuvidDecodePicture(self._decoder, pic), "cuvidDecodePicture")
             return 1
         except BaseException as e:
-            self._error = e
+            self._fail(e)
             return 0
 
     def _on_display(self, _user: Any, disp_p: Any) -> int:
@@ -456,7 +475,7 @@ class NvdecSession:
             self._mapped = (ptr, event, surface)
             return 1
         except BaseException as e:
-            self._error = e
+            self._fail(e)
             return 0
 
     def _finish_pending(self) -> None:
@@ -470,13 +489,47 @@ class NvdecSession:
         drv.cuvid_held.cuvidUnmapVideoFrame64(self._decoder, ptr)
         self._out.append(surface)
 
+
+def fits(width: int, height: int, bound: tuple[int, int]) -> bool:
+    """Whether a ``width x height`` frame fits ``bound`` (w, h), in either orientation (a
+    camera mounted on its side sends 1080x1920)."""
+    bw, bh = bound
+    return (width <= bw and height <= bh) or (width <= bh and height <= bw)
+
+
+def full_size_target(src_w: int, src_h: int, max_source: tuple[int, int]) -> tuple[int, int]:
+    """The NVDEC target of a full-size session: the source size rounded down to even (NVDEC
+    outputs even sizes). Raises :class:`DecodeError` for a source larger than ``max_source``
+    (its frames would not fit the buffers sized for it: the stream is refused, not decoded)."""
+    if not fits(src_w, src_h, max_source):
+        bw, bh = max_source
+        raise DecodeError("nvdec", f"the stream's frames are {src_w}x{src_h}, larger than live.max_source_size "
+                                   f"{bw}x{bh} (a job with a cascade decodes source-size frames into buffers "
+                                   f"of that size); raise live.max_source_size to read it")
+    return src_w - src_w % 2, src_h - src_h % 2
+
+
 def nvdec_decoder_factory(device_id: int, input_size: tuple[int, int],
                           resize: Literal["letterbox", "stretch"] = "letterbox",
-                          allocator: Allocator | None = None) -> Callable[[str], NvdecSession]:
+                          allocator: Allocator | None = None,
+                          max_source: tuple[int, int] | None = None) -> Callable[[str], NvdecSession]:
     """A :data:`streams.live.types.DecoderFactory`: per stream session, an NVDEC session that
     scales frames to their (even) letterbox size for a model input of ``input_size`` (h, w),
-    copying them to buffers from ``allocator`` when given."""
+    copying them to buffers from ``allocator`` when given.
+
+    With ``max_source`` (w, h) the sessions decode at full size instead (the even source
+    size, for the crops of a cascade; frames allocated one at a time without an allocator)
+    and refuse a stream larger than it (:func:`full_size_target`)."""
     from operators.boxes import even_letterbox_geometry
+
+    if max_source is not None:
+        bound = max_source
+
+        def make_full(codec: str) -> NvdecSession:
+            return NvdecSession(codec, lambda sw, sh: full_size_target(sw, sh, bound), device_id=device_id,
+                                allocator=allocator, block_frames=1)
+
+        return make_full
 
     h, w = input_size
 

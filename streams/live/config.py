@@ -11,9 +11,13 @@ YAML (every key optional; the defaults are shown)::
       log_interval_s: 30        # periodic one-line summary of all streams; 0 = off
       decode_threads: 1         # FFmpeg threads per stream (CPU decode)
       max_gop_frames: 300       # GOP buffers longer than this are cut (gop decode)
+      max_source_size: [1920, 1080]   # GPU decode with a cascade: the largest camera frame (width,
+                                # height; either orientation); sizes its buffers, larger streams are refused
       inference_threads: 2      # threads running batches through the engine (GPU: each its own
                                 # CUDA stream); formerly ``workers`` (still read, with a warning)
       gil_switch_interval_ms: 0.1   # Python thread switch interval during GPU runs
+      malloc_arenas: 2          # glibc malloc arenas of the job's processes (0 = glibc's default,
+                                # 8 per core: RSS creeps up while streams come and go)
       ffmpeg_options: {}        # extra FFmpeg demuxer options, e.g. {buffer_size: "1048576"}
       http: {enabled: true, host: 127.0.0.1, port: 9108}   # port 0 = any free port
         # token_env: NAME | token_file: /abs/path  bearer token (required off loopback)
@@ -241,10 +245,16 @@ class LiveConfig:
     log_interval_s: float = 30.0
     decode_threads: int = 1
     max_gop_frames: int = 300
+    # GPU decode with a cascade keeps source-size frames: its buffers (ingest ring slots) hold
+    # frames up to this (width, height), in either orientation; a larger stream is refused
+    max_source_size: tuple[int, int] = (1920, 1080)
     inference_threads: int = 2  # threads running engine batches (each its own DALI pipeline, CUDA stream)
     # Python's GIL switch interval during a GPU live run (restored after): a thread per
     # stream each holds the GIL briefly per packet, so a short interval hands it over sooner
     gil_switch_interval_ms: float = 0.1
+    # glibc malloc arenas of the job's processes (pipelines/live_memory.py): bounded, so the
+    # reader threads of cameras that come and go cannot keep adding to the RSS; 0: glibc's default
+    malloc_arenas: int = 2
     pace_files: bool = True  # file URIs are read at their frame rate (live-rate simulation)
     loop_files: bool = True  # and looped at the end, like a camera
     ffmpeg_options: dict[str, str] = field(default_factory=dict)
@@ -268,12 +278,18 @@ class LiveConfig:
         if self.decode == "gop" and self.ingest.processes not in ("auto", 0):
             raise ConfigError(f"{key}.ingest.processes", "ingest processes read streams decoded with "
                               "decode: gpu or cpu, not gop; set it to 0 (or auto)")
+        if not 0 <= self.malloc_arenas <= 1024:
+            raise ConfigError(f"{key}.malloc_arenas",
+                              f"expected 0..1024 (0 = glibc's default), got {self.malloc_arenas}")
         if not 1 <= self.inference_threads <= 32:
             raise ConfigError(f"{key}.inference_threads", f"expected 1..32, got {self.inference_threads}")
         if not 1 <= self.max_gop_frames <= 100_000:
             raise ConfigError(
                 f"{key}.max_gop_frames", f"expected 1..100000, got {self.max_gop_frames}"
             )
+        if not all(16 <= v <= 8192 and v % 2 == 0 for v in self.max_source_size):
+            raise ConfigError(f"{key}.max_source_size", f"expected [width, height], even numbers in 16..8192, "
+                                                        f"got {list(self.max_source_size)}")
 
     @property
     def workers(self) -> int:

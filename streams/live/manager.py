@@ -228,9 +228,9 @@ class StreamManager:
             self._drops.forget(stream_id)
             self._removed.add(stream_id)
             self._removed_untold.append(stream_id)
-        if not source.join(timeout):
-            with self._lock:
-                self._retired.append(source)
+        ended = source.join(timeout)
+        with self._lock:  # (pruned here too: the monitor that also prunes them may be off)
+            self._retired = [s for s in self._retired if s.alive] + ([] if ended else [source])
         final = _with_queue(source.stats(), queue)
         log.info("live: removed stream %s (%d frames read, %d dropped, %d discarded from its queue)",
                  stream_id, final.frames, final.dropped, final.queued)
@@ -316,10 +316,10 @@ class StreamManager:
         by_stream: dict[str, list[FrameMeta]] = {}
         for m in metas:
             by_stream.setdefault(m.source_id, []).append(m)
-        with self._lock:
-            live = [(sid, ms) for sid, ms in by_stream.items() if sid in self._sources]
-        for sid, ms in live:
-            self.metrics.record_emitted_many(sid, ms, now)
+        with self._lock:  # held while recording: a stream removed meanwhile would get its series back
+            for sid, ms in by_stream.items():
+                if sid in self._sources:
+                    self.metrics.record_emitted_many(sid, ms, now)
 
     # ------------------------------------------------------------------- health
     def health(self) -> tuple[int, dict[str, Any]]:

@@ -39,6 +39,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -199,18 +200,29 @@ class AnalyticsMetrics:
             "zone_occupancy", "Tracks in a zone now, per class.",
             ["stream", "zone", "class"], namespace=NAMESPACE, registry=registry,
         )
+        self._series: dict[str, set[tuple[Counter | Gauge, tuple[str, ...]]]] = {}  # stream -> its series
 
     def record_events(self, events: Sequence[Event]) -> None:
         """Count ``line_cross``, ``zone_enter`` and ``zone_exit`` events; others are ignored."""
         for e in events:
             if e.kind == "line_cross":
-                self._lines.labels(e.source_id, str(e.data.get("line", "")), str(e.data.get("direction", "")),
-                                   e.class_name).inc()
+                self._child(self._lines, e.source_id, str(e.data.get("line", "")), str(e.data.get("direction", "")),
+                            e.class_name).inc()
             elif e.kind in ("zone_enter", "zone_exit"):
                 zone = str(e.data.get("zone", ""))
                 enter = e.kind == "zone_enter"
-                self._zones.labels(e.source_id, zone, "enter" if enter else "exit", e.class_name).inc()
-                self._occupancy.labels(e.source_id, zone, e.class_name).inc(1 if enter else -1)
+                self._child(self._zones, e.source_id, zone, "enter" if enter else "exit", e.class_name).inc()
+                self._child(self._occupancy, e.source_id, zone, e.class_name).inc(1 if enter else -1)
+
+    def forget(self, stream_id: str) -> None:
+        """Drop the series of a removed stream (they would stay on /metrics, one set per stream ever added)."""
+        for metric, labels in self._series.pop(stream_id, set()):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
+
+    def _child(self, metric: Counter | Gauge, stream_id: str, *labels: str) -> Any:
+        self._series.setdefault(stream_id, set()).add((metric, (stream_id, *labels)))
+        return metric.labels(stream_id, *labels)
 
 
 class SinkMetrics:

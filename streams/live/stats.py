@@ -78,7 +78,8 @@ class Reservoir:
     def append(self, value: float) -> None:
         if self.count < self.capacity:
             if self.count == len(self._values):
-                self._values = np.concatenate([self._values, np.zeros(min(self.count, self.capacity - self.count))])
+                grow = max(1, min(self.count, self.capacity - self.count))  # doubling (from empty after shrink)
+                self._values = np.concatenate([self._values, np.zeros(grow)])
             self._values[self.count] = value
         else:
             if self._rng is None:
@@ -87,6 +88,19 @@ class Reservoir:
             if j < self.capacity:
                 self._values[j] = value
         self.count += 1
+
+    def shrink(self, capacity: int) -> None:
+        """Hold at most ``capacity`` values from now on: the sample's quantiles at evenly spaced
+        ranks, which keep its distribution (a removed stream's latencies in a fraction of the
+        memory; later values still enter as in a full reservoir)."""
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        n = len(self)
+        if n > capacity:
+            self._values = np.quantile(self._values[:n], np.linspace(0.0, 1.0, capacity))
+        else:
+            self._values = self._values[:n].copy()
+        self.capacity = min(self.capacity, capacity)
 
     def __len__(self) -> int:
         """Values held (at most ``capacity``)."""

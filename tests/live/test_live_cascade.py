@@ -1,6 +1,8 @@
 """A live job with a cascade on the CPU path: real RTSP cameras, each detection classified on a
-crop of the camera's full-resolution frame; and the GPU decode paths, which scale frames in
-NVDEC and so keep no source pixels, refused with the reason before any work."""
+crop of the camera's full-resolution frame; and the ``gop`` decode path, which decodes and
+scales each GOP in one DALI graph and so returns no source pixels, refused with the reason
+before any work (the NVDEC ``packets`` path decodes full-size frames for a cascade:
+tests/pipelines/test_live_cascade_gpu.py)."""
 
 from __future__ import annotations
 

