@@ -61,6 +61,7 @@ from streams.live.metrics import AnalyticsMetrics, SinkMetrics
 from streams.live.stats import Reservoir
 from streams.sinks import Sink
 from streams.sinks.health import sink_health
+from streams.sinks.summaries import write_summaries
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class LiveRunner:
             if device_id is not None:  # many threads each hold the GIL briefly: hand it over sooner
                 stack.enter_context(gil_switch_interval(self.live.gil_switch_interval_ms / 1000))
             drops_at_warmup: dict[str, int] | None = None if warmup_s > 0 else {}
+            ran_to_end = False  # stopped as asked (a signal, the duration, the API), not by an error
             try:
                 with _signals(self.stop_event):
                     while not self.stop_event.is_set():
@@ -228,6 +230,7 @@ class LiveRunner:
                         if item is None:
                             break
                         self._emit(item, after, mgr)
+                ran_to_end = True
             finally:
                 self.stop_event.set()
                 mgr.stop()  # cameras closed; the inference threads finish the batch in hand
@@ -240,6 +243,8 @@ class LiveRunner:
                 for sid in mgr.stream_ids():
                     after.end(sid, "stopped")
                 self.summary.stages = after.reports()
+                if ran_to_end:  # one summary record per camera (removed ones too) to the sinks that take them
+                    write_summaries(sinks, self.summary.stages)
                 self.summary.seconds = time.monotonic() - start
                 for st in mgr.streams():  # drops after the warm-up, like every other figure
                     self.summary.dropped[st.id] = st.dropped - (drops_at_warmup or {}).get(st.id, 0)

@@ -1,7 +1,9 @@
 """Per-source summary records: what a job has to say about each source once it ran to its end.
 
-At the end of a file job that ran to its end, every sink that is :class:`SummaryAware` gets
-one :class:`SourceSummary` per source (before it closes): the part about that source of each
+At the end of a file job that ran to its end (and of a live job stopped as asked: a signal,
+its duration; every camera it had, removed ones included), every sink that is
+:class:`SummaryAware` gets one :class:`SourceSummary` per source (before it closes): the
+part about that source of each
 per-source stage's end-of-job report (the tracker's track summaries, the analytics' line and
 zone counts, ...: ``JobSummary.stages``), with the frames and detections the sink itself was
 given for the source (:class:`SourceCounts`; a resumed job counts what it processed). The
