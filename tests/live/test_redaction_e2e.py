@@ -102,8 +102,13 @@ def test_no_password_in_any_output(rtsp_servers: RtspFactory, bright_model: Path
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "FOVEA_TEST_CRASH": "crashme", "FOVEA_TEST_API_TOKEN": TOKEN,
            "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "--log-level", "DEBUG", "live", str(cfg)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the job's output goes to files: a pipe nobody reads while the job runs fills up with its
+    # DEBUG log (64 KiB) and blocks the job's logging threads, which on a slow machine kept the
+    # job from starting within the wait below
+    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out_path.open("w") as out_file, err_path.open("w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "--log-level", "DEBUG", "live", str(cfg)],
+                                cwd=tmp_path, env=env, stdout=out_file, stderr=err_file, text=True)
     base = f"http://127.0.0.1:{port}"
     answers: list[str] = []
     try:
@@ -136,10 +141,11 @@ def test_no_password_in_any_output(rtsp_servers: RtspFactory, bright_model: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            stdout, stderr = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            stdout, stderr = proc.communicate()
+            proc.wait()
+    stdout, stderr = out_path.read_text(), err_path.read_text()
     assert proc.returncode == 0, stderr[-3000:]
     records = out.read_text()
     by_source: dict[str, int] = {}
