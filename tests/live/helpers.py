@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from streams.frames import FrameMeta
 from streams.live.manager import StreamManager
-from streams.live.types import GopBuffer, LiveFrame, StreamState
+from streams.live.types import GopBuffer, LiveFrame, LiveItem, StreamState
 from tests.servers.helpers import RtspServerProcess
 
 RtspFactory = Callable[..., RtspServerProcess]  # the rtsp_servers fixture
@@ -32,51 +32,66 @@ class Seen:
     uri: str
 
 
-class Consumer(threading.Thread):
-    """Calls ``next_batch`` in a loop, records every frame, reports them emitted."""
+class _Drain(threading.Thread):
+    """Calls ``next_batch`` in a loop like a runner, hands each batch to :meth:`_keep`, then
+    reports its frames emitted; ends when stopped or when the manager stopped and is empty."""
 
-    def __init__(self, mgr: StreamManager, max_batch: int = 8, max_wait_s: float = 0.05) -> None:
-        super().__init__(name="test-consumer", daemon=True)
+    def __init__(self, name: str, mgr: StreamManager, max_batch: int, max_wait_s: float) -> None:
+        super().__init__(name=name, daemon=True)
         self.mgr = mgr
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self.seen: dict[str, list[Seen]] = defaultdict(list)
-        self.gops: dict[str, list[GopBuffer]] = defaultdict(list)
-        self.batches = 0
-        self.max_batch_seen = 0
         self._stop_evt = threading.Event()
         self._lock = threading.Lock()
+
+    def _keep(self, batch: list[LiveItem], now: float) -> None:
+        raise NotImplementedError
 
     def run(self) -> None:
         while not self._stop_evt.is_set():
             batch = self.mgr.next_batch(self.max_batch, self.max_wait_s)
             now = time.time()
             with self._lock:
-                self.batches += 1 if batch else 0
-                self.max_batch_seen = max(self.max_batch_seen, len(batch))
-                for item in batch:
-                    if isinstance(item, LiveFrame):
-                        img = item.image
-                        h, w = img.shape[:2]
-                        m = item.meta
-                        self.seen[m.source_id].append(Seen(
-                            now, m.frame_index, m.pts, m.arrival_time, item.session,
-                            tuple(img.shape), tuple(int(v) for v in img[h // 2, w // 2]), m.uri,
-                        ))
-                    else:
-                        self.gops[item.source_id].append(item)
-                        for m in item.metas:
-                            self.seen[m.source_id].append(Seen(
-                                now, m.frame_index, m.pts, m.arrival_time, item.session,
-                                (m.height, m.width), (), m.uri,
-                            ))
-                    self.mgr.record_emitted(item.metas)
+                self._keep(batch, now)
+            for item in batch:
+                self.mgr.record_emitted(item.metas)
             if self.mgr.stopped and not batch:
                 break
 
     def stop(self) -> None:
         self._stop_evt.set()
         self.join(5)
+
+
+class Consumer(_Drain):
+    """Records every frame's metadata and a pixel summary (:class:`Seen`), and GOP buffers."""
+
+    def __init__(self, mgr: StreamManager, max_batch: int = 8, max_wait_s: float = 0.05) -> None:
+        super().__init__("test-consumer", mgr, max_batch, max_wait_s)
+        self.seen: dict[str, list[Seen]] = defaultdict(list)
+        self.gops: dict[str, list[GopBuffer]] = defaultdict(list)
+        self.batches = 0
+        self.max_batch_seen = 0
+
+    def _keep(self, batch: list[LiveItem], now: float) -> None:
+        self.batches += 1 if batch else 0
+        self.max_batch_seen = max(self.max_batch_seen, len(batch))
+        for item in batch:
+            if isinstance(item, LiveFrame):
+                img = item.image
+                h, w = img.shape[:2]
+                m = item.meta
+                self.seen[m.source_id].append(Seen(
+                    now, m.frame_index, m.pts, m.arrival_time, item.session,
+                    tuple(img.shape), tuple(int(v) for v in img[h // 2, w // 2]), m.uri,
+                ))
+            else:
+                self.gops[item.source_id].append(item)
+                for m in item.metas:
+                    self.seen[m.source_id].append(Seen(
+                        now, m.frame_index, m.pts, m.arrival_time, item.session,
+                        (m.height, m.width), (), m.uri,
+                    ))
 
     def frames(self, source: str) -> list[Seen]:
         with self._lock:
@@ -87,34 +102,18 @@ class Consumer(threading.Thread):
             return len(self.seen.get(source, ()))
 
 
-class MetaConsumer(threading.Thread):
-    """Drains a StreamManager like a runner, keeping only each frame's metadata and session
-    (works for every item kind: RGB frames, NVDEC surfaces, GOP buffers)."""
+class MetaConsumer(_Drain):
+    """Keeps only each frame's metadata and session (works for every item kind: RGB frames,
+    NVDEC surfaces, GOP buffers)."""
 
     def __init__(self, mgr: StreamManager, max_batch: int = 16, max_wait_s: float = 0.05) -> None:
-        super().__init__(name="test-meta-consumer", daemon=True)
-        self.mgr = mgr
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
+        super().__init__("test-meta-consumer", mgr, max_batch, max_wait_s)
         self._metas: dict[str, list[tuple[FrameMeta, int]]] = defaultdict(list)
-        self._stop_evt = threading.Event()
-        self._lock = threading.Lock()
 
-    def run(self) -> None:
-        while not self._stop_evt.is_set():
-            batch = self.mgr.next_batch(self.max_batch, self.max_wait_s)
-            with self._lock:
-                for item in batch:
-                    for m in item.metas:
-                        self._metas[m.source_id].append((m, item.session))
-            for item in batch:
-                self.mgr.record_emitted(item.metas)
-            if self.mgr.stopped and not batch:
-                break
-
-    def stop(self) -> None:
-        self._stop_evt.set()
-        self.join(5)
+    def _keep(self, batch: list[LiveItem], now: float) -> None:
+        for item in batch:
+            for m in item.metas:
+                self._metas[m.source_id].append((m, item.session))
 
     def metas(self, source: str) -> list[tuple[FrameMeta, int]]:
         """``(meta, session)`` of every frame of ``source`` so far, in arrival order."""

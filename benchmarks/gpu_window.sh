@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# GPU runs of session 16. Phases: install | prep | tests GROUP | ab ARGS | live N ARGS | sinks | onnx
-# Runs from the repo root of the device's copy; code under test is the snapshot .stage/new.
+# The GPU window's runs, phase by phase, on the lent machine (see ../shared/device/README.md).
+# Phases: install | prep | tests GROUP | ab LABEL... | live N off|on... | sinks | onnx
+# Run from the repo root of the device's copy as `bash .stage/new/benchmarks/gpu_window.sh PHASE`:
+# the code under test is .stage/new, a `git archive` of the commit named in .stage/new/COMMIT,
+# so work in progress in the checkout never reaches a measurement. install needs the staged
+# DALI chunks, .stage/deps, .stage/more, ray/ and brokers/ (carried by earlier calls).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 NEW=$PWD/.stage/new
@@ -46,7 +50,7 @@ make_clips(Path('/tmp/fovea-live-clips'), 8); open('/tmp/fovea-live-clips/.ready
         --streams 2 --skip decode,source,engine,pyav_fp32,pyav_fp16,dali_legacy --job-seconds ${JOBS:-20} $flag \
         --clips /tmp/bench-clips --out /tmp/ab/$who-$RANDOM > /tmp/ab-last.log 2>&1)
       f=$(ls -t /tmp/ab/$who-*/bench.json 2>/dev/null | head -1)
-      if [ -n "$f" ]; then python3 .stage/ab_extract.py $who $f | tee -a $OUT/ab.txt; mkdir -p /tmp/abj; cp $f /tmp/abj/bench-$who-$(date +%s).json
+      if [ -n "$f" ]; then python3 $NEW/benchmarks/gpu_ab_extract.py $who $f | tee -a $OUT/ab.txt; mkdir -p /tmp/abj; cp $f /tmp/abj/bench-$who-$(date +%s).json
       else echo "$who FAILED" | tee -a $OUT/ab.txt; tail -30 /tmp/ab-last.log | tee -a $OUT/ab.txt; fi
       rm -rf /tmp/ab/$who-*
     done

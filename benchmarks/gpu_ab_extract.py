@@ -1,4 +1,5 @@
-"""Print one line per e2e measurement of a bench.json: label codec fps steady frames ok seconds."""
+"""For benchmarks/gpu_window.sh: one line per e2e measurement of a bench.json (label codec fps steady
+frames ok seconds)."""
 import json
 import sys
 
