@@ -5,7 +5,10 @@
 (``libx264`` by default: H100/H200 have no NVENC) with the source's time base, frame rate
 and per-frame timestamps (shifted so the video starts at 0). Boxes get one colour per
 class (:func:`color_for_class`), optionally the label and confidence, and every frame
-shows its ``frame_index`` in the top-left corner.
+shows its ``frame_index`` in the top-left corner. A segmentation model's masks are filled
+with their class colour, blended in at ``mask_alpha`` under the boxes; a pose model's
+keypoints are dots (those with a visibility score of at least ``keypoint_threshold``), with
+the COCO skeleton's limbs between them for 17 keypoints, in Ultralytics' pose colours.
 
 How frames are matched: for each source the sink opens the source file with PyAV and
 decodes it sequentially, in lockstep with the results (decoded frame *i* is
@@ -42,6 +45,10 @@ Usage::
         crf: 23                      # x264 quality: lower = better/bigger; null = encoder default
         draw_labels: true
         trail: 20                    # anchor points per track trail (0: none)
+        masks: true                  # segmentation masks filled with the class colour ...
+        mask_alpha: 0.4              # ... at this opacity, in (0, 1]
+        keypoints: true              # pose keypoints (visibility >= keypoint_threshold) and limbs
+        keypoint_threshold: 0.5
 
     with SINKS.create(SINKS.parse({"type": "video", "path": "out"}, key="sinks[0]")) as sink:
         sink.write(results)          # Sequence[FrameResult]
@@ -64,7 +71,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import av
@@ -72,7 +79,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.analytics_config import ANCHOR_FRACTIONS, AnalyticsConfig, SourceGeometry
-from streams.detections import Detections
+from streams.detections import Detections, InstanceMask
 from streams.errors import ConfigError, SinkError
 from streams.frames import FrameResult
 from streams.sinks import SINKS
@@ -96,6 +103,20 @@ ZONE_COLOUR = (0, 255, 255)
 
 #: ``overlay(draw, line_width, font)``: draws under the boxes (:func:`draw_detections`).
 Overlay = Callable[[Any, int, Any], None]
+
+#: The 19 limbs Ultralytics draws between the 17 COCO keypoints (0-based: nose, eyes, ears,
+#: shoulders, elbows, wrists, hips, knees, ankles; left before right).
+COCO_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+# Ultralytics' pose colours as its (BGR) images show them: face green, arms blue, legs
+# orange, the limbs joining them magenta.
+_FACE, _ARM, _LEG, _BODY = (0, 255, 0), (0, 128, 255), (255, 153, 51), (255, 51, 255)
+#: Colour of each limb of :data:`COCO_SKELETON`.
+COCO_LIMB_COLOURS: tuple[tuple[int, int, int], ...] = (_LEG,) * 4 + (_BODY,) * 3 + (_ARM,) * 5 + (_FACE,) * 7
+#: Colour of each of the 17 COCO keypoints.
+COCO_KEYPOINT_COLOURS: tuple[tuple[int, int, int], ...] = (_FACE,) * 5 + (_ARM,) * 6 + (_LEG,) * 6
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NETWORK_HINT = "only file sources can be annotated"
@@ -141,13 +162,24 @@ def draw_detections(
     line_width: int | None = None,
     font: Any = None,
     overlay: Overlay | None = None,
+    draw_masks: bool = True,
+    mask_alpha: float = 0.4,
+    draw_keypoints: bool = True,
+    keypoint_threshold: float = 0.5,
 ) -> npt.NDArray[np.uint8]:
-    """Draw ``detections`` (boxes in ``rgb``'s pixels) on an ``uint8[H, W, 3]`` RGB image.
+    """Draw ``detections`` (boxes and keypoints in ``rgb``'s pixels) on an ``uint8[H, W, 3]`` RGB image.
 
-    Returns a new array. Boxes are clipped to the image; labels go above the box (inside
-    it when there is no room), ``#<track id>`` first for a tracked detection;
-    ``frame_index`` is written in the top-left corner. ``overlay(draw, line_width, font)``
-    draws first, under the boxes (zones, lines, trails: :class:`_Overlay`).
+    Returns a new array. A segmentation model's masks come first: each filled with its
+    class colour blended in at ``mask_alpha`` (a mask is placed by its own ``frame_hw``,
+    so it is scaled to ``rgb`` when the frame was another size). ``overlay(draw,
+    line_width, font)`` draws next (zones, lines, trails: :class:`_Overlay`), then the
+    boxes, clipped to the image, with their labels above (inside the box when there is no
+    room; ``#<track id>`` first for a tracked detection), then a pose model's keypoints:
+    a dot at each keypoint whose visibility score is at least ``keypoint_threshold``
+    (every one of an ``[N, K, 2]`` array) and, for the 17 COCO keypoints, the
+    :data:`COCO_SKELETON` limbs between visible ones, in Ultralytics' pose colours
+    (:data:`COCO_KEYPOINT_COLOURS`, :data:`COCO_LIMB_COLOURS`; other layouts: dots in the
+    class colour). ``frame_index`` is written in the top-left corner, over everything.
 
     Usage::
 
@@ -159,6 +191,9 @@ def draw_detections(
     lw = line_width or max(2, round(min(h, w) / 240))
     if font is None:
         font = _load_font(max(10, round(h / 36)))
+    if draw_masks and detections.masks is not None and len(detections):
+        rgb = rgb.copy()  # blended in place: never the caller's array
+        _blend_masks(rgb, detections.masks, detections.class_id, mask_alpha)
     image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     draw = ImageDraw.Draw(image)
     if overlay is not None:
@@ -182,12 +217,68 @@ def draw_detections(
             if attr:
                 text += "".join(f" {v[0]}" if isinstance(v, (list, tuple)) and v else f" {v}" for v in attr.values())
             _label(draw, (x1, y1), text, colour, font, above=True, fallback_y=y1 + lw)
+    if draw_keypoints and detections.keypoints is not None and len(detections):
+        _draw_keypoints(draw, detections.keypoints, detections.class_id, keypoint_threshold, lw)
     if frame_index is not None:
         text = f"#{frame_index}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         draw.rectangle((0, 0, right - left + 6, bottom - top + 6), fill=(0, 0, 0))
         draw.text((3 - left, 3 - top), text, fill=(255, 255, 255), font=font)
     return np.asarray(image)
+
+
+def _blend_masks(rgb: npt.NDArray[np.uint8], masks: Sequence[InstanceMask],
+                 class_id: npt.NDArray[np.int64], alpha: float) -> None:
+    """Blend each mask's class colour into ``rgb`` (in place) at ``alpha``.
+
+    Only the pixels of each mask's bitmap region are touched; a mask made for a frame of
+    another size is mapped to ``rgb`` by nearest neighbour (an image pixel is in the mask
+    when the frame pixel under its centre is).
+    """
+    h, w = rgb.shape[:2]
+    for mask, cid in zip(masks, class_id.tolist(), strict=True):
+        bh, bw = mask.bitmap.shape
+        if bh == 0 or bw == 0:
+            continue
+        fh, fw = mask.frame_hw
+        if (fh, fw) == (h, w):
+            x0, y0, x1, y1 = mask.x, mask.y, mask.x + bw, mask.y + bh
+            bitmap = mask.bitmap
+        else:
+            sx, sy = w / fw, h / fh
+            x0, x1 = (max(0, min(w, math.ceil(v * sx - 0.5))) for v in (mask.x, mask.x + bw))
+            y0, y1 = (max(0, min(h, math.ceil(v * sy - 0.5))) for v in (mask.y, mask.y + bh))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            cols = np.clip(((np.arange(x0, x1) + 0.5) / sx).astype(np.int64) - mask.x, 0, bw - 1)
+            rows = np.clip(((np.arange(y0, y1) + 0.5) / sy).astype(np.int64) - mask.y, 0, bh - 1)
+            bitmap = mask.bitmap[np.ix_(rows, cols)]
+        region = rgb[y0:y1, x0:x1]
+        inside = region[bitmap].astype(np.float32)
+        tint = np.asarray(color_for_class(cid), np.float32) * alpha
+        region[bitmap] = (inside * (1.0 - alpha) + tint + 0.5).astype(np.uint8)
+
+
+def _draw_keypoints(draw: Any, keypoints: npt.NDArray[np.float32], class_id: npt.NDArray[np.int64],
+                    threshold: float, lw: int) -> None:
+    """Dots at the visible keypoints and, for COCO's 17, the skeleton's limbs between them
+    (drawn first, the dots over them); see :func:`draw_detections`."""
+    xy = keypoints[..., :2]
+    visible = np.isfinite(xy).all(axis=-1)
+    if keypoints.shape[2] == 3:
+        visible &= keypoints[..., 2] >= threshold
+    coco = keypoints.shape[1] == len(COCO_KEYPOINT_COLOURS)
+    radius = lw + 1
+    rows = cast(list[list[bool]], visible.tolist())
+    for points, shown, cid in zip(xy.tolist(), rows, class_id.tolist(), strict=True):
+        if coco:
+            for (a, b), colour in zip(COCO_SKELETON, COCO_LIMB_COLOURS, strict=True):
+                if shown[a] and shown[b]:
+                    draw.line([tuple(points[a]), tuple(points[b])], fill=colour, width=lw)
+        for k, ((x, y), show) in enumerate(zip(points, shown, strict=True)):
+            if show:
+                colour = COCO_KEYPOINT_COLOURS[k] if coco else color_for_class(cid)
+                draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
 
 
 def _label(draw: Any, at: tuple[float, float], text: str, colour: tuple[int, int, int], font: Any,
@@ -303,6 +394,10 @@ class VideoSinkConfig:
         line_width: box outline width in pixels; ``null`` scales with the frame size.
         threads: decoder and encoder threads per source (0 = FFmpeg's choice).
         trail: how many recent anchor points of each track are drawn as its trail (0: none).
+        masks: fill a segmentation model's masks with their class colour.
+        mask_alpha: opacity of that fill, in (0, 1] (1: the class colour replaces the pixels).
+        keypoints: draw a pose model's keypoints (and the COCO skeleton's limbs for 17).
+        keypoint_threshold: least visibility score of a keypoint that is drawn, in [0, 1].
     """
 
     path: str
@@ -314,6 +409,10 @@ class VideoSinkConfig:
     line_width: int | None = None
     threads: int = 2
     trail: int = 20
+    masks: bool = True
+    mask_alpha: float = 0.4
+    keypoints: bool = True
+    keypoint_threshold: float = 0.5
 
     def validate(self, key: str) -> None:
         if self.crf is not None and not 0 <= self.crf <= 63:
@@ -324,6 +423,11 @@ class VideoSinkConfig:
             raise ConfigError(f"{key}.threads", f"expected >= 0, got {self.threads}")
         if not 0 <= self.trail <= 1000:
             raise ConfigError(f"{key}.trail", f"expected 0..1000 points, got {self.trail}")
+        if not 0 < self.mask_alpha <= 1:  # NaN too
+            raise ConfigError(f"{key}.mask_alpha", f"expected an opacity in (0, 1], got {self.mask_alpha}")
+        if not 0 <= self.keypoint_threshold <= 1:
+            raise ConfigError(f"{key}.keypoint_threshold",
+                              f"expected a visibility score in [0, 1], got {self.keypoint_threshold}")
         try:
             av.codec.Codec(self.codec, "w")
         except Exception as e:  # UnknownCodecError and friends
@@ -483,8 +587,11 @@ class _SourceWriter:
                   meta_size: tuple[int, int] | None) -> av.VideoFrame:
         h, w = rgb.shape[:2]
         if meta_size is not None and meta_size != (w, h) and len(dets):
-            scale = np.array([w / meta_size[0], h / meta_size[1]] * 2, np.float32)
-            dets = dataclasses.replace(dets, xyxy=dets.xyxy * scale)
+            sx, sy = w / meta_size[0], h / meta_size[1]
+            kp = dets.keypoints  # masks carry their frame size: draw_detections maps them
+            dets = dataclasses.replace(
+                dets, xyxy=dets.xyxy * np.array([sx, sy] * 2, np.float32),
+                keypoints=None if kp is None else kp * np.array([sx, sy, 1.0][:kp.shape[2]], np.float32))
         size = max(10, round(h / 36))
         if size not in self._fonts:
             self._fonts[size] = _load_font(size)
@@ -494,8 +601,11 @@ class _SourceWriter:
         def overlay(draw: Any, lw: int, font: Any) -> None:
             self.overlay.draw(draw, xy_scale, lw, font)
 
-        drawn = draw_detections(rgb, dets, index, draw_labels=self.cfg.draw_labels,
-                                line_width=self.cfg.line_width, font=self._fonts[size], overlay=overlay)
+        cfg = self.cfg
+        drawn = draw_detections(rgb, dets, index, draw_labels=cfg.draw_labels, line_width=cfg.line_width,
+                                font=self._fonts[size], overlay=overlay, draw_masks=cfg.masks,
+                                mask_alpha=cfg.mask_alpha, draw_keypoints=cfg.keypoints,
+                                keypoint_threshold=cfg.keypoint_threshold)
         return av.VideoFrame.from_ndarray(drawn, format="rgb24")
 
     def _check_pts(self, pts: int | None, time_base: tuple[int, int],
@@ -564,9 +674,13 @@ class VideoSink:
     def __init__(self, path: str | Path, codec: str = "libx264", crf: int | None = 23,
                  preset: str | None = "veryfast", draw_labels: bool = True,
                  unmatched: Literal["copy", "skip"] = "copy", line_width: int | None = None,
-                 threads: int = 2, trail: int = 20, analytics: AnalyticsConfig | None = None) -> None:
+                 threads: int = 2, trail: int = 20, analytics: AnalyticsConfig | None = None,
+                 masks: bool = True, mask_alpha: float = 0.4, keypoints: bool = True,
+                 keypoint_threshold: float = 0.5) -> None:
         self.config = VideoSinkConfig(str(path), codec, crf, preset, draw_labels, unmatched,
-                                      line_width, threads, trail)
+                                      line_width, threads, trail, masks, mask_alpha, keypoints,
+                                      keypoint_threshold)
+        self.config.validate("video")  # what the config file would be refused for, before any work
         self.analytics = analytics
         self.path = Path(path).expanduser()
         self._single_file = self.path.suffix.lower() in VIDEO_SUFFIXES
@@ -650,4 +764,6 @@ class VideoSink:
 @SINKS.register("video", VideoSinkConfig)
 def _video(config: VideoSinkConfig) -> VideoSink:
     return VideoSink(config.path, config.codec, config.crf, config.preset, config.draw_labels,
-                     config.unmatched, config.line_width, config.threads, config.trail)
+                     config.unmatched, config.line_width, config.threads, config.trail,
+                     masks=config.masks, mask_alpha=config.mask_alpha, keypoints=config.keypoints,
+                     keypoint_threshold=config.keypoint_threshold)
