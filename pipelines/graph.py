@@ -28,7 +28,7 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -215,11 +215,12 @@ class PerSourceStages:
     for the Python API's iterator.
     """
 
-    def __init__(self, stages: Sequence[SourceStage], sinks: Sequence[Sink], ordered: bool = False) -> None:
+    def __init__(self, stages: Sequence[SourceStage], sinks: Sequence[Sink], ordered: bool = False,
+                 first_index: Callable[[str], int] | None = None) -> None:
         self.stages = list(stages)
         self.sinks = list(sinks)
         self.ordered = ordered or bool(self.stages)  # per-source stages need each source's frames in order
-        self.reorder = ReorderBuffer()
+        self.reorder = ReorderBuffer(first_index=first_index)  # (a live camera's first frame index)
         self.sink_seconds = 0.0
         self._ended: set[str] = set()  # sources ended: a late frame of theirs skips the stages
 

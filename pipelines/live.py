@@ -161,7 +161,6 @@ class LiveRunner:
             sinks = open_sinks(self.cfg, stack) + [stack.enter_context(s) for s in self.extra_sinks]
             for source_stage in self.stages:
                 stack.enter_context(source_stage)
-            after = PerSourceStages(self.stages, sinks)
             batch = batch_size_for(self.cfg, stage.engine)
             device_id = int(device.split(":")[1]) if device.startswith("cuda") else None
             threads = self.live.inference_threads if device_id is not None else 1
@@ -191,6 +190,7 @@ class LiveRunner:
                                                     decoder_factory=factory,
                                                     source_factory=pool.source if pool is not None else None))
             self.manager = mgr
+            after = PerSourceStages(self.stages, sinks, first_index=mgr.first_frame_index)
             metrics = AnalyticsMetrics(mgr.registry)  # line crossings and zone events on /metrics
             SinkMetrics(mgr.registry, lambda: sink_health(sinks))  # the network sinks' health on /metrics
             for source_stage in self.stages:

@@ -6,12 +6,14 @@ order; live batches of one camera can also finish out of order on two inference 
 A per-source stage (a tracker, analytics on tracks) must see each source's frames in
 order, without a gap it was not told about. :class:`ReorderBuffer` restores that order.
 
-The contract with the source: per source, every frame index from 0 up is either
-delivered (:meth:`ReorderBuffer.add`) or declared missing (:meth:`ReorderBuffer.skip`: a
-segment that ended early, frames a live queue dropped, a batch that failed to decode),
-and :meth:`ReorderBuffer.end` says that nothing more will come. Frames are released as soon
-as every smaller index of their source has been released or skipped, so the buffer only
-holds frames that are ahead of a gap that is still being filled.
+The contract with the source: per source, every frame index from its first (0, or what
+``first_index`` says: a live camera restarted on another Ray worker numbers from its epoch,
+:mod:`pipelines.ray_live`) up is either delivered (:meth:`ReorderBuffer.add`) or declared
+missing (:meth:`ReorderBuffer.skip`: a segment that ended early, frames a live queue
+dropped, a batch that failed to decode), and :meth:`ReorderBuffer.end` says that nothing
+more will come. Frames are released as soon as every smaller index of their source has been
+released or skipped, so the buffer only holds frames that are ahead of a gap that is still
+being filled.
 
 What the buffer holds is bounded by how far the sources run ahead of their earliest
 unfinished frame: for a live camera that is the frames of the batches in flight; for a
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from streams.frames import FrameResult
@@ -50,12 +52,16 @@ class _Source:
 
 
 class ReorderBuffer:
-    """Releases each source's results in frame-index order; see the module docstring."""
+    """Releases each source's results in frame-index order; see the module docstring.
 
-    def __init__(self, capacity: int = 1 << 18) -> None:
+    ``first_index``: a source's first frame index, asked when the buffer first hears of the
+    source (``None``: every source starts at 0)."""
+
+    def __init__(self, capacity: int = 1 << 18, first_index: Callable[[str], int] | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"ReorderBuffer: capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self._first_index = first_index
         self.held = 0
         self.peak = 0
         self._sources: dict[str, _Source] = {}
@@ -69,7 +75,7 @@ class ReorderBuffer:
             sid = r.frame.source_id
             src = self._sources.get(sid)
             if src is None:
-                src = self._sources[sid] = _Source()
+                src = self._source(sid)
             if r.frame.frame_index < src.next_index:
                 raise ValueError(f"{sid}: frame {r.frame.frame_index} arrived after frame {src.next_index - 1} "
                                  "was released (delivered twice, or after it was declared skipped)")
@@ -88,7 +94,7 @@ class ReorderBuffer:
         """Frames of ``source_id`` that will never come (dropped, or past the end of a short segment)."""
         if not len(indices):
             return
-        src = self._sources.setdefault(source_id, _Source())
+        src = self._source(source_id)
         if isinstance(indices, range) and indices.step == 1:
             heapq.heappush(src.skipped, (indices.start, indices.stop))
         else:
@@ -98,8 +104,15 @@ class ReorderBuffer:
 
     def end(self, source_id: str) -> None:
         """Nothing more comes from ``source_id``: what it holds is released, gaps and all."""
-        self._sources.setdefault(source_id, _Source()).ended = True
+        self._source(source_id).ended = True
         self._ready[source_id] = None
+
+    def _source(self, source_id: str) -> _Source:
+        src = self._sources.get(source_id)
+        if src is None:
+            first = 0 if self._first_index is None else self._first_index(source_id)
+            src = self._sources[source_id] = _Source(next_index=first)
+        return src
 
     def pending(self, source_id: str) -> int:
         """Frames of ``source_id`` held back."""

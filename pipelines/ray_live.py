@@ -24,12 +24,28 @@ says how to run it and what a worker's death costs.
   broker or database (one record per frame, named by its camera).
 - **A worker that dies** (killed, out of memory, its node lost) is reported (``/health``,
   ``fovea_ray_worker_up``, an error logged) and its cameras are restarted on the surviving
-  workers, each to the one with the fewest streams, as new sources there (frame indices and
-  tracks start again). A replacement worker (a new index, so new outputs) is started, at
-  most :data:`REPLACEMENTS` in :data:`REPLACEMENT_WINDOW_S`; cameras with no surviving
-  worker wait for it. A camera whose worker died more than :data:`CAMERA_MOVES` times is given up,
-  logged. An error inside a worker's job (a sink that fails, ...) stops the whole job, as
-  it stops ``fovea live``.
+  workers, each to the one with the fewest streams, as new sources there (tracks start
+  again; frame indices go on in a new epoch, below). A replacement worker (a new index,
+  so new outputs) is started, at most :data:`REPLACEMENTS` in :data:`REPLACEMENT_WINDOW_S`;
+  cameras with no surviving worker wait for it. A camera whose worker died more than
+  :data:`CAMERA_MOVES` times is given up, logged. An error inside a worker's job (a sink
+  that fails, ...) stops the whole job, as it stops ``fovea live``.
+- **Frame indices are the job's**: a camera's ``(source, frame_index)`` never repeats in the
+  job, which every network sink's idempotency key (``source|frame_index|kind|index``) and a
+  keyed consumer (a SQL upsert, Kafka de-duplication) rely on. Each time the front adds a
+  camera to a worker it gives that add the camera's next epoch ``e`` (0 for the first add,
+  then 1, 2, ...: a restart elsewhere, a retry after a worker that died or did not answer
+  during the add), and the worker numbers the camera's frames from ``e * EPOCH``
+  (:meth:`StreamManager.add_stream <streams.live.manager.StreamManager.add_stream>`'s
+  ``first_frame_index``). This holds whatever the front knows: it never learns how many
+  frames a dead worker read after its last answer, and need not. :data:`EPOCH` (2**40
+  frames: over 1100 years at 30 fps) bounds one add's frames; indices stay below 2**53,
+  exact in JSON (a worker refuses a first index past it). A consumer sees a restart as a
+  jump of ``frame_index`` into the next epoch; the frames between the death and the restart
+  were never read (live). Track ids are not in any key and start again with the new tracker:
+  a track is ``(source, frame_index // EPOCH, track_id)``. A camera's summary record (key
+  ``source|-1|summary|0``) comes from the worker that ran it at the end (a dead worker
+  sends none).
 
 Usage::
 
@@ -66,6 +82,7 @@ from streams.live.types import StreamSpec, StreamStats
 log = logging.getLogger(__name__)
 
 CAMERA_MOVES = 3  # times a camera is restarted after its worker died before it is given up
+EPOCH = 2**40  # frame indices of one add of a camera to a worker (module docstring)
 REPLACEMENTS = 3  # dead workers replaced within REPLACEMENT_WINDOW_S
 REPLACEMENT_WINDOW_S = 600.0
 READY_WAIT_S = 900.0  # a worker's set-up (model load, engine build, CUDA graphs)
@@ -167,12 +184,12 @@ class LiveWorker:
             return self.failure
         return None if self.thread.is_alive() else Failure("FoveaError", "the live job ended")
 
-    def add_stream(self, spec: StreamSpec) -> StreamStats | Failure:
+    def add_stream(self, spec: StreamSpec, first_frame_index: int = 0) -> StreamStats | Failure:
         mgr = self._manager
         if mgr is None:
             return Failure("SourceError", "the worker's live job is not running", spec.id)
         try:
-            return mgr.add_stream(spec)
+            return mgr.add_stream(spec, first_frame_index)
         except FoveaError as e:
             return Failure.of(e)
 
@@ -300,6 +317,7 @@ class RayLive:
         self.wanted = 0  # workers the job runs with (a dead one's replacement counts in its place)
         self.owner: dict[str, int] = {}  # stream id -> worker index
         self.specs: dict[str, StreamSpec] = {}  # the job's cameras, in the order they were added
+        self.epochs: dict[str, int] = {}  # camera id -> adds to a worker so far: its next add's epoch
         self.removed: set[str] = set()
         self.moves = _Moves()
         self.failure: FoveaError | None = None  # an error inside a worker's job: the job stops
@@ -317,6 +335,7 @@ class RayLive:
             index = min(range(n), key=lambda i: (len(shares[i]), i))
             shares[index].append(spec)
             self.owner[spec.id], self.specs[spec.id] = index, spec
+            self.epochs[spec.id] = 1  # epoch 0: in the worker's config
         for share in shares:
             self._new_worker(share)
         refs = [w.ready_ref for w in self.workers]
@@ -438,8 +457,10 @@ class RayLive:
             if not alive:
                 break
             w = min(alive, key=lambda x: (sum(1 for i in self.owner.values() if i == x.index), x.index))
+            epoch = self.epochs.get(spec.id, 0)
+            self.epochs[spec.id] = epoch + 1  # each add its own epoch, whatever comes of it
             try:
-                answer = ray.get(w.actor.add_stream.remote(spec), timeout=CALL_WAIT_S)
+                answer = ray.get(w.actor.add_stream.remote(spec, epoch * EPOCH), timeout=CALL_WAIT_S)
             except ray.exceptions.RayActorError as e:
                 self._died(w, type(e).__name__)
                 continue
@@ -454,7 +475,8 @@ class RayLive:
                 raise answer.local()
             self.owner[spec.id], self.specs[spec.id] = w.index, spec
             if moving:
-                log.warning("camera %s restarted on Ray worker %d", spec.id, w.index)
+                log.warning("camera %s restarted on Ray worker %d (frame indices from %d)", spec.id, w.index,
+                            epoch * EPOCH)
             return answer
         if moving:
             self.moves.waiting[spec.id] = spec

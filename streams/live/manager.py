@@ -20,24 +20,26 @@ Usage (what a runner does)::
                 reorder.skip(sid, indices)
     # __exit__ -> stop(timeout): every source closed within a bounded time
 
-Per stream, every frame index from 0 up is either handed out by :meth:`StreamManager.next_batch`
-or reported once by :meth:`StreamManager.take_dropped` (see :mod:`streams.live.types`).
+Per stream, every frame index from 0 (or the stream's ``first_frame_index``) up is either
+handed out by :meth:`StreamManager.next_batch` or reported once by
+:meth:`StreamManager.take_dropped` (see :mod:`streams.live.types`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from streams.errors import SourceError
+from streams.errors import ConfigError, SourceError
 from streams.frames import FrameMeta
 from streams.live.batcher import Batcher
 from streams.live.config import LiveConfig, OutputMode, resolve_output_mode
@@ -47,12 +49,14 @@ from streams.live.http import LiveHttpServer
 from streams.live.metrics import LiveMetrics
 from streams.live.rtsp import RtspSource
 from streams.live.types import (
+    FRAME_INDEX_LIMIT,
     DecoderFactory,
     LiveItem,
     LiveSource,
     SourceFactory,
     StreamSpec,
     StreamStats,
+    renumbered,
 )
 
 log = logging.getLogger(__name__)
@@ -101,6 +105,7 @@ class StreamManager:
         self._retired: list[LiveSource] = []  # removed, thread not ended yet
         self._removed: set[str] = set()  # ids removed in this job: not reused (frame indices restart)
         self._removed_untold: list[str] = []  # removed since the last take_removed()
+        self._first: dict[str, int] = {}  # stream id -> its first frame index, where not 0 (kept once removed)
         self._stop = threading.Event()
         self._started = False
         self._monitor: threading.Thread | None = None
@@ -175,13 +180,19 @@ class StreamManager:
         return self.metrics.registry
 
     # ------------------------------------------------------------------ streams
-    def add_stream(self, spec: StreamSpec) -> StreamStats:
+    def add_stream(self, spec: StreamSpec, first_frame_index: int = 0) -> StreamStats:
         """Start reading ``spec``; other streams are not disturbed.
 
-        Raises :class:`~streams.errors.ConfigError` for a bad spec and
+        ``first_frame_index``: the stream's frames are numbered from it instead of 0 (a
+        camera restarted on another Ray worker, :mod:`pipelines.ray_live`); its source still
+        numbers from 0 and the manager shifts what it hands out and reports.
+
+        Raises :class:`~streams.errors.ConfigError` for a bad spec or first index and
         :class:`~streams.errors.SourceError` when the id is taken or the manager stopped.
         """
         spec.validate("stream")
+        if not 0 <= first_frame_index < FRAME_INDEX_LIMIT:
+            raise ConfigError("first_frame_index", f"expected 0 <= first_frame_index < 2**53, got {first_frame_index}")
         with self._lock:
             if self._stop.is_set():
                 raise SourceError(spec.id, "the stream manager is stopped")
@@ -192,16 +203,20 @@ class StreamManager:
                                            "reused within a job (its frame indices and tracks would mix): "
                                            "add it under a new id")
             queue = self.batcher.add_stream(spec.id)
+            emit: Callable[[LiveItem], bool] = queue.put
+            if first_frame_index:
+                self._first[spec.id] = first_frame_index
+                emit = functools.partial(_emit_renumbered, queue.put, first_frame_index)
             source: LiveSource
             if self._source_factory is not None:
-                source = self._source_factory(spec, queue.put)
+                source = self._source_factory(spec, emit)
             else:
-                source = RtspSource(spec, queue.put, mode=self.mode, config=self.config, rng=self._rng,
+                source = RtspSource(spec, emit, mode=self.mode, config=self.config, rng=self._rng,
                                     decoder_factory=self._decoder_factory)
             self._sources[spec.id] = source
             source.start()
-        log.info("live: added stream %s (%s, %s, %s)", spec.id, source.display_uri,
-                 spec.transport, self.mode)
+        log.info("live: added stream %s (%s, %s, %s%s)", spec.id, source.display_uri, spec.transport, self.mode,
+                 f", frames from {first_frame_index}" if first_frame_index else "")
         return source.stats()
 
     def add_sources(self, entries: Iterable[Any]) -> list[StreamStats]:
@@ -240,6 +255,11 @@ class StreamManager:
         """The source object of a stream (for its state history), or ``None``."""
         with self._lock:
             return self._sources.get(stream_id)
+
+    def first_frame_index(self, stream_id: str) -> int:
+        """The index a stream's frames start at (0 unless added with another; also once removed)."""
+        with self._lock:
+            return self._first.get(stream_id, 0)
 
     def stream_ids(self) -> list[str]:
         with self._lock:
@@ -289,6 +309,9 @@ class StreamManager:
             dropped = self._drops.take()
             for source in sources:
                 more = source.take_dropped()
+                first = self._first.get(source.id, 0)
+                if more and first:
+                    more = [i + first for i in more]
                 if more:
                     dropped[source.id] = sorted(dropped.get(source.id, []) + more)
         return dropped
@@ -336,6 +359,11 @@ class StreamManager:
             log.info("live: %s", self.summary_line())
             with self._lock:
                 self._retired = [s for s in self._retired if s.alive]
+
+
+def _emit_renumbered(put: Callable[[LiveItem], bool], offset: int, item: LiveItem) -> bool:
+    """A source's ``emit`` for a stream numbered from ``offset`` (:meth:`StreamManager.add_stream`)."""
+    return put(renumbered(item, offset))
 
 
 def _with_queue(s: StreamStats, q: Any) -> StreamStats:

@@ -19,6 +19,14 @@ queue's drops, an ingest process's drops, frames the consumer gave up with
 source (indices and sessions restart at 0; its queued items are discarded, not reported),
 and the items still queued or being read when the manager stops.
 
+A stream added with ``first_frame_index=N`` (:meth:`StreamManager.add_stream
+<streams.live.manager.StreamManager.add_stream>`) counts from ``N`` instead of 0, with the
+same guarantee from ``N`` up: its source still numbers from 0 and the manager adds ``N``
+(:func:`renumbered`) to what it hands out and reports, so every kind of source (an
+in-process reader, an ingest process and its restarts) takes it alike. A camera restarted
+on another Ray worker is added so, in an index range of its own (:mod:`pipelines.ray_live`).
+Indices stay below :data:`FRAME_INDEX_LIMIT`.
+
 Usage::
 
     spec = StreamSpec(id="gate", uri="rtsp://10.0.0.5/main", username="admin", password="pw")
@@ -32,7 +40,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -44,6 +52,8 @@ from streams.live.redact import Credentials
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_URI_CHARS = 4096
+# frame indices stay below 2**53: exact as JSON numbers in every reader (JavaScript's, those that parse doubles)
+FRAME_INDEX_LIMIT = 2**53
 
 
 class StreamState(str, enum.Enum):
@@ -293,3 +303,11 @@ class GopBuffer:
 
 
 LiveItem = LiveFrame | GopBuffer
+
+
+def renumbered(item: LiveItem, offset: int) -> LiveItem:
+    """``item`` with ``offset`` added to its frames' indices (a stream added with a
+    ``first_frame_index``; the module docstring)."""
+    if isinstance(item, LiveFrame):
+        return replace(item, meta=replace(item.meta, frame_index=item.meta.frame_index + offset))
+    return replace(item, metas=tuple(replace(m, frame_index=m.frame_index + offset) for m in item.metas))

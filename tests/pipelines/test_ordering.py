@@ -191,3 +191,26 @@ def test_frames_of_a_source_that_ended_reach_the_sinks_without_the_stages() -> N
     late = after.add([_result("cam", 1), _result("other", 0)])
     assert sorted((r.frame.source_id, r.frame.frame_index) for r in late) == [("cam", 1), ("other", 0)]
     assert stage.seen == {"cam": [0], "other": [0]} and stage.ended == {"cam": "removed"}
+
+
+def test_a_source_that_starts_past_zero_is_released_from_its_first_index() -> None:
+    """A live camera restarted on another Ray worker numbers from its epoch (2**40 ...): the
+    buffer asks where each source starts when it first hears of it, instead of waiting for 0."""
+    asked: list[str] = []
+
+    def first(sid: str) -> int:
+        asked.append(sid)
+        return 2**40 if sid == "moved" else 0
+
+    buf = ReorderBuffer(first_index=first)
+    buf.add([_result("moved", 2**40 + 1), _result("cam", 1)])
+    assert buf.release() == []  # each waits for its first frame
+    buf.add([_result("moved", 2**40), _result("cam", 0)])
+    released = buf.release()
+    assert _indices(released, "moved") == [2**40, 2**40 + 1] and _indices(released, "cam") == [0, 1]
+    buf.skip("moved", (2**40 + 2,))
+    buf.add([_result("moved", 2**40 + 3)])
+    assert _indices(buf.release(), "moved") == [f"skip {2**40 + 2}-{2**40 + 2}", 2**40 + 3]
+    assert sorted(asked) == ["cam", "moved"]  # once per source
+    with pytest.raises(ValueError, match="arrived after"):
+        buf.add([_result("moved", 5)])  # below its first index: not this source's numbering

@@ -4,8 +4,10 @@ The end-to-end test runs the command as users run it (``--ray --ray-workers 2``:
 instance, two CPU workers) on clips paced as cameras, drives it over HTTP (an added camera
 lands on the worker with the fewest, a removed one goes, the answers gather every worker's
 streams), kills one worker's process and checks that its cameras run again on the other
-worker and that a replacement worker starts; every camera's records come out. Slow (about a
-minute on a 2-core CPU): Ray's start and each worker's (torch, the model).
+worker, numbered in their next epoch (from 2**40: no ``(source, frame_index)`` repeats over
+the workers' outputs, as the network sinks' idempotency keys need), and that a replacement
+worker starts; every camera's records come out. Slow (about a minute on a 2-core CPU): Ray's
+start and each worker's (torch, the model).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -43,7 +46,7 @@ def _write_config(tmp_path: Path, model: Path, port: int, cameras: int = 3) -> P
     cfg.write_text(json.dumps({
         "sources": [{"uri": f"file://{clips / f'c{i}.mp4'}", "id": f"cam{i}"} for i in range(cameras)],
         "model": {"path": str(model), "input_size": [128, 128]},
-        "engine": {"device": "cpu", "batch_size": 8},
+        "engine": {"device": "cpu", "batch_size": 8}, "tracker": {"type": "bytetrack"},
         "live": {"decode": "cpu", "log_interval_s": 0, "inference_threads": 1,
                  "http": {"port": port, "allow": {"file_dirs": [str(clips)]}}},
         "sinks": [{"type": "jsonl", "path": "out/detections.jsonl"}],
@@ -97,6 +100,7 @@ def _written(out: Path, worker: int, cameras: set[str]) -> bool:
 @pytest.mark.slow
 def test_cameras_over_two_ray_workers_behind_one_api(bright_model: Path, tmp_path: Path) -> None:
     require_module("ray", "the ray extra")
+    require_module("trackers", "the tracking extra: trackers")  # restarted cameras pass a tracker too
     port = free_port()
     cfg = _write_config(tmp_path, bright_model, port)
     clips = tmp_path / "clips"
@@ -174,7 +178,12 @@ def test_cameras_over_two_ray_workers_behind_one_api(bright_model: Path, tmp_pat
     for per_camera in (w0, w1, w2):
         for sid, indices in per_camera.items():
             assert indices == sorted(set(indices)), sid  # in order, none twice, per worker's output
-    assert w0["cam1"][0] < 10 and w0["cam3"][0] < 10  # restarted on worker 0: a new source there
+    # restarted on worker 0 in their second epoch (from 2**40), whatever worker 1 had read
+    for sid in ("cam1", "cam3"):
+        assert max(w1[sid]) < 2**40 <= w0[sid][0] < 2**40 + 10, (sid, w1[sid][-3:], w0[sid][:3])
+    assert max(w0["cam0"] + w0["cam2"] + w2["cam4"]) < 2**40  # never moved: their first epoch
+    keys = [(sid, i) for out in (w0, w1, w2) for sid, indices in out.items() for i in indices]
+    assert len(keys) == len(set(keys))  # the job's (source, frame_index): each once over all outputs
 
 
 def test_ray_live_options_are_refused_before_any_work(bright_model: Path, tmp_path: Path,
@@ -223,3 +232,79 @@ def test_each_worker_writes_outputs_of_its_own(tmp_path: Path) -> None:
     assert [(s.uri, s.id, s.username, s.password) for s in mine.sources] == [
         ("rtsp://127.0.0.1/b", "gate", "u", "secret-pw")]
     assert [s.config.path for s in cfg.sinks] == [str(tmp_path / "d.jsonl"), str(tmp_path / "d.csv")]
+
+
+
+class _RayActorError(Exception):
+    pass
+
+
+class _Method:
+    def __init__(self, fn: Any) -> None:
+        self.remote = fn
+
+
+class _FakeActor:
+    """A worker as the front calls it: ``add_stream`` answers, or fails as a dead actor's does."""
+
+    def __init__(self, dead: bool = False) -> None:
+        self.dead = dead
+        self.firsts: list[int] = []  # the first frame index of each add_stream it was sent
+        self.add_stream = _Method(self._add)
+        self.ready = _Method(lambda timeout: None)
+
+    def _add(self, spec: Any, first_frame_index: int = 0) -> Any:
+        from streams.live.types import StreamState, StreamStats
+
+        self.firsts.append(first_frame_index)
+        if self.dead:
+            return _RayActorError("the actor died")
+        return StreamStats(spec.id, spec.uri, "tcp", "frames", StreamState.CONNECTING, 0.0)
+
+
+class _FakeRay:
+    """What :class:`pipelines.ray_live.RayLive` asks of ``ray`` to add cameras and to replace a
+    dead worker (an object ref is the answer itself here)."""
+
+    exceptions = SimpleNamespace(RayActorError=_RayActorError, GetTimeoutError=TimeoutError)
+
+    def __init__(self) -> None:
+        self.started: list[_FakeActor] = []  # replacement workers
+
+    def get(self, ref: Any, timeout: float | None = None) -> Any:
+        if isinstance(ref, Exception):
+            raise ref
+        return ref
+
+    def kill(self, actor: _FakeActor) -> None:
+        actor.dead = True
+
+    def remote(self, cls: Any) -> Any:  # ray.remote(LiveWorker).options(...).remote(...)
+        def start(*args: Any) -> _FakeActor:
+            self.started.append(_FakeActor())
+            return self.started[-1]
+
+        return SimpleNamespace(options=lambda **kwargs: SimpleNamespace(remote=start))
+
+
+def test_every_add_of_a_camera_takes_a_new_epoch_even_one_that_met_a_dying_worker() -> None:
+    """The guarantee does not rest on what the front knows: a worker that dies during the add
+    may have read frames already, so the retry on the next worker is numbered in the next
+    epoch; a restart after a death takes the one after."""
+    from pipelines.ray_live import RayLive, _Worker
+    from streams.config import parse_config
+    from streams.live.config import parse_live_config
+    from streams.live.types import StreamSpec
+
+    ray = _FakeRay()
+    cfg = parse_config({"sources": ["rtsp://127.0.0.1/a"], "sinks": [{"type": "jsonl", "path": "out/d.jsonl"}]})
+    front = RayLive(ray, cfg, parse_live_config(None), {"num_cpus": 1})
+    dying, taker = _FakeActor(dead=True), _FakeActor()
+    front.workers = [_Worker(0, dying, state="alive"), _Worker(1, taker, state="alive")]
+    front.wanted = 2
+    front.add_stream(StreamSpec("cam", "rtsp://127.0.0.1/cam"))
+    assert dying.firsts == [0] and taker.firsts == [2**40] and front.owner == {"cam": 1}
+    assert front.workers[0].state == "dead" and len(ray.started) == 1  # its replacement
+    front.workers[2].state = "alive"
+    front._died(front.workers[1], "killed")  # cam restarts on the replacement
+    assert ray.started[0].firsts == [2 * 2**40] and front.owner == {"cam": 2}
