@@ -9,10 +9,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from streams.frames import FrameMeta
 from streams.live.manager import StreamManager
-from streams.live.types import GopBuffer, LiveFrame, LiveItem, StreamState
+from streams.live.types import GopBuffer, LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
 from tests.servers.helpers import RtspServerProcess
 
 RtspFactory = Callable[..., RtspServerProcess]  # the rtsp_servers fixture
@@ -119,6 +120,48 @@ class MetaConsumer(_Drain):
         """``(meta, session)`` of every frame of ``source`` so far, in arrival order."""
         with self._lock:
             return list(self._metas.get(source, ()))
+
+
+class PushSource:
+    """A live source without a thread, for a :class:`StreamManager`'s ``source_factory``: the
+    test pushes frames through ``emit`` and the drops the source itself reports through
+    ``own_drops``. ``alive`` until stopped, unless ``lingers`` (a reader blocked in a read,
+    ended later)."""
+
+    def __init__(self, spec: StreamSpec, emit: Any, lingers: bool = False) -> None:
+        self.id = spec.id
+        self.display_uri = spec.uri
+        self.emit = emit
+        self.lingers = lingers
+        self.own_drops: list[int] = []
+        self.alive = False
+
+    def start(self) -> PushSource:
+        self.alive = True
+        return self
+
+    def stop(self) -> None:
+        self.alive = self.lingers
+
+    def join(self, timeout: float | None = None) -> bool:
+        return not self.alive
+
+    @property
+    def state(self) -> StreamState:
+        return StreamState.LIVE
+
+    def stats(self) -> StreamStats:
+        return StreamStats(self.id, self.display_uri, "tcp", "frames", StreamState.LIVE, 0.0)
+
+    def history(self) -> list[tuple[float, StreamState]]:
+        return []
+
+    def wait_for_state(self, *states: StreamState, timeout: float | None = None) -> bool:
+        return True
+
+    def take_dropped(self) -> list[int]:
+        out, self.own_drops = self.own_drops, []
+        return out
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -32,48 +32,11 @@ from streams.live.config import parse_live_config  # noqa: E402
 from streams.live.manager import StreamManager  # noqa: E402
 from streams.live.metrics import AnalyticsMetrics  # noqa: E402
 from streams.live.stats import Reservoir  # noqa: E402
-from streams.live.types import LiveFrame, StreamSpec, StreamState, StreamStats  # noqa: E402
+from streams.live.types import LiveFrame, StreamSpec  # noqa: E402
+from tests.live.helpers import PushSource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-
-
-class _Source:
-    """A stream source without a thread (the manager's ``source_factory``); ``alive`` until
-    ``stopped`` unless ``lingers`` (a reader blocked in a read, ended later)."""
-
-    def __init__(self, spec: StreamSpec, emit: Any, lingers: bool = False) -> None:
-        self.id = spec.id
-        self.display_uri = spec.uri
-        self.emit = emit
-        self.lingers = lingers
-        self.alive = False
-
-    def start(self) -> _Source:
-        self.alive = True
-        return self
-
-    def stop(self) -> None:
-        self.alive = self.lingers
-
-    def join(self, timeout: float | None = None) -> bool:
-        return not self.alive
-
-    @property
-    def state(self) -> StreamState:
-        return StreamState.LIVE
-
-    def stats(self) -> StreamStats:
-        return StreamStats(self.id, self.display_uri, "tcp", "frames", StreamState.LIVE, 0.0)
-
-    def history(self) -> list[tuple[float, StreamState]]:
-        return []
-
-    def wait_for_state(self, *states: StreamState, timeout: float | None = None) -> bool:
-        return True
-
-    def take_dropped(self) -> list[int]:
-        return []
 
 
 def _meta(sid: str, i: int) -> FrameMeta:
@@ -81,16 +44,16 @@ def _meta(sid: str, i: int) -> FrameMeta:
                      width=8, height=8, arrival_time=1.0)
 
 
-def _manager(made: dict[str, _Source], lingering: frozenset[str] = frozenset()) -> StreamManager:
-    def factory(spec: StreamSpec, emit: Any) -> _Source:
-        made[spec.id] = _Source(spec, emit, lingers=spec.id in lingering)
+def _manager(made: dict[str, PushSource], lingering: frozenset[str] = frozenset()) -> StreamManager:
+    def factory(spec: StreamSpec, emit: Any) -> PushSource:
+        made[spec.id] = PushSource(spec, emit, lingers=spec.id in lingering)
         return made[spec.id]
 
     cfg = parse_live_config({"http": {"enabled": False}, "log_interval_s": 0, "batch": {"queue_size": 4}})
     return StreamManager(cfg, mode="frames", source_factory=factory)
 
 
-def _churn(mgr: StreamManager, made: dict[str, _Source], first: int, n: int) -> None:
+def _churn(mgr: StreamManager, made: dict[str, PushSource], first: int, n: int) -> None:
     """``n`` streams added, fed, emitted, dropped and removed, one after another."""
     for k in range(first, first + n):
         sid = f"churn{k:05d}"
@@ -106,7 +69,7 @@ def _churn(mgr: StreamManager, made: dict[str, _Source], first: int, n: int) -> 
 def test_a_removed_stream_leaves_next_to_nothing_in_the_manager() -> None:
     """Every per-stream structure (queue, drops, Prometheus series, source) goes with the
     stream; only its id stays (ids are not reused within a job): a few hundred bytes each."""
-    made: dict[str, _Source] = {}
+    made: dict[str, PushSource] = {}
     with _manager(made) as mgr:
         _churn(mgr, made, 0, 50)  # warm: first-time allocations, dict and set sizes
         tracemalloc.start()
@@ -127,7 +90,7 @@ def test_a_removed_stream_leaves_next_to_nothing_in_the_manager() -> None:
 
 
 def test_a_reader_thread_left_blocked_is_let_go_once_it_ends() -> None:
-    made: dict[str, _Source] = {}
+    made: dict[str, PushSource] = {}
     with _manager(made, lingering=frozenset({"a", "b"})) as mgr:
         mgr.add_stream(StreamSpec("a", "rtsp://h/a"))
         assert mgr.remove_stream("a", timeout=0.0)

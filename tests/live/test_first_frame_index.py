@@ -15,7 +15,8 @@ from streams.errors import ConfigError
 from streams.frames import FrameMeta
 from streams.live.config import parse_live_config
 from streams.live.manager import StreamManager
-from streams.live.types import FRAME_INDEX_LIMIT, GopBuffer, LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
+from streams.live.types import FRAME_INDEX_LIMIT, GopBuffer, LiveFrame, LiveItem, StreamSpec
+from tests.live.helpers import PushSource
 from tests.media import write_clip
 
 EPOCH = 2**40
@@ -54,55 +55,15 @@ def test_frames_are_numbered_from_the_first_index_with_none_lost(tmp_path: Path,
         assert upto - first > 20  # past the clip's first read: the reconnect went on counting
 
 
-class _Source:
-    """A source that numbers from 0 and reports drops of its own (as an ingest process does)."""
-
-    def __init__(self, spec: StreamSpec, emit: Any) -> None:
-        self.id = spec.id
-        self.display_uri = spec.uri
-        self.emit = emit
-        self.own_drops: list[int] = []
-
-    def start(self) -> _Source:
-        return self
-
-    def stop(self) -> None:
-        return None
-
-    def join(self, timeout: float | None = None) -> bool:
-        return True
-
-    @property
-    def alive(self) -> bool:
-        return True
-
-    @property
-    def state(self) -> StreamState:
-        return StreamState.LIVE
-
-    def stats(self) -> StreamStats:
-        return StreamStats(self.id, self.display_uri, "tcp", "frames", StreamState.LIVE, 0.0)
-
-    def history(self) -> list[tuple[float, StreamState]]:
-        return []
-
-    def wait_for_state(self, *states: StreamState, timeout: float | None = None) -> bool:
-        return True
-
-    def take_dropped(self) -> list[int]:
-        out, self.own_drops = self.own_drops, []
-        return out
-
-
 def _meta(sid: str, i: int) -> FrameMeta:
     return FrameMeta(sid, "x", i, i * 3000, (1, 90000), 8, 8)
 
 
 def test_a_sources_own_numbers_and_drops_are_shifted_and_bad_first_indices_refused() -> None:
-    made: dict[str, _Source] = {}
+    made: dict[str, PushSource] = {}
 
-    def factory(spec: StreamSpec, emit: Any) -> _Source:
-        made[spec.id] = _Source(spec, emit)
+    def factory(spec: StreamSpec, emit: Any) -> PushSource:
+        made[spec.id] = PushSource(spec, emit)
         return made[spec.id]
 
     cfg = parse_live_config({"http": {"enabled": False}, "log_interval_s": 0, "batch": {"queue_size": 8}})

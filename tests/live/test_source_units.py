@@ -30,6 +30,7 @@ from streams.live.http import LiveHttpServer
 from streams.live.manager import StreamManager
 from streams.live.stats import SourceStats
 from streams.live.types import GopBuffer, LiveFrame, LiveItem, StreamSpec, StreamState, StreamStats
+from tests.live.helpers import PushSource
 
 
 def _meta(sid: str, i: int) -> FrameMeta:
@@ -173,53 +174,11 @@ def test_batcher_hands_dropped_items_to_on_drop() -> None:
     assert b.next_batch(5, 0.0) == [3, 4]
 
 
-class _FakeSource:
-    """A LiveSource whose frames the test pushes through ``emit``."""
+def _manager(queue_size: int) -> tuple[StreamManager, dict[str, PushSource]]:
+    made: dict[str, PushSource] = {}
 
-    def __init__(self, spec: StreamSpec, emit: Any) -> None:
-        self.id = spec.id
-        self.display_uri = spec.uri
-        self.emit = emit
-        self.own_drops: list[int] = []
-        self._alive = False
-
-    def start(self) -> _FakeSource:
-        self._alive = True
-        return self
-
-    def stop(self) -> None:
-        self._alive = False
-
-    def join(self, timeout: float | None = None) -> bool:
-        return True
-
-    @property
-    def alive(self) -> bool:
-        return self._alive
-
-    @property
-    def state(self) -> StreamState:
-        return StreamState.LIVE
-
-    def stats(self) -> StreamStats:
-        return StreamStats(self.id, self.display_uri, "tcp", "frames", StreamState.LIVE, 0.0)
-
-    def history(self) -> list[tuple[float, StreamState]]:
-        return []
-
-    def wait_for_state(self, *states: StreamState, timeout: float | None = None) -> bool:
-        return True
-
-    def take_dropped(self) -> list[int]:
-        out, self.own_drops = self.own_drops, []
-        return out
-
-
-def _manager(queue_size: int) -> tuple[StreamManager, dict[str, _FakeSource]]:
-    made: dict[str, _FakeSource] = {}
-
-    def factory(spec: StreamSpec, emit: Any) -> _FakeSource:
-        made[spec.id] = _FakeSource(spec, emit)
+    def factory(spec: StreamSpec, emit: Any) -> PushSource:
+        made[spec.id] = PushSource(spec, emit)
         return made[spec.id]
 
     cfg = parse_live_config({"http": {"enabled": False}, "log_interval_s": 0,
