@@ -1,10 +1,12 @@
 """Secondary models: classifiers that run on crops of the primary detections.
 
-:func:`open_secondary_model` loads what a ``secondary:`` entry names (the bundled classifier,
-an ONNX file, TorchScript or a ``torch.export`` program) and returns a
-:class:`SecondaryModel`: a context manager whose hot-path method :meth:`~SecondaryModel.classify`
-takes crops ``float32[K, 3, h, w]`` (RGB, 0..1, on the model's device) and returns each
-crop's best label index and its score.
+:func:`open_secondary_model` loads what a ``secondary:`` entry of ``kind: classifier`` names
+(the bundled classifier, an ONNX file, TorchScript or a ``torch.export`` program) and
+returns a :class:`SecondaryModel`: a context manager whose hot-path method
+:meth:`~SecondaryModel.classify` takes crops ``float32[K, 3, h, w]`` (RGB, 0..1, on the
+model's device) and returns each crop's best label index and its score. Detectors
+(``kind: detector``) load through :mod:`engines.secondary_detector`, with the helpers here
+(labels, input size, normalisation, model files).
 
 Where it runs: on the primary engine's CUDA device when there is one (torch, FP16 autocast;
 ONNX files converted by :func:`engines.onnx_torch.convert_onnx`, since ``onnxruntime``
@@ -30,10 +32,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from engines.onnx_model import OnnxFacts, read_onnx
 from streams.cascade_config import BUILTIN_PREFIX, SecondaryConfig
 from streams.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
+
+#: Suffixes of the torch files a secondary model may come in (TorchScript, torch.export).
+TORCH_SUFFIXES = (".pt", ".ts", ".torchscript", ".pt2", ".jit")
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,7 @@ class TorchSecondary:
         self.info = info
         self.device = device
         self.max_batch = max_batch
-        self._mean = None if info.mean is None else torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
-        self._std = None if info.std is None else torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+        self._mean, self._std = norm_tensors(info, device)
 
     def __enter__(self) -> TorchSecondary:
         return self
@@ -87,12 +92,12 @@ class TorchSecondary:
         if crops.shape[0] == 0:
             return (torch.zeros(0, dtype=torch.int64, device=crops.device),
                     torch.zeros(0, dtype=torch.float32, device=crops.device))
-        x = _normalise(crops, self.info, self._mean, self._std)
+        x = normalise(crops, self.info, self._mean, self._std)
         outs = []
         on_cuda = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
             for i in range(0, x.shape[0], self.max_batch):
-                outs.append(_first_tensor(self.module(x[i:i + self.max_batch])).float())
+                outs.append(first_tensor(self.module(x[i:i + self.max_batch])).float())
         return _best(torch.cat(outs), len(self.info.labels))
 
 
@@ -109,8 +114,7 @@ class OnnxRuntimeSecondary:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self._mean = None if info.mean is None else torch.tensor(info.mean).view(1, 3, 1, 1)
-        self._std = None if info.std is None else torch.tensor(info.std).view(1, 3, 1, 1)
+        self._mean, self._std = norm_tensors(info, "cpu")
 
     def __enter__(self) -> OnnxRuntimeSecondary:
         return self
@@ -120,7 +124,7 @@ class OnnxRuntimeSecondary:
         return None
 
     def classify(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _normalise(crops.cpu(), self.info, self._mean, self._std).numpy().astype(np.float32)
+        x = normalise(crops.cpu(), self.info, self._mean, self._std).numpy().astype(np.float32)
         if x.shape[0] == 0:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float32)
         outs = [self.session.run(None, {self.input_name: x[i:i + self.max_batch]})[0]
@@ -128,8 +132,16 @@ class OnnxRuntimeSecondary:
         return _best(torch.from_numpy(np.concatenate(outs)).float(), len(self.info.labels))
 
 
-def _normalise(crops: torch.Tensor, info: SecondaryInfo, mean: torch.Tensor | None,
-               std: torch.Tensor | None) -> torch.Tensor:
+def norm_tensors(info: SecondaryInfo, device: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``info``'s mean and std as ``[1, 3, 1, 1]`` tensors on ``device`` (``None``: none)."""
+    mean = None if info.mean is None else torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+    std = None if info.std is None else torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def normalise(crops: torch.Tensor, info: SecondaryInfo, mean: torch.Tensor | None,
+              std: torch.Tensor | None) -> torch.Tensor:
+    """Crops (RGB, 0..1) as the model takes them: channel order, then ``(x - mean) / std``."""
     x = crops.flip(1) if info.bgr else crops
     if mean is not None:
         x = x - mean
@@ -138,14 +150,14 @@ def _normalise(crops: torch.Tensor, info: SecondaryInfo, mean: torch.Tensor | No
     return x
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
+def first_tensor(out: Any) -> torch.Tensor:
     """A model's classification output: the tensor itself, or the first of a tuple/list/dict."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     if isinstance(out, dict) and out:
-        return _first_tensor(next(iter(out.values())))
+        return first_tensor(next(iter(out.values())))
     raise EngineError(f"a secondary model returned {type(out).__name__}; expected a tensor [N, classes]")
 
 
@@ -178,8 +190,10 @@ def _labels(cfg: SecondaryConfig, key: str, own: tuple[str, ...] | None) -> tupl
     raise ConfigError(f"{key}.labels", f"the model {cfg.model} names no labels; give labels: [...] or a file")
 
 
-def _info(cfg: SecondaryConfig, key: str, own_labels: tuple[str, ...] | None, own_size: tuple[int, int] | None,
-          description: str) -> SecondaryInfo:
+def secondary_info(cfg: SecondaryConfig, key: str, own_labels: tuple[str, ...] | None,
+                   own_size: tuple[int, int] | None, description: str) -> SecondaryInfo:
+    """What ``cfg``'s model takes and gives, from the config where it says, else the model's
+    own (``own_*``); a ConfigError with the key where neither says or they disagree."""
     if cfg.input_size is not None:
         size = (int(cfg.input_size[0]), int(cfg.input_size[1]))
         if own_size is not None and own_size != size:
@@ -196,21 +210,30 @@ def _info(cfg: SecondaryConfig, key: str, own_labels: tuple[str, ...] | None, ow
 
 
 def open_secondary_model(cfg: SecondaryConfig, device: str, key: str = "secondary") -> SecondaryModel:
-    """Load ``cfg``'s model for ``device`` (``cfg.device: cpu`` overrides it) and check that its
-    labels and input fit the config (:class:`~streams.errors.ConfigError` with the key if not)."""
+    """Load ``cfg``'s classifier for ``device`` (``cfg.device: cpu`` overrides it) and check that
+    its labels and input fit the config (:class:`~streams.errors.ConfigError` with the key if not)."""
+    if cfg.kind != "classifier":
+        raise ConfigError(f"{key}.kind", f"open_secondary_model loads classifiers; a {cfg.kind} loads through "
+                                         "engines.secondary_detector")
     device = "cpu" if cfg.device == "cpu" else device
     if cfg.model.startswith(BUILTIN_PREFIX):
         return _builtin(cfg, device, key)
+    path = model_path(cfg, key)
+    if path.suffix.lower() == ".onnx":
+        return _onnx(cfg, path, device, key)
+    return _torch_file(cfg, path, device, key)
+
+
+def model_path(cfg: SecondaryConfig, key: str) -> Path:
+    """``cfg.model`` as a file of a format secondary models come in, or a ConfigError."""
     path = Path(cfg.model)
     if not path.is_file():
         raise ConfigError(f"{key}.model", f"no such model file: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return _onnx(cfg, path, device, key)
-    if suffix in (".pt", ".ts", ".torchscript", ".pt2", ".jit"):
-        return _torch_file(cfg, path, device, key)
-    raise ConfigError(f"{key}.model", f"unknown model format '{suffix}' ({path}); expected .onnx, TorchScript "
-                                      "(.pt/.ts) or an exported program (.pt2)")
+    if suffix not in (".onnx", *TORCH_SUFFIXES):
+        raise ConfigError(f"{key}.model", f"unknown model format '{suffix}' ({path}); expected .onnx, TorchScript "
+                                          "(.pt/.ts) or an exported program (.pt2)")
+    return path
 
 
 def _builtin(cfg: SecondaryConfig, device: str, key: str) -> SecondaryModel:
@@ -220,14 +243,15 @@ def _builtin(cfg: SecondaryConfig, device: str, key: str) -> SecondaryModel:
     model, card = load_default_classifier(device)
     if name != card.attribute:
         raise ConfigError(f"{key}.model", f"no bundled model '{name}'; bundled: builtin:{card.attribute}")
-    info = _info(cfg, key, card.labels, card.input_size, f"bundled {card.attribute} classifier")
+    info = secondary_info(cfg, key, card.labels, card.input_size, f"bundled {card.attribute} classifier")
     if len(info.labels) != len(card.labels):
         raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels given; the bundled model has "
                                            f"{len(card.labels)}: {list(card.labels)}")
     return TorchSecondary(model, info, device, cfg.max_batch)
 
 
-def _torch_file(cfg: SecondaryConfig, path: Path, device: str, key: str) -> SecondaryModel:
+def load_torch_module(path: Path, device: str) -> Any:
+    """The TorchScript module or exported program in ``path``, in eval mode on ``device``."""
     try:
         if path.suffix.lower() == ".pt2":
             module = torch.export.load(str(path)).module()
@@ -236,55 +260,45 @@ def _torch_file(cfg: SecondaryConfig, path: Path, device: str, key: str) -> Seco
     except Exception as e:  # torch raises RuntimeError, ValueError, zipfile errors... for a bad file
         raise EngineError(f"{path}: not a TorchScript or exported torch model ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    module = module.to(device).eval() if hasattr(module, "eval") else module.to(device)
-    info = _info(cfg, key, None, None, f"torch {path.name}")
-    _check_output(cfg, key, info, lambda x: _first_tensor(module(x)), device)
+    return module.to(device).eval() if hasattr(module, "eval") else module.to(device)
+
+
+def _torch_file(cfg: SecondaryConfig, path: Path, device: str, key: str) -> SecondaryModel:
+    module = load_torch_module(path, device)
+    info = secondary_info(cfg, key, None, None, f"torch {path.name}")
+    _check_output(cfg, key, info, lambda x: first_tensor(module(x)), device)
     return TorchSecondary(module, info, device, cfg.max_batch)
 
 
-def _onnx_shape_and_names(path: Path) -> tuple[tuple[int, int] | None, tuple[str, ...] | None, int | None]:
-    """The input (h, w) when static, labels from the metadata (``names``), and the output's class count."""
-    import ast
-
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends for a damaged file
-        raise EngineError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1] not in (3, None):
-        raise EngineError(f"{path}: the input is {dims}; a secondary classifier takes NCHW images [N, 3, H, W]")
-    size = (dims[2], dims[3]) if dims[2] and dims[3] else None
-    meta = {p.key: p.value for p in model.metadata_props}
-    names: tuple[str, ...] | None = None
-    if "names" in meta:
-        try:
-            parsed = ast.literal_eval(meta["names"])
-            names = tuple(str(parsed[k]) for k in sorted(parsed)) if isinstance(parsed, dict) else tuple(
-                str(v) for v in parsed)
-        except (ValueError, SyntaxError):
-            names = None
-    out_dims = [d.dim_value if d.HasField("dim_value") else None
-                for d in model.graph.output[0].type.tensor_type.shape.dim]
-    classes = out_dims[-1] if len(out_dims) == 2 else None
-    return size, names, classes
+def onnx_facts(cfg: SecondaryConfig, path: Path, key: str) -> OnnxFacts:
+    """What the ONNX file says about itself (:func:`engines.onnx_model.read_onnx`), with its
+    metadata's ``task`` checked against ``cfg.kind`` (a ConfigError at ``kind`` if they differ)."""
+    facts = read_onnx(path)
+    kind = {"classify": "classifier", "detect": "detector"}.get(facts.task or "")
+    if facts.task is not None and kind != cfg.kind:
+        fix = f"set kind: {kind}" if kind else "secondary models are classifiers or detectors"
+        raise ConfigError(f"{key}.kind", f"{cfg.kind}, but {path.name}'s metadata says it is a {facts.task!r} "
+                                         f"model; {fix}")
+    return facts
 
 
 def _onnx(cfg: SecondaryConfig, path: Path, device: str, key: str) -> SecondaryModel:
-    size, names, classes = _onnx_shape_and_names(path)
-    info = _info(cfg, key, names, size, f"onnx {path.name}")
+    facts = onnx_facts(cfg, path, key)
+    info = secondary_info(cfg, key, facts.names, facts.input_hw or facts.imgsz, f"onnx {path.name}")
+    out_dims = facts.outputs[0][1]
+    classes = out_dims[-1] if len(out_dims) == 2 else None
     if classes is not None and classes != len(info.labels):
         raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels for a model with {classes} outputs ({path})")
+    batch = min(cfg.max_batch, facts.static_batch or cfg.max_batch)
     if not device.startswith("cuda"):
-        return OnnxRuntimeSecondary(path, info, cfg.max_batch)
+        return OnnxRuntimeSecondary(path, info, batch)
     from engines.onnx_torch import convert_onnx
 
     # onnx2torch with the converters Ultralytics-style exports need; a model it cannot convert,
     # or onnx2torch missing, stops the job with the reason (device: cpu runs it on the CPU instead)
     module = convert_onnx(path).to(device).eval()
-    _check_output(cfg, key, info, lambda x: _first_tensor(module(x)), device)
-    return TorchSecondary(module, info, device, cfg.max_batch)
+    _check_output(cfg, key, info, lambda x: first_tensor(module(x)), device)
+    return TorchSecondary(module, info, device, batch)
 
 
 def _check_output(cfg: SecondaryConfig, key: str, info: SecondaryInfo, run: Any, device: str) -> None:
@@ -298,5 +312,6 @@ def _check_output(cfg: SecondaryConfig, key: str, info: SecondaryInfo, run: Any,
                                                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                               ) from e
     if out.ndim != 2 or out.shape[1] != len(info.labels):
+        hint = "; a detector's output? set kind: detector" if out.ndim == 3 else ""
         raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels for a model whose output is "
-                                           f"{list(out.shape)} ({cfg.model})")
+                                           f"{list(out.shape)} ({cfg.model}){hint}")

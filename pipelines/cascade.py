@@ -4,9 +4,9 @@ Where the work happens, and why (the frame is the expensive thing to keep)::
 
     inference thread (per batch, frame still in DALI's buffer)        job thread (per source, in order)
     InferenceStage: engine + postprocess ─► CascadeStage.cut():        CascadeStage.process_many():
-        crops of the chosen detections, resized to each model's          classify the crops that are due
-        input on the device; the frame is released with its batch        (all sources at once), attach
-                                                                          ``attributes`` to the detections
+        crops of the chosen detections, resized (classifiers) or         run each model on its crops that
+        letterboxed (detectors) to each model's input on the device;    are due (all sources at once),
+        the frame is released with its batch                              attach ``attributes`` to the detections
 
 - **The source frame lives only as long as its batch.** DALI returns the decoded full-size
   frames beside the model input (``PreprocessSpec.keep_source``); :meth:`CascadeStage.cut`
@@ -14,12 +14,14 @@ Where the work happens, and why (the frame is the expensive thing to keep)::
   (``K x 3 x h x w``, e.g. 3 x 32 x 32 floats = 12 KiB a detection). No host copy and no
   frame held past its batch; memory per stream is its crops waiting for their turn, and
   :meth:`report` gives the peak.
-- **Classification runs after the tracker**, in each source's frame order, so that
-  ``reinfer_interval`` can skip tracks classified recently (DeepStream's
-  ``secondary-reinfer-interval``): a track is classified when it first gets an id and then
-  every N frames; its other detections carry its last result. Detections without a track
-  id (too new, or no tracker) are classified every frame. The crops of every ready source
-  go through each model in one call.
+- **The models run after the tracker**, in each source's frame order, so that
+  ``reinfer_interval`` can skip tracks seen recently (DeepStream's
+  ``secondary-reinfer-interval``): a track goes through a model when it first gets an id and
+  then every N frames; its other detections carry its last result (a detector's boxes moved
+  with the track's box). Detections without a track id (too new, or no tracker) go through
+  every frame. The crops of every ready source go through each model in one call.
+- **What differs by kind** (crop op, model call, the attribute's value and its counts) is a
+  :class:`pipelines.cascade_runners.KindRunner`; everything else here is shared.
 
 Counted, never crashing: detections smaller than ``min_size`` (``too_small``), crops of
 frames that ended without reaching the stage (a removed camera).
@@ -37,8 +39,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from engines.secondary import SecondaryModel, open_secondary_model
-from operators.crops import crop_resize
+from operators.transfer import upload
+from pipelines.cascade_runners import KindRunner, open_runner
 from pipelines.stages import Gap, SourceEnd, SourceEvent
 from streams.cascade_config import SecondaryConfig
 from streams.detections import Detections
@@ -55,11 +57,19 @@ class _Cut:
     rows: np.ndarray  # int64[k]: indices of the detections cropped
     crops: torch.Tensor  # float32[k, 3, h, w] on the model's device
     ready: Any  # a CUDA event after the crop kernels (None on the CPU)
+    extra: np.ndarray | None = None  # [k, ...] what the runner needs besides the pixels (a detector's regions)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A track's result from an earlier call (a reused result that is not an index into this call's)."""
+
+    result: Any
 
 
 @dataclass
 class _Counts:
-    classified: int = 0
+    inferred: int = 0  # crops run through the model
     reused: int = 0  # detections that took their track's last result (reinfer_interval)
     too_small: int = 0
     dropped: int = 0  # crops of frames that never reached the stage
@@ -70,14 +80,14 @@ class _Secondary:
     """One ``secondary:`` entry, loaded."""
 
     cfg: SecondaryConfig
-    model: SecondaryModel
-    class_ids: np.ndarray | None  # primary class ids to classify (None: all)
+    runner: KindRunner
+    class_ids: np.ndarray | None  # primary class ids to crop (None: all)
     counts: _Counts = field(default_factory=_Counts)
-    # (source, track id) -> (frame index, label index, score) of the track's last classification
-    last: dict[tuple[str, int], tuple[int, int, float]] = field(default_factory=dict)
+    # (source, track id) -> (frame index, the runner's result) of the track's last inference
+    last: dict[tuple[str, int], tuple[int, Any]] = field(default_factory=dict)
 
     def chosen(self, dets: Detections) -> tuple[np.ndarray, int]:
-        """Indices of ``dets`` this model classifies, and how many were too small."""
+        """Indices of ``dets`` this model runs on, and how many were too small."""
         keep = np.ones(len(dets), bool)
         if self.class_ids is not None:
             keep &= np.isin(dets.class_id, self.class_ids)
@@ -156,10 +166,10 @@ class CascadeStage:
                     raise ConfigError(f"{key}.classes", f"the primary model has no class {unknown[0]!r}; its "
                                                         f"classes: {names}")
                 ids = np.array([names.index(c) for c in e.classes], np.int64)
-            model = open_secondary_model(e, device, key)
-            log.info("secondary %s: %s on %s, labels %s, input %s", e.name, model.info.description, model.device,
-                     list(model.info.labels), list(model.info.input_size))
-            self.secondaries.append(_Secondary(e, model, ids))
+            runner = open_runner(e, device, key)
+            log.info("secondary %s: %s %s on %s, labels %s, input %s", e.name, e.kind, runner.info.description,
+                     runner.device, list(runner.info.labels), list(runner.info.input_size))
+            self.secondaries.append(_Secondary(e, runner, ids))
         if device.startswith("cuda"):
             self._stream = torch.cuda.Stream(device=device)
 
@@ -236,22 +246,22 @@ class CascadeStage:
                 continue
             boxes = np.concatenate([results[k].detections.xyxy[idx] for k, idx in chosen])
             which = np.concatenate([np.full(idx.size, frame_of[k], np.int64) for k, idx in chosen])
-            crops = crop_resize(x, torch.from_numpy(which).to(x.device), torch.from_numpy(boxes).to(x.device),
-                                sec.model.info.input_size)
-            if crops.is_cuda != sec.model.device.startswith("cuda"):  # a CPU model on a GPU job
-                crops = crops.to(sec.model.device)
+            crops, extra = sec.runner.crop(x, upload(torch.from_numpy(which), x.device), boxes)
+            if crops.is_cuda != sec.runner.device.startswith("cuda"):  # a CPU model on a GPU job
+                crops = crops.to(sec.runner.device)
             ready = None
             if crops.is_cuda:
                 ready = torch.cuda.Event()
                 ready.record(torch.cuda.current_stream(crops.device))
             start = 0
             for k, idx in chosen:
-                cuts[k][si] = _Cut(idx, crops[start:start + idx.size], ready)
+                part = None if extra is None else extra[start:start + idx.size]
+                cuts[k][si] = _Cut(idx, crops[start:start + idx.size], ready, part)
                 start += idx.size
             nbytes += crops.numel() * crops.element_size()
         return nbytes
 
-    # -- job thread: classify in each source's order -------------------------------------
+    # -- job thread: run the models in each source's order -------------------------------
     def process(self, source_id: str, results: Sequence[FrameResult]) -> list[FrameResult]:
         return self.process_many([(source_id, results)])[0][1]
 
@@ -262,7 +272,7 @@ class CascadeStage:
             cuts = [self._pending.pop((r.frame.source_id, r.frame.frame_index), None) for _, r in items]
         attrs: list[list[dict[str, Any]]] = [[{} for _ in range(len(r.detections))] for _, r in items]
         for si, sec in enumerate(self.secondaries):
-            self._classify(si, sec, items, cuts, attrs)
+            self._infer(si, sec, items, cuts, attrs)
         released = sum(c.crops.numel() * c.crops.element_size() for cs in cuts if cs for c in cs if c is not None)
         with self._lock:
             self._pending_bytes -= released
@@ -271,19 +281,20 @@ class CascadeStage:
             out[sid].append(_with_attributes(r, a) if any(a) else r)
         return [(sid, out[sid]) for sid, _ in runs]
 
-    def _classify(self, si: int, sec: _Secondary, items: Sequence[tuple[str, FrameResult]],
-                  cuts: Sequence[list[_Cut | None] | None], attrs: list[list[dict[str, Any]]]) -> None:
+    def _infer(self, si: int, sec: _Secondary, items: Sequence[tuple[str, FrameResult]],
+               cuts: Sequence[list[_Cut | None] | None], attrs: list[list[dict[str, Any]]]) -> None:
         """Run ``sec`` on the due crops of ``items`` (one call) and fill ``attrs``.
 
-        Due: a detection without a track id, or a track not classified in its last
+        Due: a detection without a track id, or a track not run in its last
         ``reinfer_interval`` frames, deciding frame by frame (a run holds several frames of
         a source, so a track may come due twice in one call)."""
         interval = sec.cfg.reinfer_interval
         due_crops: list[torch.Tensor] = []
+        due_extra: list[np.ndarray] = []
         due_where: list[tuple[int, int]] = []  # (item, detection)
-        # a reused result: (item, detection, index into due_where or the (label, score) known before)
-        reuse: list[tuple[int, int, int | tuple[int, float]]] = []
-        sched: dict[tuple[str, int], tuple[int, int | tuple[int, float]]] = {}  # key → (frame, its result)
+        # a reused result: (item, detection, index into due_where or the result known before)
+        reuse: list[tuple[int, int, int | _Known]] = []
+        sched: dict[tuple[str, int], tuple[int, int | _Known]] = {}  # key → (frame, its result)
         events: set[Any] = set()
         for n, ((sid, r), cs) in enumerate(zip(items, cuts, strict=True)):
             c = None if cs is None else cs[si]
@@ -297,8 +308,8 @@ class CascadeStage:
                 if interval > 0 and tid >= 0:
                     key = (sid, tid)
                     if key not in sched and key in sec.last:
-                        f, li, sc = sec.last[key]
-                        sched[key] = (f, (li, sc))
+                        f, res = sec.last[key]
+                        sched[key] = (f, _Known(res))
                     prev = sched.get(key)
                     if prev is not None and frame - prev[0] < interval:
                         reuse.append((n, det, prev[1]))
@@ -307,33 +318,35 @@ class CascadeStage:
                 pick.append(j)
                 due_where.append((n, det))
             if pick:
-                due_crops.append(c.crops[pick] if len(pick) < c.rows.size else c.crops)
+                whole = len(pick) == c.rows.size
+                due_crops.append(c.crops if whole else c.crops[pick])
+                if c.extra is not None:
+                    due_extra.append(c.extra if whole else c.extra[pick])
                 if c.ready is not None:
                     events.add(c.ready)
-        labels = sec.model.info.labels
-        found: list[tuple[int, float]] = []
+        found: list[Any] = []
         if due_crops:
             crops = torch.cat(due_crops) if len(due_crops) > 1 else due_crops[0]
+            extra = np.concatenate(due_extra) if due_extra else None
+            parents = np.stack([items[n][1].detections.xyxy[det] for n, det in due_where])
             stream = self._stream if crops.is_cuda else None
             if stream is not None:
                 for ev in events:
                     stream.wait_event(ev)
                 with torch.cuda.stream(stream):
-                    label, score = sec.model.classify(crops)
-                    label, score = label.cpu(), score.cpu()  # the host waits here, once per call
+                    found = sec.runner.infer(crops, extra, parents)
             else:
-                label, score = sec.model.classify(crops)
-            found = [(li, round(float(sc), 4)) for li, sc in zip(label.tolist(), score.tolist(), strict=True)]
-            for (n, det), (li, sc) in zip(due_where, found, strict=True):
-                attrs[n][det][sec.cfg.name] = [labels[li], sc]
-            sec.counts.classified += len(due_where)
+                found = sec.runner.infer(crops, extra, parents)
+            for (n, det), res, parent in zip(due_where, found, parents, strict=True):
+                attrs[n][det][sec.cfg.name] = sec.runner.attribute(res, parent)
+            sec.counts.inferred += len(due_where)
         for n, det, ref in reuse:
-            li, sc = found[ref] if isinstance(ref, int) else ref
-            attrs[n][det][sec.cfg.name] = [labels[li], sc]
+            res = found[ref] if isinstance(ref, int) else ref.result
+            attrs[n][det][sec.cfg.name] = sec.runner.attribute(res, items[n][1].detections.xyxy[det])
         sec.counts.reused += len(reuse)
-        for key, (f, ref) in sched.items():  # each track's latest classification
+        for key, (f, ref) in sched.items():  # each track's latest inference
             if isinstance(ref, int):
-                sec.last[key] = (f, *found[ref])
+                sec.last[key] = (f, found[ref])
 
     def on_event(self, event: SourceEvent) -> list[FrameResult]:
         """A gap drops the crops of its frames; an end drops the source's crops and track memory."""
@@ -357,9 +370,10 @@ class CascadeStage:
 
     def report(self) -> dict[str, Any]:
         return {
-            "models": {s.cfg.name: {"model": s.model.info.description, "device": s.model.device,
-                                    "classified": s.counts.classified, "reused": s.counts.reused,
-                                    "too_small": s.counts.too_small, "dropped": s.counts.dropped}
+            "models": {s.cfg.name: {"kind": s.cfg.kind, "model": s.runner.info.description,
+                                    "device": s.runner.device, **s.runner.counts(s.counts.inferred),
+                                    "reused": s.counts.reused, "too_small": s.counts.too_small,
+                                    "dropped": s.counts.dropped}
                        for s in self.secondaries},
             "peak_crop_bytes": self.peak_pending_bytes,
         }
