@@ -174,7 +174,9 @@ def draw_detections(
     so it is scaled to ``rgb`` when the frame was another size). ``overlay(draw,
     line_width, font)`` draws next (zones, lines, trails: :class:`_Overlay`), then the
     boxes, clipped to the image, with their labels above (inside the box when there is no
-    room; ``#<track id>`` first for a tracked detection), then a pose model's keypoints:
+    room; ``#<track id>`` first for a tracked detection; a cascade's attributes after it: a
+    classifier's label, a secondary detector's children counted by label, their boxes drawn
+    half as thick in the parent's colour), then a pose model's keypoints:
     a dot at each keypoint whose visibility score is at least ``keypoint_threshold``
     (every one of an ``[N, K, 2]`` array) and, for the 17 COCO keypoints, the
     :data:`COCO_SKELETON` limbs between visible ones, in Ultralytics' pose colours
@@ -212,10 +214,15 @@ def draw_detections(
             continue
         colour = color_for_class(cid)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=lw)
+        for v in attr.values():  # a secondary detector's boxes, thinner, in their parent's colour
+            for child in _children(v):
+                cx1, cy1, cx2, cy2 = (round(c) for c in child["box"])
+                if cx2 >= cx1 and cy2 >= cy1:
+                    draw.rectangle((cx1, cy1, cx2, cy2), outline=colour, width=max(1, lw // 2))
         if draw_labels:
             text = f"#{tid} {label} {conf:.2f}" if tid >= 0 else f"{label} {conf:.2f}"
             if attr:
-                text += "".join(f" {v[0]}" if isinstance(v, (list, tuple)) and v else f" {v}" for v in attr.values())
+                text += "".join(_attribute_text(v) for v in attr.values())
             _label(draw, (x1, y1), text, colour, font, above=True, fallback_y=y1 + lw)
     if draw_keypoints and detections.keypoints is not None and len(detections):
         _draw_keypoints(draw, detections.keypoints, detections.class_id, keypoint_threshold, lw)
@@ -225,6 +232,36 @@ def draw_detections(
         draw.rectangle((0, 0, right - left + 6, bottom - top + 6), fill=(0, 0, 0))
         draw.text((3 - left, 3 - top), text, fill=(255, 255, 255), font=font)
     return np.asarray(image)
+
+
+def _children(value: Any) -> list[dict[str, Any]]:
+    """A secondary detector's attribute (``[{"label", "score", "box"}, ...]``), else ``[]``."""
+    if isinstance(value, list) and value and all(isinstance(c, dict) and "box" in c for c in value):
+        return value
+    return []
+
+
+def _attribute_text(value: Any) -> str:
+    """What a detection's label shows of one attribute: a classifier's label (``[label,
+    score]``), a detector's children counted by label (``2 plate``; nothing for none)."""
+    if isinstance(value, list) and (not value or isinstance(value[0], dict)):
+        counts: dict[str, int] = {}
+        for child in value:
+            counts[str(child.get("label"))] = counts.get(str(child.get("label")), 0) + 1
+        return "".join(f" {n} {lab}" for lab, n in counts.items())
+    if isinstance(value, (list, tuple)) and value:
+        return f" {value[0]}"
+    return f" {value}"
+
+
+def _scaled_attributes(attrs: tuple[dict[str, Any], ...], sx: float, sy: float) -> tuple[dict[str, Any], ...]:
+    """``attrs`` with every secondary detector's child box scaled by ``(sx, sy)``."""
+    def scaled(v: Any) -> Any:
+        kids = _children(v)
+        if not kids:
+            return v
+        return [{**c, "box": [c["box"][0] * sx, c["box"][1] * sy, c["box"][2] * sx, c["box"][3] * sy]} for c in kids]
+    return tuple({k: scaled(v) for k, v in a.items()} for a in attrs)
 
 
 def _blend_masks(rgb: npt.NDArray[np.uint8], masks: Sequence[InstanceMask],
@@ -591,7 +628,8 @@ class _SourceWriter:
             kp = dets.keypoints  # masks carry their frame size: draw_detections maps them
             dets = dataclasses.replace(
                 dets, xyxy=dets.xyxy * np.array([sx, sy] * 2, np.float32),
-                keypoints=None if kp is None else kp * np.array([sx, sy, 1.0][:kp.shape[2]], np.float32))
+                keypoints=None if kp is None else kp * np.array([sx, sy, 1.0][:kp.shape[2]], np.float32),
+                attributes=None if dets.attributes is None else _scaled_attributes(dets.attributes, sx, sy))
         size = max(10, round(h / 36))
         if size not in self._fonts:
             self._fonts[size] = _load_font(size)

@@ -211,3 +211,44 @@ def test_mask_and_keypoint_keys_are_validated() -> None:
     assert parse().mask_alpha == 0.4 and parse().keypoint_threshold == 0.5
     with pytest.raises(ConfigError, match=r"video\.mask_alpha"):
         VideoSink("o", mask_alpha=0.0)  # built directly: refused the same way, before any work
+
+
+def _with_plates(box: tuple[int, int, int, int], plates: list[dict[str, object]]) -> Detections:
+    return Detections(np.array([box], np.float32), np.array([0.9], np.float32), np.array([2]),
+                      attributes=({"plates": plates, "colour": ["red", 0.93]},))
+
+
+def test_a_secondary_detectors_boxes_are_drawn_thinner_in_their_parents_colour() -> None:
+    image = np.full((120, 160, 3), GREY, np.uint8)
+    dets = _with_plates((20, 20, 140, 100), [{"label": "plate", "score": 0.9, "box": [60, 70, 100, 90]}])
+    out = draw_detections(image, dets, line_width=4, draw_labels=False)
+    colour = color_for_class(2)
+    assert tuple(out[70, 80]) == colour and tuple(out[71, 80]) == colour  # the child's top edge, 2 px wide
+    assert tuple(out[72, 80]) == (GREY,) * 3 and tuple(out[80, 80]) == (GREY,) * 3  # thinner than the parent's 4
+    assert tuple(out[80, 60]) == colour and tuple(out[80, 99]) == colour  # its left and right edges
+    none = draw_detections(image, _with_plates((20, 20, 140, 100), []), line_width=4, draw_labels=False)
+    assert tuple(none[70, 80]) == (GREY,) * 3  # looked, found nothing: no child box
+
+
+def test_label_text_counts_a_detectors_children_and_names_a_classifiers_label() -> None:
+    from streams.sinks.video import _attribute_text
+
+    plates = [{"label": "plate", "score": 0.9, "box": [0, 0, 1, 1]}] * 2 + [
+        {"label": "sticker", "score": 0.5, "box": [0, 0, 1, 1]}]
+    assert _attribute_text(plates) == " 2 plate 1 sticker"
+    assert _attribute_text([]) == ""
+    assert _attribute_text(["red", 0.93]) == " red"
+
+
+def test_the_sink_scales_a_detectors_children_to_the_decoded_frame(tmp_path: Path) -> None:
+    clip = _tiny_clip(tmp_path / "a.mp4", 320, 240)
+    dets = _with_plates((10, 10, 150, 110), [{"label": "plate", "score": 0.9, "box": [30, 40, 70, 60]}])
+    writer = _SourceWriter("a", str(clip), tmp_path / "o.mp4", VideoSinkConfig(str(tmp_path), line_width=2), {})
+    try:
+        rgb = np.full((240, 320, 3), GREY, np.uint8)
+        out = writer._annotate(rgb, dets, 0, (160, 120)).to_ndarray(format="rgb24")
+    finally:
+        writer.close()
+    assert tuple(out[80, 100]) == color_for_class(2)  # the child's top edge (y 40, x 30..70) doubled
+    assert tuple(out[40, 50]) == (GREY,) * 3  # nothing at the unscaled edge
+    assert dets.attributes is not None and dets.attributes[0]["plates"][0]["box"] == [30, 40, 70, 60]  # not mutated
