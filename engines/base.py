@@ -112,10 +112,13 @@ class Engine(Protocol):
         """Run the model on ``inputs`` (read in place) and return its outputs by name."""
         ...
 
-    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream]) -> int:
-        """Capture one CUDA graph per stream for batches of ``batch`` frames; call it before
-        decoding starts (inside ``with``). Returns how many were captured: 0 for engines
-        without graphs, or where graphs are off (the CPU, ``cuda_graphs: false``)."""
+    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream],
+                       sizes: Sequence[tuple[int, int]] | None = None) -> int:
+        """Capture one CUDA graph per stream for batches of ``batch`` frames of each input
+        size ``(h, w)`` in ``sizes`` (default: the model's input size; other sizes are a
+        dynamic-shape model's rectangle canvases); call it before decoding starts (inside
+        ``with``). Returns how many were captured: 0 for engines without graphs, or where
+        graphs are off (the CPU, ``cuda_graphs: false``)."""
         ...
 
     def close_captures(self, reason: str) -> None:
@@ -136,7 +139,8 @@ class NoGraphs:
     so neither replays graphs; they inherit these no-ops.
     """
 
-    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream]) -> int:
+    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream],
+                       sizes: Sequence[tuple[int, int]] | None = None) -> int:
         """Nothing to capture: 0."""
         return 0
 

@@ -7,11 +7,17 @@ value that contradicts the file is logged once, as a warning, naming both; a con
 ``input_size`` that a static-shape graph cannot take is a ConfigError (the graph would
 refuse every batch).
 
+The model input's shape (:func:`rect_canvas_stride`): a dynamic-shape letterbox export runs,
+as Ultralytics runs it, at the smallest stride-aligned rectangle around each frame's
+letterboxed size (``preprocess.canvas: auto``), unless the config pins ``model.input_size``
+or asks for ``canvas: square``; everything else runs at ``input_size``.
+
 Usage::
 
     facts = read_onnx(path)
     info = onnx_model_info(cfg.model, facts, load_class_names(cfg.model.class_names))
     info.input_size, info.task, info.dynamic
+    stride = rect_canvas_stride(info, cfg.preprocess, pinned=cfg.model.input_size is not None)
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engines.onnx_model import OnnxFacts
-from streams.config import ModelConfig
+from streams.config import ModelConfig, PreprocessConfig
 from streams.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
@@ -29,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUPPORTED_TASKS", "ModelInfo", "layout_hints", "onnx_model_info"]
+__all__ = ["SUPPORTED_TASKS", "ModelInfo", "layout_hints", "model_resize", "onnx_model_info", "rect_canvas_stride"]
 
 SUPPORTED_TASKS = ("detect", "segment", "pose")
 _noted: set[tuple[str, str]] = set()
@@ -84,7 +90,7 @@ def onnx_model_info(model: ModelConfig, facts: OnnxFacts, names: tuple[str, ...]
                       names[0] if names else None, len(file_names), file_names[0] if file_names else None)
     size = _input_size(model, facts)
     task = _task(model, facts)
-    resize = "stretch" if (facts.head or "").startswith("RTDETR") else "letterbox"
+    resize = model_resize(facts)
     return ModelInfo(
         class_names=names if names is not None else (file_names or ()),
         input_size=size,
@@ -97,6 +103,12 @@ def onnx_model_info(model: ModelConfig, facts: OnnxFacts, names: tuple[str, ...]
         dynamic=facts.input_hw is None,
         resize=resize,
     )
+
+
+def model_resize(facts: OnnxFacts) -> str:
+    """How the exporting framework fits frames into the model's input: ``stretch`` for
+    Ultralytics' RT-DETR (``LetterBox(scale_fill=True)``), else ``letterbox``."""
+    return "stretch" if (facts.head or "").startswith("RTDETR") else "letterbox"
 
 
 def _input_size(model: ModelConfig, facts: OnnxFacts) -> tuple[int, int]:
@@ -137,6 +149,45 @@ def _task(model: ModelConfig, facts: OnnxFacts) -> str:
         raise EngineError(f"{facts.path}: a {meta!r} model (the file's metadata says so); Fovea runs "
                           f"{', '.join(SUPPORTED_TASKS)} models")
     return meta
+
+
+def rect_canvas_stride(info: ModelInfo, options: PreprocessConfig, pinned: bool) -> int | None:
+    """The stride of the rectangle canvases a job letterboxes frames into, or ``None`` for the
+    square ``info.input_size`` canvas.
+
+    ``options.canvas``: ``square``: ``None``. ``auto``: ``info.stride`` for a dynamic-shape
+    export (``info.dynamic``) that letterboxes (the model's and the config's ``resize``) and
+    whose size the config does not pin (``pinned``: ``model.input_size`` is set; a pinned size
+    is taken as a fixed input shape); else ``None``. ``rect``: ``info.stride`` wherever the
+    model can take it; a static-shape or stretching model is a ConfigError
+    (``preprocess.canvas``). The choice is logged once per model.
+    """
+    canvas = options.canvas
+    if canvas == "square":
+        return None
+    why = None
+    if not info.dynamic:
+        why = f"{info.source} takes only {list(info.input_size)} images (a static-shape model)"
+    elif "stretch" in (info.resize, options.resize):
+        who = "the model" if info.resize == "stretch" else "preprocess.resize"
+        why = f"{who} stretches frames over the whole input (no letterbox to fit a rectangle around)"
+    if canvas == "rect" and why is not None:
+        raise ConfigError("preprocess.canvas", f"rect, but {why}; use auto or square")
+    if why is not None:
+        return None
+    first = (info.source, "canvas") not in _noted
+    _noted.add((info.source, "canvas"))
+    if canvas == "auto" and pinned:
+        if first:
+            log.info("%s: a dynamic-shape export with model.input_size %s in the config: frames are letterboxed "
+                     "into that whole size (preprocess.canvas: auto; rect for the smallest %d-aligned rectangle, "
+                     "as Ultralytics runs it)", info.source, list(info.input_size), info.stride)
+        return None
+    if first:
+        log.info("%s: a dynamic-shape export: each file is letterboxed into the smallest %d-aligned rectangle "
+                 "around its frame within %s, as Ultralytics runs it (preprocess.canvas: %s; square for the whole "
+                 "size)", info.source, info.stride, list(info.input_size), canvas)
+    return info.stride
 
 
 def layout_hints(info: ModelInfo) -> LayoutHints:

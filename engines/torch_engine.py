@@ -17,9 +17,12 @@ CUDA graphs and zero copy
     batch instead of hundreds of kernel launches, which leaves the GIL to the decode
     threads. A smaller batch (a live job's partial batch) is copied into the buffer's
     first rows and the whole graph replayed; its outputs are those rows (the other rows'
-    work is wasted, which costs less than running eagerly). Larger batches, or other
-    frame shapes, run eagerly on the caller's buffer (logged once). The TensorRT engine
-    needs no graphs and binds DALI's buffer in place.
+    work is wasted, which costs less than running eagerly). A model that takes several
+    input sizes (a dynamic-shape export, whose files a job letterboxes into rectangles of
+    several shapes) gets one graph per stream and size (:meth:`TorchEngine.capture_graphs`
+    with ``sizes``), each with its own input buffer, in the stream's memory pool.
+    Larger batches, or shapes without a graph, run eagerly on the caller's buffer (logged
+    once). The TensorRT engine needs no graphs and binds DALI's buffer in place.
 
     Without :meth:`close_captures` (tests, single-threaded use) the engine captures on
     demand, one graph per (stream, input address, shape, strides), reading that buffer in
@@ -41,6 +44,7 @@ Usage::
     with TorchEngine(model, device="cuda:0", precision="fp16", input_size=(640, 640)) as e:
         streams = [torch.cuda.Stream(), torch.cuda.Stream()]
         e.capture_graphs(64, streams)       # before any decoder runs
+        e.capture_graphs(64, streams, [(384, 640)])  # other input sizes too (a dynamic-shape model)
         e.close_captures("DALI decodes from here on")
         out = e.infer({"images": batch}, stream=streams[0].cuda_stream)   # batch: [64, 3, 640, 640]
 """
@@ -175,7 +179,8 @@ class TorchEngine:
         self._graphs: dict[int, OrderedDict[tuple[Any, ...], _Graph]] = {}
         self._pools: dict[int, Any] = {}
         self._misses: dict[int, int] = {}  # captures per stream
-        self._static: dict[int, _Graph] = {}  # stream handle → graph reading its own input buffer
+        # (stream handle, h, w) → graph reading its own input buffer
+        self._static: dict[tuple[int, int, int], _Graph] = {}
         self._captures_closed: str | None = None  # why on-demand captures are off
         self._eager_noted = False
         self._lock = threading.Lock()  # graph caches are shared by the callers' threads
@@ -267,42 +272,55 @@ class TorchEngine:
         """Whether inference replays CUDA graphs now (off on the CPU, or once disabled)."""
         return self._use_graphs
 
-    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream]) -> int:
-        """Capture one graph per stream for ``batch`` frames, each with its own input buffer.
+    def capture_graphs(self, batch: int, streams: Sequence[torch.cuda.Stream],
+                       sizes: Sequence[tuple[int, int]] | None = None) -> int:
+        """Capture one graph per stream and input size ``(h, w)`` in ``sizes`` (default: the
+        model's input size; others need a model built with ``other_sizes``) for ``batch``
+        frames, each with its own input buffer.
 
         Call before other threads use CUDA (see the module docstring). Afterwards
         :meth:`infer` on one of ``streams`` with a ``[batch, 3, H, W]`` input copies it
-        into that stream's buffer and replays the graph. Returns the number of graphs
-        captured (0 with graphs off or on the CPU).
+        into that stream's buffer of its size and replays the graph. Graphs of one stream
+        share its memory pool; their replays are ordered on that stream. Returns the number
+        of graphs captured (0 with graphs off or on the CPU).
         """
+        if sizes is None:
+            sizes = [self._input_size]
         if not self._entered:
             raise EngineError("TorchEngine.capture_graphs called outside 'with'")
+        other = [tuple(hw) for hw in sizes if tuple(hw) != tuple(self._input_size)]
+        if other and not self._other_sizes:
+            raise ShapeError(f"{self._input_name}: the model takes {list(self._input_size)} images only, not "
+                             f"{[list(hw) for hw in other]}")
         if not self._use_graphs:
             return 0
-        h, w = self._input_size
         if self._max_batch is not None and batch > self._max_batch:
             raise ShapeError(f"{self._input_name}: batch {batch} exceeds max_batch_size {self._max_batch}")
-        for s in streams:
-            x = torch.zeros((batch, 3, h, w), dtype=self._dtype, device=self._device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            try:
-                # cuDNN benchmarks its algorithms for these shapes; the graph keeps the fastest
-                with self.gate.exclusive(), torch.backends.cudnn.flags(enabled=True, benchmark=True,
-                                                                         benchmark_limit=0):
-                    torch.cuda.synchronize(self._device)
-                    t = time.monotonic()
-                    g = self._capture(x, s, compiled=self._compiled is not None)
-                    if self._compiled is not None and not self._static:
-                        log.info("torch.compile (mode %s) and capture for batch %d took %.1f s",
-                                 self._compile_mode, batch, time.monotonic() - t)
-            except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as e:
-                self._capture_failed(e)
-                return 0
-            with self._lock:
-                self._static[s.cuda_stream] = _Graph(g.graph, g.outputs, x)
+        captured = 0
+        for h, w in sizes:
+            for s in streams:
+                x = torch.zeros((batch, 3, h, w), dtype=self._dtype, device=self._device)
+                x = x.contiguous(memory_format=torch.channels_last)
+                try:
+                    # cuDNN benchmarks its algorithms for these shapes; the graph keeps the fastest
+                    with self.gate.exclusive(), torch.backends.cudnn.flags(enabled=True, benchmark=True,
+                                                                             benchmark_limit=0):
+                        torch.cuda.synchronize(self._device)
+                        t = time.monotonic()
+                        g = self._capture(x, s, compiled=self._compiled is not None)
+                        if self._compiled is not None and s is streams[0]:
+                            log.info("torch.compile (mode %s) and capture for batch %d at %dx%d took %.1f s",
+                                     self._compile_mode, batch, w, h, time.monotonic() - t)
+                except (RuntimeError, getattr(torch, "AcceleratorError", RuntimeError)) as e:
+                    self._capture_failed(e)
+                    return 0
+                with self._lock:
+                    self._static[(s.cuda_stream, h, w)] = _Graph(g.graph, g.outputs, x)
+                captured += 1
         torch.cuda.synchronize(self._device)
-        log.info("captured %d CUDA graph(s) for batches of %d", len(streams), batch)
-        return len(streams)
+        log.info("captured %d CUDA graph(s) for batches of %d at %s (w x h)", captured, batch,
+                 ", ".join(f"{w}x{h}" for h, w in sizes))
+        return captured
 
     def close_captures(self, reason: str) -> None:
         """No captures from now on: graphs already captured keep replaying, other batches run eagerly."""
@@ -367,7 +385,7 @@ class TorchEngine:
         Thread-safe: each stream has its own cache and pool, and one caller thread per
         stream is assumed (Fovea's decode sessions each own a stream).
         """
-        sg = self._static.get(s.cuda_stream)
+        sg = self._static.get((s.cuda_stream, x.shape[2], x.shape[3]))
         if sg is not None and sg.input is not None and x.shape[1:] == sg.input.shape[1:] \
                 and x.shape[0] <= sg.input.shape[0]:
             n, full = x.shape[0], sg.input.shape[0]

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from streams.errors import MissingDependencyError, ShapeError
 
-__all__ = ["canvas_hw", "letterbox_reference"]
+__all__ = ["canvas_hw", "letterbox_reference", "min_canvas_hw"]
 
 
 def canvas_hw(src_w: int, src_h: int, imgsz: tuple[int, int], stride: int = 32, rect: bool = False) -> tuple[int, int]:
@@ -43,8 +43,19 @@ def canvas_hw(src_w: int, src_h: int, imgsz: tuple[int, int], stride: int = 32, 
     if not rect:
         return (h, w)
     r = min(h / src_h, w / src_w)
-    new_w, new_h = round(src_w * r), round(src_h * r)
+    new_w, new_h = max(1, round(src_w * r)), max(1, round(src_h * r))  # as letterbox_geometry clamps it
     return (new_h + (h - new_h) % stride, new_w + (w - new_w) % stride)
+
+
+def min_canvas_hw(imgsz: tuple[int, int], stride: int = 32) -> tuple[int, int]:
+    """The smallest ``(h, w)`` :func:`canvas_hw` gives with ``rect=True`` at ``imgsz``, whatever
+    the frame: each side is congruent to ``imgsz``'s modulo ``stride`` and at least 1, so
+    ``imgsz % stride``, or ``stride`` where that is 0 (the bounds of a TensorRT optimization
+    profile for a dynamic-shape export, up to ``imgsz`` itself)."""
+    h, w = imgsz
+    if min(h, w, stride) <= 0:
+        raise ShapeError(f"min_canvas_hw: expected positive sizes, got imgsz {imgsz}, stride {stride}")
+    return (h % stride or stride, w % stride or stride)
 
 
 def letterbox_reference(frame: npt.NDArray[np.uint8], out_hw: tuple[int, int], pad_value: int = 114

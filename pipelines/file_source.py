@@ -12,6 +12,10 @@
    file, and the sessions finish together instead of idling behind the longest file.
    Files only PyAV decodes are taken whole, one at a time, by sessions that are free (a
    resumed one from the keyframe before where it continues: :mod:`pipelines.pyav_frames`).
+   Each file's frames go onto its canvas (:meth:`DecodePlan.geometry`: the model input, or
+   the smallest stride-aligned rectangle around them for a dynamic-shape export); a
+   segment's pipeline reads segments of one geometry, so a batch holds one file's frames
+   and has one shape. Which canvas each frame size got is logged once per job.
 3. Decoded batches wait in one bounded queue, so decoding runs ahead of inference by a
    bounded amount; a free slot goes to the session with the most frames left
    (:class:`pipelines.batch_queue.BehindFirstQueue`), so that when inference is the slower
@@ -60,16 +64,16 @@ import math
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from operators.boxes import letterbox_geometry
+from operators.boxes import LetterboxGeometry
 from pipelines.batch_queue import BehindFirstQueue
-from pipelines.preprocess import PreprocessSpec
+from pipelines.preprocess import PreprocessSpec, canvas_geometry
 from pipelines.pyav_frames import planned_range
 from pipelines.segments import Segment, plan_segments
 from pipelines.video_decoding import (
@@ -90,7 +94,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DecodePlan:
-    """How files are decoded: devices, model input, batch and concurrency."""
+    """How files are decoded: devices, model input, batch and concurrency.
+
+    ``stride``: each file's frames go onto the smallest ``stride``-aligned rectangle within
+    ``input_size`` that holds them letterboxed (:func:`pipelines.preprocess.canvas_geometry`;
+    a dynamic-shape export, :func:`engines.model_info.rect_canvas_stride`); ``None``: onto the
+    whole ``input_size``. One file has one canvas, so each batch is one tensor shape.
+    """
 
     spec: PreprocessSpec
     input_size: tuple[int, int]  # (height, width)
@@ -101,6 +111,37 @@ class DecodePlan:
     threads: int = 2
     min_segment: int = 512  # shortest segment a file is cut into (frames; cuts at keyframes)
     stall_timeout_s: float = 60.0  # a session yielding no frame this long is abandoned (decode.stall_timeout_s)
+    stride: int | None = None  # rectangle canvases (see above); None: the square input_size
+
+    def geometry(self, src_w: int, src_h: int) -> LetterboxGeometry:
+        """Where a ``src_w x src_h`` frame goes in the model input (its canvas and placement)."""
+        return canvas_geometry(src_w, src_h, self.input_size, self.spec.options.resize, self.stride)
+
+
+def canvases(plan: DecodePlan, infos: Sequence[VideoInfo | SourceError]) -> Counter[tuple[int, int]]:
+    """Frames per model-input canvas ``(h, w)`` over the probed files ``infos`` (failed probes
+    left out): the input shapes a job's batches will have."""
+    out: Counter[tuple[int, int]] = Counter()
+    for info in infos:
+        if isinstance(info, VideoInfo):
+            g = plan.geometry(info.width, info.height)
+            out[(g.dst_h, g.dst_w)] += info.num_frames
+    return out
+
+
+def _log_canvases(plan: DecodePlan, infos: Sequence[VideoInfo]) -> None:
+    """Which canvas each frame size got, once per job (INFO)."""
+    sizes = Counter((i.width, i.height) for i in infos)
+    if not sizes:
+        return
+    parts = []
+    for (w, h), n in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        g = plan.geometry(w, h)
+        parts.append(f"{w}x{h} -> {g.dst_w}x{g.dst_h} ({n} file{'s' if n > 1 else ''})")
+    how = (f"the smallest {plan.stride}-aligned rectangle within" if plan.stride is not None
+           else "the whole")
+    log.info("model input canvases (w x h; %s %dx%d): %s", how, plan.input_size[1], plan.input_size[0],
+             ", ".join(parts))
 
 
 def probe_processes(sessions: int) -> int:
@@ -432,12 +473,12 @@ class FileDecodeSource:
     def __enter__(self) -> FileDecodeSource:
         self._t0 = time.monotonic()
         plan = self.plan
-        h, w = plan.input_size
         t_probe = time.monotonic()
         probe = self._probe or BackgroundProbe([f.path for f in self.files], probe_processes(plan.sessions))
         infos = probe.result()
         log.info("probed %d files in %.2f s (waited %.2f s for it here)", len(self.files), probe.seconds,
                  time.monotonic() - t_probe)
+        _log_canvases(plan, [i for i in infos if isinstance(i, VideoInfo)])
         ledger = self._ledger
         readable: list[tuple[VideoFile, VideoInfo, Any]] = []
         for f, res in zip(self.files, infos, strict=True):
@@ -447,7 +488,7 @@ class FileDecodeSource:
             kind = choose_decoder(res, plan.decode_device)
             ledger.state[f] = _FileState(res, kind)
             ledger.events.put(FileEvent(f, "started", expected_frames=res.expected_frames, decoder=kind))
-            geom = letterbox_geometry(res.width, res.height, w, h, plan.spec.options.resize)
+            geom = plan.geometry(res.width, res.height)
             if kind == "pyav":
                 ledger.state[f].segments = 1
                 self._whole.put(f)
@@ -626,8 +667,7 @@ class FileDecodeSource:
         if not self._sessions.whole_started(sess, f):
             self._whole.put(f)  # abandoned meanwhile: its successor takes the file
             return
-        h, w = plan.input_size
-        geom = letterbox_geometry(info.width, info.height, w, h, plan.spec.options.resize)
+        geom = plan.geometry(info.width, info.height)
         decoder = FileDecoder(f, info, plan.spec, geom, plan.batch, device_id=plan.device_id, stream=stream,
                               num_threads=plan.threads, progress=lambda: self._sessions.alive(sess))
         error: SourceError | None = None

@@ -6,6 +6,12 @@ integer offset (``fn.slice`` with a negative start), normalised, cast and laid o
 ``crop_mirror_normalize``. The mapping back to source pixels uses the same geometry, so
 boxes round-trip exactly.
 
+The canvas: the model input's ``(h, w)``, or, for a dynamic-shape export
+(:func:`engines.model_info.rect_canvas_stride`), the smallest stride-aligned rectangle within
+it around the letterboxed frame (:func:`canvas_geometry`), as Ultralytics runs such a model.
+A geometry carries its canvas, so the graphs below need nothing else; frames of one size get
+one canvas, so one file's batches keep one shape.
+
 The resize filter (``preprocess.resize_filter``): DALI's bilinear ``fn.resize`` (``dali``),
 or OpenCV's ``cv2.resize(INTER_LINEAR)`` reproduced bit for bit
 (:func:`operators.resize.resize_bilinear_opencv`, ``opencv``), which the frameworks that
@@ -36,7 +42,7 @@ import numpy as np
 import torch
 
 from engines.model_info import ModelInfo
-from operators.boxes import LetterboxGeometry, letterbox_geometry
+from operators.boxes import LetterboxGeometry, ResizeMode, letterbox_geometry
 from operators.letterbox import canvas_hw
 from operators.resize import resize_bilinear_opencv
 from streams.config import PreprocessConfig
@@ -115,6 +121,20 @@ def preprocess_per_sample(
     x = fn.slice(x, start=start, shape=shape, axis_names="HW",
                  out_of_bounds_policy="pad", fill_values=float(spec.options.pad_value))
     return _normalize(x, spec, sequence)
+
+
+def canvas_geometry(src_w: int, src_h: int, size: tuple[int, int], resize: ResizeMode = "letterbox",
+                    stride: int | None = None) -> LetterboxGeometry:
+    """Where a ``src_w x src_h`` frame goes in the model input of ``size`` ``(h, w)``: resized
+    (``resize``) onto the whole ``size`` canvas, or, with ``stride`` and ``letterbox``, onto the
+    smallest ``stride``-aligned rectangle within it that holds the letterboxed frame
+    (:func:`operators.letterbox.canvas_hw`, as Ultralytics runs a dynamic-shape export; a
+    768x432 frame at 320x320 gets a 320x192 canvas). Frames of one size share one canvas, so
+    a batch of one file's frames is one tensor."""
+    h, w = size
+    if stride is not None and resize == "letterbox":
+        h, w = canvas_hw(src_w, src_h, size, stride, rect=True)
+    return letterbox_geometry(src_w, src_h, w, h, resize)
 
 
 def resolve_resize_filter(options: PreprocessConfig, info: ModelInfo) -> PreprocessConfig:
@@ -258,10 +278,7 @@ class HostPreprocessor:
 
     def geometry(self, src_w: int, src_h: int) -> LetterboxGeometry:
         """Where a ``src_w x src_h`` frame goes: the model input, or its rectangle with ``stride``."""
-        h, w = self.size
-        if self.stride is not None and self.spec.options.resize == "letterbox":
-            h, w = canvas_hw(src_w, src_h, self.size, self.stride, rect=True)
-        return letterbox_geometry(src_w, src_h, w, h, self.spec.options.resize)
+        return canvas_geometry(src_w, src_h, self.size, self.spec.options.resize, self.stride)
 
     def _build(self) -> Any:
         from nvidia.dali import fn, pipeline_def, types

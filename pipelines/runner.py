@@ -22,6 +22,13 @@ hold).
 The engine side (:class:`InferenceSetup`) can be set up once and handed to several jobs in
 turn (a Ray worker does: :mod:`pipelines.ray_backend`).
 
+The model input's shape (:func:`engines.model_info.rect_canvas_stride`): a dynamic-shape
+letterbox export runs each file at the smallest stride-aligned rectangle around its
+letterboxed frames, as Ultralytics runs it (``preprocess.canvas: auto``); one file's frames
+share a canvas, so every batch is one tensor shape. On a GPU the job knows the canvases once
+its files are probed, and before decoding starts it warms the engine up at each (the torch
+engine captures a CUDA graph per canvas and stream: :meth:`InferenceSetup.prepare_canvases`).
+
 Usage::
 
     summary = run_job(load_config("job.yaml"))
@@ -45,7 +52,8 @@ from dataclasses import replace
 from types import TracebackType
 
 from engines.factory import resolve_device
-from pipelines.file_source import DecodePlan, FileDecodeSource, FileEvent, probe_processes
+from engines.model_info import rect_canvas_stride
+from pipelines.file_source import DecodePlan, FileDecodeSource, FileEvent, canvases, probe_processes
 from pipelines.graph import (
     PerSourceStages,
     attach_cascade,
@@ -55,6 +63,7 @@ from pipelines.graph import (
     open_inference_stage,
     prepare_inference,
     source_stages,
+    warm_up,
 )
 from pipelines.inference_pool import FailedBatch, InferencePool
 from pipelines.job_sinks import open_job_sinks
@@ -75,6 +84,12 @@ from streams.sources.probe import BackgroundProbe
 
 log = logging.getLogger(__name__)
 
+#: canvas shapes besides the model's input size a GPU job prepares (warm-up, a CUDA graph per
+#: inference stream on the torch engine), those with the most frames first; batches of others
+#: run without a graph (logged once). Each is a capture (and, compiled, a compile: torch.compile
+#: recompiles a model for at most 8 shapes, the input size and these 7) at start-up.
+MAX_CANVASES = 7
+
 
 def decode_plan(cfg: JobConfig, stage: InferenceStage, device: str, batch: int) -> DecodePlan:
     """Where and how files are decoded for this engine."""
@@ -86,6 +101,7 @@ def decode_plan(cfg: JobConfig, stage: InferenceStage, device: str, batch: int) 
     spec = PreprocessSpec(dtype=engine.input_dtype, layout=engine.input_layout,  # type: ignore[arg-type]
                           options=resolve_resize_filter(cfg.preprocess, stage.info),
                           keep_source=needs_source_frames(cfg))
+    stride = rect_canvas_stride(stage.info, cfg.preprocess, pinned=cfg.model.input_size is not None)
     return DecodePlan(
         spec=spec,
         input_size=stage.info.input_size,
@@ -95,6 +111,7 @@ def decode_plan(cfg: JobConfig, stage: InferenceStage, device: str, batch: int) 
         sessions=cfg.decode.sessions,
         threads=cfg.decode.threads,
         stall_timeout_s=cfg.decode.stall_timeout_s,
+        stride=stride,
     )
 
 
@@ -113,6 +130,7 @@ class InferenceSetup:
     def __init__(self, cfg: JobConfig) -> None:
         self.cfg = cfg
         self._stack = contextlib.ExitStack()
+        self._canvases: set[tuple[int, int]] = set()  # input shapes prepared (prepare_canvases)
 
     def __enter__(self) -> InferenceSetup:
         stack = self._stack
@@ -129,10 +147,36 @@ class InferenceSetup:
             self.plan = decode_plan(cfg, stage, device, self.batch)
             self.threads = cfg.engine.inference_threads if device.startswith("cuda") else 1
             self.streams = prepare_inference(stage, self.batch, self.threads)
+            self._canvases = {tuple(stage.info.input_size)}  # type: ignore[arg-type]
         except BaseException:
             stack.close()
             raise
         return self
+
+    def prepare_canvases(self, frames: Counter[tuple[int, int]]) -> None:
+        """On a GPU, before a job's decoding starts: the engine warmed up on every inference
+        stream at each canvas ``(h, w)`` of ``frames`` (frames per canvas) not prepared yet,
+        the engine's CUDA graphs captured for it (:meth:`engines.base.Engine.capture_graphs`);
+        at most :data:`MAX_CANVASES` besides the input size, those with the most frames first.
+        Nothing on the CPU. Captures must not overlap DALI's work: call it while no decode
+        pipeline runs (a job's set-up; between the jobs of a Ray worker)."""
+        if not self.streams:
+            return
+        todo = [hw for hw, _ in frames.most_common() if hw not in self._canvases]
+        room = MAX_CANVASES + 1 - len(self._canvases)
+        if len(todo) > room:
+            log.warning("more canvas shapes than the %d prepared at most besides the input size: batches of %s (w x h) "
+                        "are not warmed up, and the torch engine runs them without a CUDA graph", MAX_CANVASES,
+                        ", ".join(f"{w}x{h}" for h, w in todo[max(0, room):]))
+            todo = todo[:max(0, room)]
+        if not todo:
+            return
+        engine = self.stage.engine
+        engine.capture_graphs(self.batch, self.streams, todo)
+        for hw in todo:
+            for s in self.streams:
+                warm_up(engine, self.batch, hw, stream=s)
+        self._canvases.update(todo)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -224,6 +268,8 @@ class FileJob:
             summary.outputs = [str(getattr(s.config, "path", s.type)) for s in cfg.sinks]
             progress = stack.enter_context(Progress(total_files=summary.files_total, enabled=self.show_progress))
             progress.files_finished = summary.files_total - len(files)  # failed sources, files finished earlier
+            if setup.plan.stride is not None and setup.streams:  # rectangle canvases: known once probed
+                setup.prepare_canvases(canvases(setup.plan, probe.result()))
             start = time.monotonic()
             if device.startswith("cuda"):
                 stack.enter_context(gil_switch_interval(cfg.engine.gil_switch_interval_ms / 1000))

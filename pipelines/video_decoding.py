@@ -66,7 +66,9 @@ class DecodedBatch:
             torch tensor ``[F, C, H, W]`` or ``[F, H, W, C]`` on the same device.
         layout: ``"NCHW"`` or ``"NHWC"``: how ``images`` maps onto a batch of frames.
         rows: one entry per frame of the sample: its metadata, or ``None`` for padding.
-        geometry: the letterbox geometry of every valid row (one file: one geometry).
+        geometry: the letterbox geometry of every valid row (one file: one geometry); its
+            canvas (``dst_h x dst_w``) is the batch's input shape, a rectangle for a
+            dynamic-shape export (:meth:`pipelines.file_source.DecodePlan.geometry`).
         stream: raw CUDA stream the GPU outputs are ordered on (``None`` on the CPU).
         source: the file the frames come from (``None`` for live batches).
         row_geometries: per-row geometry for batches mixing sources (live); overrides

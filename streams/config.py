@@ -150,6 +150,11 @@ class PreprocessConfig:
     # exactly (operators/resize.py, in torch), "dali" DALI's fn.resize; "auto": opencv for a
     # model exported by Ultralytics (which letterboxes with OpenCV), else dali (docs/models.md)
     resize_filter: Literal["auto", "opencv", "dali"] = "auto"
+    # the model input's shape: "rect" letterboxes each file into the smallest stride-aligned
+    # rectangle around its resized frame (as Ultralytics runs a dynamic-shape export), "square"
+    # into the whole input size; "auto": rect for a dynamic-shape letterbox export without
+    # model.input_size in the config, else square (docs/models.md)
+    canvas: Literal["auto", "square", "rect"] = "auto"
 
     def validate(self, key: str) -> None:
         if not 0 <= self.pad_value <= 255:

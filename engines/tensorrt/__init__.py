@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from engines.tensorrt.runtime import CudaOps, TensorRTEngine
     from streams.config import EngineConfig, PostprocessConfig, PreprocessConfig
 
-__all__ = ["load_or_build", "open_tensorrt_engine"]
+__all__ = ["load_or_build", "open_tensorrt_engine", "rect_profile_min_hw"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ def open_tensorrt_engine(
 
     Makes the :class:`~engines.tensorrt.builder.BuildSpec` once, from the job's ``engine:``
     section (precision, ``tensorrt.batch`` or ``(1, batch_size, batch_size)``, workspace),
-    ``input_size`` (``[H, W]``; Fovea feeds 3 channels), ``postprocess`` (the in-engine NMS
+    ``input_size`` (``[H, W]``; Fovea feeds 3 channels; for a dynamic-shape letterbox export,
+    unless ``preprocess.canvas`` is ``square``, a profile over every rectangle canvas up to it:
+    :func:`rect_profile_min_hw`), ``postprocess`` (the in-engine NMS
     thresholds, with ``tensorrt.efficient_nms``) and, for ``precision: int8`` with
     ``tensorrt.int8_calibration`` videos, their frames through ``frame_preprocessor`` (the
     pipeline's preprocessing, which ``preprocess`` configures); then :func:`load_or_build`
@@ -134,6 +136,34 @@ def open_tensorrt_engine(
         calibration=calibration,
         calibration_id=calib_id,
         device_index=device_index(device),
+        min_hw=rect_profile_min_hw(onnx_path, input_size, preprocess),
     )
     spec = strongly_typed_fallback(onnx_path, spec)
     return load_or_build(onnx_path, spec, trt_cfg.cache_dir, timing_cache=trt_cfg.timing_cache, cuda=cuda)
+
+
+def rect_profile_min_hw(
+    onnx_path: str | Path, input_size: tuple[int, int] | None, preprocess: PreprocessConfig | None
+) -> tuple[int, int] | None:
+    """The smallest ``(H, W)`` of the run path's optimization profile, or ``None`` for H and W
+    fixed at ``input_size``.
+
+    A job letterboxes a dynamic-shape export's frames into the smallest stride-aligned
+    rectangle around them within ``input_size`` (:func:`engines.model_info.rect_canvas_stride`),
+    so the profile covers every such rectangle: from :func:`operators.letterbox.min_canvas_hw`
+    (the file's ``stride`` metadata, else 32) up to ``input_size``, tuned at ``input_size``, as
+    Ultralytics builds its own dynamic TensorRT exports. Fixed where no rectangle can come: a
+    static-shape model, ``preprocess.canvas: square``, or a model or config that stretches
+    frames. (With ``canvas: auto`` and ``model.input_size`` in the config the job stays
+    square; the wider profile still holds it.)
+    """
+    from engines.model_info import model_resize
+    from engines.onnx_model import read_onnx
+    from operators.letterbox import min_canvas_hw
+
+    if input_size is None or preprocess is None or preprocess.canvas == "square" or preprocess.resize != "letterbox":
+        return None
+    facts = read_onnx(Path(onnx_path))
+    if facts.input_hw is not None or model_resize(facts) != "letterbox":
+        return None
+    return min_canvas_hw(input_size, facts.stride or 32)

@@ -2,7 +2,9 @@
 
 :func:`build_engine` parses the ONNX file into an explicit-batch network
 (``create_network(0)``), sets a workspace limit, one optimization profile for the
-dynamic batch (``min <= opt <= max``, H and W from the model or the spec), the
+dynamic batch (``min <= opt <= max``, H and W from the model or the spec; for a
+dynamic-shape export whose frames go onto rectangle canvases, H and W from ``min_hw`` up
+to the spec's, tuned at the spec's), the
 precision flags, INT8 (explicit Q/DQ models need no calibration; other models are
 calibrated where the installed TensorRT still can), an optional in-engine
 ``EfficientNMS_TRT`` and a persisted timing cache, then returns the plan bytes.
@@ -81,6 +83,10 @@ class BuildSpec:
         precision: ``fp32``, ``fp16`` or ``int8`` (INT8 layers fall back to FP16).
         batch: ``(min, opt, max)`` of the dynamic batch; TensorRT tunes for ``opt``.
         input_shape: ``(C, H, W)``; ``None`` takes it from the model (needs static dims).
+        min_hw: the smallest ``(H, W)`` of the profile, for a model with dynamic H and W
+            whose inputs are rectangles up to ``input_shape``'s (the canvases a job letterboxes
+            frames into, :func:`operators.letterbox.min_canvas_hw`); ``opt`` and ``max`` stay
+            at ``input_shape``. ``None``: H and W are fixed.
         workspace_bytes: the builder's workspace memory-pool limit.
         efficient_nms: append ``EfficientNMS_TRT`` to a YOLOv8-layout model when set.
         calibration: implicit-INT8 data: NCHW float32 batches, or a function of the
@@ -99,6 +105,7 @@ class BuildSpec:
     calibration: CalibrationSource | None = field(default=None, compare=False, repr=False)
     calibration_id: str | None = None
     device_index: int = 0
+    min_hw: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -121,6 +128,8 @@ class BuildSpec:
             raise ConfigError(
                 "model.input_size", f"expected positive (C, H, W), got {self.input_shape}"
             )
+        if self.min_hw is not None and (len(self.min_hw) != 2 or any(d < 1 for d in self.min_hw)):
+            raise ConfigError("model.input_size", f"expected a positive smallest (H, W), got {self.min_hw}")
         if self.workspace_bytes < 1:
             raise ConfigError(
                 "engine.tensorrt.workspace_mb", f"expected > 0, got {self.workspace_bytes} bytes"
@@ -151,6 +160,7 @@ def resolve_input(
     inp = model_input(model, onnx_path)
     chw = resolve_input_shape(inp, spec.input_shape, onnx_path)
     _check_batch(inp, spec.batch, onnx_path)
+    _check_min_hw(inp, chw, spec.min_hw, onnx_path)
     return ResolvedInput(
         name=inp.name, chw=chw, qdq=has_qdq_nodes(model), fp16=has_fp16_tensors(model)
     )
@@ -234,18 +244,21 @@ def _build(
     if sharing is not None:
         config.set_preview_feature(sharing, True)
     lo, opt, hi = spec.batch
+    c, h, w = inp.chw
+    min_h, min_w = spec.min_hw or (h, w)
     profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (lo, *inp.chw), (opt, *inp.chw), (hi, *inp.chw))
+    profile.set_shape(inp.name, (lo, c, min_h, min_w), (opt, *inp.chw), (hi, *inp.chw))
     if config.add_optimization_profile(profile) < 0:
         raise EngineError(
-            f"{path}: TensorRT rejected the optimization profile batch {lo}:{opt}:{hi}"
+            f"{path}: TensorRT rejected the optimization profile batch {lo}:{opt}:{hi}, "
+            f"H {min_h}..{h}, W {min_w}..{w}"
         )
     _set_precision(trt, builder, config, spec, inp, staging, calibration_cache)
 
     loaded_timing = _attach_timing_cache(config, timing_cache)
     log.info(
-        "building a TensorRT %s engine from %s: input %s [%d..%d, %d, %d, %d]%s",
-        spec.precision, path, inp.name, lo, hi, *inp.chw,
+        "building a TensorRT %s engine from %s: input %s [%d..%d, %d, %s, %s]%s",
+        spec.precision, path, inp.name, lo, hi, c, _span(min_h, h), _span(min_w, w),
         " with EfficientNMS" if spec.efficient_nms else "",
     )  # fmt: skip
     plan = builder.build_serialized_network(network, config)
@@ -365,6 +378,27 @@ def parser_errors(parser: Any, path: str | Path) -> str:
 def _maybe(obj: Any, method: str) -> Any:
     fn = getattr(obj, method, None)  # node_name / node_operator exist from TensorRT 10 on
     return fn() if callable(fn) else None
+
+
+def _span(lo: int, hi: int) -> str:
+    return str(hi) if lo == hi else f"{lo}..{hi}"
+
+
+def _check_min_hw(
+    inp: ModelInput, chw: tuple[int, int, int], min_hw: tuple[int, int] | None, source: str | Path
+) -> None:
+    """``min_hw`` needs dynamic H and W and must not exceed the input's ``(H, W)``."""
+    if min_hw is None:
+        return
+    if inp.dims[2] is not None or inp.dims[3] is not None:
+        raise ShapeError(
+            f"{source}: input {inp.name!r} has a fixed H or W (shape {list(inp.dims)}); a profile "
+            f"over input sizes from {list(min_hw)} needs a dynamic-shape export"
+        )
+    if min_hw[0] > chw[1] or min_hw[1] > chw[2]:
+        raise ShapeError(
+            f"{source}: the profile's smallest input {list(min_hw)} exceeds its size {list(chw[1:])}"
+        )
 
 
 def _check_batch(inp: ModelInput, batch: tuple[int, int, int], source: str | Path) -> None:

@@ -62,12 +62,18 @@ class CacheKey:
     tensorrt_version: str
     efficient_nms: EfficientNMSOptions | None
     format_version: int = CACHE_FORMAT_VERSION
+    min_hw: tuple[int, int] | None = None  # the profile's smallest (H, W); None: H, W fixed
 
     def fields(self) -> dict[str, Any]:
-        """The key as JSON-ready fields (what the sidecar records)."""
+        """The key as JSON-ready fields (what the sidecar records); ``min_hw`` only where set,
+        so the plans of fixed-size profiles keep the keys they had before it existed."""
         out = asdict(self)
         out["input_shape"] = list(self.input_shape)
         out["batch"] = list(self.batch)
+        if self.min_hw is None:
+            del out["min_hw"]
+        else:
+            out["min_hw"] = list(self.min_hw)
         return out
 
     @property
@@ -105,6 +111,7 @@ def cache_key(
         compute_capability=gpu.sm,
         tensorrt_version=trt_version,
         efficient_nms=spec.efficient_nms,
+        min_hw=spec.min_hw,
     )
 
 

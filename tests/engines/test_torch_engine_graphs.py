@@ -92,3 +92,43 @@ def test_compiled_graphs_match_eager() -> None:
             torch.cuda.synchronize()
             with torch.inference_mode():
                 assert torch.allclose(out.float(), ref(x).float(), atol=1e-2)
+
+
+def test_other_sizes_need_a_model_that_takes_them() -> None:
+    """A fixed-size model refuses graphs of other sizes (on the CPU too, where none is captured)."""
+    from streams.errors import ShapeError
+
+    with TorchEngine(BrightSpotDetector(), device="cpu", input_size=(64, 64)) as engine, \
+            pytest.raises(ShapeError, match=r"takes \[64, 64\] images only, not \[\[32, 64\]\]"):
+        engine.capture_graphs(4, [], [(64, 64), (32, 64)])
+    with TorchEngine(BrightSpotDetector(), device="cpu", input_size=(64, 64), other_sizes=True) as engine:
+        assert engine.capture_graphs(4, [], [(32, 64)]) == 0  # no graphs on the CPU
+        x = torch.rand(2, 3, 32, 64)
+        assert torch.allclose(engine.infer({"images": x})["output0"], BrightSpotDetector()(x))
+
+
+@pytest.mark.gpu
+def test_a_graph_per_input_size_and_stream(caplog: pytest.LogCaptureFixture) -> None:
+    """A dynamic-shape model's rectangle canvases: one graph per (stream, size), each replaying
+    fresh inputs of its size; no batch of a captured size runs eagerly."""
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    ref = BrightSpotDetector().cuda().half().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    sizes = [(64, 64), (40, 64), (64, 48)]
+    with TorchEngine(BrightSpotDetector(), device="cuda:0", precision="fp16", input_size=(64, 64),
+                     other_sizes=True) as engine:
+        assert engine.capture_graphs(8, streams) == 2
+        assert engine.capture_graphs(8, streams, sizes[1:]) == 4
+        engine.close_captures("decoders run from here on")
+        with caplog.at_level(logging.WARNING, logger="engines.torch_engine"):
+            for step in range(2):
+                for h, w in sizes:
+                    for s in streams:
+                        x = torch.rand(8, h, w, 3, device="cuda").half().permute(0, 3, 1, 2)
+                        s.wait_stream(torch.cuda.current_stream())
+                        out = engine.infer({"images": x}, stream=s.cuda_stream)["output0"]
+                        torch.cuda.synchronize()
+                        with torch.inference_mode():
+                            want = ref(x)
+                        assert out.shape == want.shape == (8, 6, (h // 8) * (w // 8))
+                        assert torch.allclose(out.float(), want.float(), atol=1e-2), (step, h, w)
+        assert not [r for r in caplog.records if "run eagerly" in r.getMessage()]

@@ -294,3 +294,142 @@ def test_auto_picks_opencvs_filter_for_an_ultralytics_export(sample: list[np.nda
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     info = onnx_model_info(ModelConfig(path=str(tmp_path / "bare.onnx")), read_onnx(tmp_path / "bare.onnx"), None)
     assert resolve_resize_filter(PreprocessConfig(), info).resize_filter == "dali"
+
+
+# -- through a real job -------------------------------------------------------------------------
+# Clips of the synthetic scene, encoded near-losslessly: 768x432 H.264 and VP9 and a 432x768
+# H.264 portrait, in one job. Ultralytics predicts on the very frames the job's decoder gave
+# (PyAV's for H.264 on the CPU, DALI's reader's for VP9 and on NVDEC: their YUV->RGB differs
+# from FFmpeg's by tens of grey levels, so each path is compared on its own frames).
+JOB_CLIPS = {"wide.mp4": ("libx264", 768, 432), "wide.webm": ("libvpx-vp9", 768, 432),
+             "tall.mp4": ("libx264", 432, 768)}
+JOB_FRAMES = 6
+
+
+def _write(path: Path, codec: str, rgb: list[np.ndarray]) -> Path:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=10)
+        s.width, s.height, s.pix_fmt = rgb[0].shape[1], rgb[0].shape[0], "yuv420p"
+        s.options = {"crf": "10", "b": "0"} if codec == "libvpx-vp9" else {"crf": "10"}
+        for f in rgb:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def job_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("ultralytics-clips")
+    for i, (name, (codec, w, h)) in enumerate(JOB_CLIPS.items()):
+        _write(d / name, codec, frames(JOB_FRAMES, width=w, height=h, seed=11 + i))
+    return d
+
+
+def _decoded(path: Path, kind: str, device_id: int | None) -> list[np.ndarray]:
+    """The RGB frames the job's decoder ``kind`` gives for ``path``."""
+    import av
+
+    from pipelines.segments import Segment
+    from pipelines.video_decoding import SegmentBatch, SegmentDecoder
+    from streams.sources.files import VideoFile
+    from streams.sources.probe import probe_video
+
+    if kind == "pyav":
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    from operators.boxes import letterbox_geometry
+
+    info = probe_video(path)
+    geom = letterbox_geometry(info.width, info.height, IMGSZ, IMGSZ)
+    seg = Segment(VideoFile(path, path.name), info, geom, 0, info.num_frames)
+    spec = PreprocessSpec(options=PreprocessConfig(resize_filter="opencv"), keep_source=True)
+    out: list[np.ndarray] = []
+    with SegmentDecoder([seg], spec, 4, kind, device_id=device_id) as dec:  # type: ignore[arg-type]
+        for ev in dec:
+            if isinstance(ev, SegmentBatch):
+                full = ev.batch.source_frames
+                full = full.as_cpu() if hasattr(full, "as_cpu") else full
+                arr = np.asarray(full.as_tensor())
+                arr = arr.reshape(-1, *arr.shape[-3:])
+                out += [f for f, row in zip(arr, ev.batch.rows, strict=True) if row is not None]
+    return out
+
+
+def _job(clips: Path, path: Path, out: Path, device: str, monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[dict[str, set[tuple[int, ...]]], dict[str, list[Detections]], dict[str, int]]:
+    """A file job over ``clips``: per file, the input shapes its batches reached the engine
+    with and its detections in frame order; and the files per decoder."""
+    from collections import defaultdict
+
+    from engines.inplace import dali_to_torch
+    from pipelines.runner import FileJob
+    from pipelines.stages import InferenceStage
+    from streams.config import parse_config
+
+    shapes: dict[str, set[tuple[int, ...]]] = defaultdict(set)
+    process = InferenceStage.process
+
+    def spy(self: InferenceStage, batch: Any) -> Any:
+        shapes[batch.source.source_id].add(tuple(dali_to_torch(batch.images, batch.layout, batch.stream).shape))
+        return process(self, batch)
+
+    monkeypatch.setattr(InferenceStage, "process", spy)
+    engine: dict[str, Any] = {"device": device, "batch_size": 4}
+    if device != "cpu":  # FP32 as Ultralytics predicts; CUDA graphs on: one per canvas
+        engine.update(kind="torch", precision="fp32", compile="off", cuda_graphs=True)
+    cfg = parse_config({"sources": [str(clips)], "model": {"path": str(path)}, "engine": engine,
+                        "postprocess": {"conf_threshold": CONF, "iou_threshold": IOU, "fused": "off"},
+                        "sinks": [{"type": "jsonl", "path": str(out / "detections.jsonl")}]})
+    job = FileJob(cfg, show_progress=False)
+    results = [r for batch in job.batches() for r in batch]
+    assert job.summary.ok and job.summary.frames == JOB_FRAMES * len(JOB_CLIPS), job.summary.to_text()
+    dets: dict[str, list[Detections]] = {}
+    for sid in JOB_CLIPS:
+        mine = sorted((r for r in results if r.frame.source_id == sid), key=lambda r: r.frame.frame_index)
+        assert [r.frame.frame_index for r in mine] == list(range(JOB_FRAMES))
+        dets[sid] = [r.detections for r in mine]
+    return dict(shapes), dets, dict(job.summary.decoders)
+
+
+def _check_job(dynamic: bool, sample: list[np.ndarray], clips: Path, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch, device: str = "cpu") -> None:
+    case = CASES["yolov8n dynamic" if dynamic else "yolov8n static"]
+    path = export(build(case.yaml, sample), tmp_path / "yolov8n.onnx", dynamic)
+    shapes, dets, decoders = _job(clips, path, tmp_path / "out", device, monkeypatch)
+    on_gpu = device != "cpu"
+    assert decoders == ({"dali-gpu": 3} if on_gpu else {"pyav": 2, "dali-cpu": 1})
+    figures = []
+    for sid, (_, w, h) in JOB_CLIPS.items():
+        canvas = canvas_hw(w, h, (IMGSZ, IMGSZ), 32, rect=dynamic)  # 768x432: 320x192; 432x768: 192x320
+        assert {s[1:] for s in shapes[sid]} == {(3, *canvas)}, (sid, shapes[sid])
+        kind = "dali-gpu" if on_gpu else ("dali-cpu" if sid.endswith(".webm") else "pyav")
+        rgb = _decoded(clips / sid, kind, 0 if on_gpu else None)
+        assert len(rgb) == JOB_FRAMES
+        matched, total, _ = _match(_ultralytics(path, case, rgb), dets[sid])
+        figures.append(f"{sid} ({kind}, {canvas[1]}x{canvas[0]}) {matched}/{total}")
+        assert total >= 20 * JOB_FRAMES // 4, f"{sid}: too few boxes to compare ({total})"
+        assert matched >= 0.99 * total, f"{sid}: {matched} of {total} of Ultralytics' boxes matched"
+    print(f"yolov8n dynamic={dynamic} through a job on {device}: boxes matched: {', '.join(figures)}")
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+def test_a_job_gives_ultralytics_boxes(dynamic: bool, sample: list[np.ndarray], job_clips: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real file job on the CPU (PyAV for H.264, DALI's CPU reader for VP9, ONNX Runtime):
+    a dynamic export runs each file at its own rectangle (768x432: [B, 3, 192, 320]; the
+    432x768 file of the same job: [B, 3, 320, 192]), a static one at 320x320, and the boxes
+    are Ultralytics' own: >= 99 % matched at IoU >= 0.9 with the same class, per file."""
+    _check_job(dynamic, sample, job_clips, tmp_path, monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+def test_a_gpu_job_gives_ultralytics_boxes(dynamic: bool, sample: list[np.ndarray], job_clips: Path,
+                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same job on a GPU: NVDEC, preprocessing on the device, the export on the torch engine
+    (onnx2torch, FP32, a CUDA graph per canvas and inference stream)."""
+    _check_job(dynamic, sample, job_clips, tmp_path, monkeypatch, device="cuda:0")

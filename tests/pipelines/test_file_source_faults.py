@@ -181,6 +181,6 @@ def test_the_stall_timeout_is_checked() -> None:
 
 def test_the_job_hands_the_stall_timeout_to_the_file_source() -> None:
     stage = SimpleNamespace(engine=SimpleNamespace(input_dtype="float32", input_layout="NCHW"),
-                            info=SimpleNamespace(input_size=(64, 64), head=None))
+                            info=SimpleNamespace(input_size=(64, 64), head=None, dynamic=False, source="m"))
     cfg = parse_config({"sources": ["a.mp4"], "decode": {"stall_timeout_s": 7}})
     assert runner.decode_plan(cfg, stage, "cpu", 8).stall_timeout_s == 7.0  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engines.tensorrt import builder
 from engines.tensorrt.builder import BuildSpec, EfficientNMSOptions, build_engine
@@ -53,6 +54,35 @@ def test_input_size_from_spec_for_dynamic_hw_model(fake_trt: FakeTensorRT, tmp_p
     build_engine(model, BuildSpec(batch=(2, 2, 2), input_shape=(3, 320, 480)))
     lo, opt, hi = fake_trt.last_config.profiles[0].shapes["images"]
     assert lo == opt == hi == (2, 3, 320, 480)
+
+
+def test_rect_profile_for_a_dynamic_shape_export(fake_trt: FakeTensorRT, tmp_path: Path) -> None:
+    """Rectangle canvases up to the input size: H and W from min_hw up, tuned at the full size;
+    the engine then takes a 192x320 batch and refuses one below the profile."""
+    from engines.tensorrt.runtime import TensorRTEngine
+    from tests.engines.tensorrt.trt_standin import CpuCuda
+
+    model = write_detector_onnx(tmp_path / "dyn.onnx", hw=("H", "W"))
+    plan = build_engine(model, BuildSpec(batch=(1, 4, 8), input_shape=(3, 320, 320), min_hw=(32, 32)))
+    assert fake_trt.last_config.profiles[0].shapes["images"] == ((1, 3, 32, 32), (4, 3, 320, 320), (8, 3, 320, 320))
+    engine = TensorRTEngine(plan, cuda=CpuCuda())
+    assert engine.inputs[0].shape == (None, 3, None, None)
+    engine.infer({"images": torch.rand(2, 3, 192, 320)})
+    assert fake_trt.rec.contexts[-1].input_shapes["images"] == (2, 3, 192, 320)
+    with pytest.raises(ShapeError, match=r"outside the engine's optimization profile: min \[1, 3, 32, 32\]"):
+        engine.infer({"images": torch.rand(2, 3, 16, 320)})
+
+
+def test_rect_profile_needs_dynamic_hw_within_the_size(fake_trt: FakeTensorRT, tmp_path: Path,
+                                                       detector: Path) -> None:
+    with pytest.raises(ShapeError, match=r"fixed H or W.*needs a dynamic-shape export"):
+        build_engine(detector, BuildSpec(min_hw=(32, 32)))
+    model = write_detector_onnx(tmp_path / "dyn.onnx", hw=("H", "W"))
+    with pytest.raises(ShapeError, match=r"smallest input \[64, 32\] exceeds its size \[32, 32\]"):
+        build_engine(model, BuildSpec(input_shape=(3, 32, 32), min_hw=(64, 32)))
+    with pytest.raises(ConfigError, match="positive smallest"):
+        BuildSpec(min_hw=(0, 32))
+    assert fake_trt.build_count == 0
 
 
 def test_dynamic_hw_without_size_is_a_shape_error(fake_trt: FakeTensorRT, tmp_path: Path) -> None:
@@ -304,7 +334,7 @@ def test_the_spec_holds_what_to_build_and_nothing_of_the_job() -> None:
     cache keys plans by the spec's fields; where its files live is the cache's business)."""
     fields = {f.name for f in dataclasses.fields(BuildSpec)}
     assert fields == {"precision", "batch", "input_shape", "workspace_bytes", "efficient_nms",
-                      "calibration", "calibration_id", "device_index"}
+                      "calibration", "calibration_id", "device_index", "min_hw"}
     assert not hasattr(BuildSpec, "from_config")
     builder_source = Path(builder.__file__).read_text()
     assert "streams.config" not in builder_source and "EngineConfig" not in builder_source

@@ -91,6 +91,7 @@ CHANGES: dict[str, Any] = {
     "precision": lambda m, s, g: (replace(s, precision="fp32"), g),
     "batch profile": lambda m, s, g: (replace(s, batch=(1, 8, 8)), g),
     "input size": lambda m, s, g: (replace(s, input_shape=(3, 64, 64)), g),
+    "rect profile": lambda m, s, g: (replace(s, min_hw=(8, 16)), g),
     "gpu name": lambda m, s, g: (s, gpu("NVIDIA H100", (9, 0))),
     "compute capability": lambda m, s, g: (s, gpu("NVIDIA H200", (9, 1))),
     "nms options": lambda m, s, g: (replace(s, efficient_nms=EfficientNMSOptions()), g),
@@ -116,6 +117,16 @@ def test_every_key_change_rebuilds(fake_trt: FakeTensorRT, tmp_path: Path, chang
     if change != "model bytes":  # going back reuses the first plan
         assert not _build(model, tmp_path / "c", base).built
         assert fake_trt.build_count == 2
+
+
+def test_a_fixed_size_profile_keeps_its_key(fake_trt: FakeTensorRT, tmp_path: Path) -> None:
+    """``min_hw`` enters the key only where set: plans built before it existed keep their names."""
+    model = write_detector_onnx(tmp_path / "m.onnx", hw=("H", "W"))
+    fixed = cache_key(model, replace(SPEC, input_shape=(3, 32, 32)), gpu=H200(0), trt_version="10.8.0.43")
+    assert "min_hw" not in fixed.fields()
+    rect = cache_key(model, replace(SPEC, input_shape=(3, 32, 32), min_hw=(8, 16)), gpu=H200(0),
+                     trt_version="10.8.0.43")
+    assert rect.fields()["min_hw"] == [8, 16] and rect.digest != fixed.digest
 
 
 def test_tensorrt_version_change_rebuilds(

@@ -37,6 +37,7 @@ from tests.engines.tensorrt.trt_standin import (
     MemoryPoolType,
     Severity,
     gpu,
+    write_detector_onnx,
 )
 
 TRT_HINT = "pip install tensorrt --extra-index-url https://pypi.nvidia.com"
@@ -306,6 +307,33 @@ def test_the_run_path_makes_the_spec_from_the_job_config(
                                  "cuda:0")
     assert explicit.batch == (2, 4, 32)
     assert explicit.efficient_nms is None and explicit.input_shape is None
+
+
+def test_the_run_path_profiles_the_rectangles_of_a_dynamic_shape_export(
+    fake_trt: FakeTensorRT, detector: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dynamic-H/W export gets a profile over every rectangle canvas up to the input size
+    (from the stride its metadata gives, else 32); a static model, ``canvas: square`` or a
+    stretching config keep H and W fixed."""
+    from tests.engines.bad_models import with_metadata
+
+    dyn = write_detector_onnx(tmp_path / "dyn.onnx", hw=("H", "W"))
+    engine = EngineConfig()
+    auto = PreprocessConfig()
+
+    def min_hw(model: Path, size: tuple[int, int], pre: PreprocessConfig | None) -> tuple[int, int] | None:
+        return _spec_of_run_path(monkeypatch, model, engine, "cuda:0", size, preprocess=pre).min_hw
+
+    assert min_hw(dyn, (320, 320), auto) == (32, 32)
+    assert min_hw(dyn, (330, 300), auto) == (10, 12)  # each side congruent to the size modulo 32
+    assert min_hw(dyn, (320, 320), PreprocessConfig(canvas="square")) is None
+    assert min_hw(dyn, (320, 320), PreprocessConfig(resize="stretch")) is None
+    assert min_hw(dyn, (320, 320), None) is None
+    assert min_hw(detector, (64, 64), auto) is None
+    stride64 = with_metadata(write_detector_onnx(tmp_path / "s64.onnx", hw=("H", "W")), stride="64")
+    assert min_hw(stride64, (320, 320), auto) == (64, 64)
+    rtdetr = with_metadata(write_detector_onnx(tmp_path / "rtdetr.onnx", hw=("H", "W")), head="RTDETRDecoder")
+    assert min_hw(rtdetr, (320, 320), auto) is None  # Ultralytics stretches frames into RT-DETR
 
 
 def _write_video(path: Path, frames: int = 6) -> Path:

@@ -461,7 +461,8 @@ class FakeEngine:
         self.input_name = inp["name"]
         self.profile = (tuple(inp["min"]), tuple(inp["opt"]), tuple(inp["max"]))
         self.tensors: dict[str, tuple[TensorIOMode, tuple[int, ...], DataType]] = {
-            inp["name"]: (TensorIOMode.INPUT, (-1, *inp["min"][1:]), DataType[inp["dtype"]])
+            inp["name"]: (TensorIOMode.INPUT, (-1, *[a if a == b else -1 for a, b in zip(  # dynamic: -1
+                inp["min"][1:], inp["max"][1:], strict=True)]), DataType[inp["dtype"]])
         }
         for o in plan["outputs"]:
             self.tensors[o["name"]] = (TensorIOMode.OUTPUT, tuple(o["shape"]), DataType[o["dtype"]])
