@@ -41,12 +41,14 @@ make_clips(Path('/tmp/fovea-live-clips'), 8); open('/tmp/fovea-live-clips/.ready
     cd $NEW && timeout ${T:-540} python3 -m pytest -m gpu -q -p no:cacheprovider -rA --junitxml=$OUT/junit-$1.xml ${TESTS} > $OUT/pytest-$1.log 2>&1
     echo "rc $?"; grep -E "passed|failed|error|PASSED|FAILED|ERROR|SKIPPED|rate|fps" $OUT/pytest-$1.log | tail -40
     ;;
-  ab)  # e2e runs in the order given: off | tracking | cascade | manifest (one baseline for every flag)
+  ab)  # e2e runs in the order given: off | old | tracking | cascade | manifest (one baseline for every
+        # flag; old: the plain e2e of the snapshot .stage/old, an earlier commit, for a code A/B)
     for i in $(seq 1 150); do [ -f /tmp/bench-clips/.ready ] && break; sleep 2; done
     [ -f /tmp/bench-clips/.ready ] || { echo "clips not ready"; tail -5 /tmp/prep.log; }
     for who in "$@"; do
-      flag=""; [ "$who" != off ] && flag=--$who
-      (cd $NEW && timeout 200 python3 -m benchmarks --codec h264 --sessions 14 --e2e-sessions 14 \
+      dir=$NEW; flag=""
+      case $who in off) ;; old) dir=$PWD/.stage/old ;; *) flag=--$who ;; esac
+      (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 200 python3 -m benchmarks --codec h264 --sessions 14 --e2e-sessions 14 \
         --streams 2 --skip decode,source,engine,pyav_fp32,pyav_fp16,dali_legacy --job-seconds ${JOBS:-20} $flag \
         --clips /tmp/bench-clips --out /tmp/ab/$who-$RANDOM > /tmp/ab-last.log 2>&1)
       f=$(ls -t /tmp/ab/$who-*/bench.json 2>/dev/null | head -1)
