@@ -62,6 +62,8 @@ _KEYWORDS: dict[str, tuple[str, str]] = {
     "iou_threshold": ("postprocess", "iou_threshold"),
     "max_detections": ("postprocess", "max_detections"),
     "class_agnostic": ("postprocess", "class_agnostic"),
+    "resize_filter": ("preprocess", "resize_filter"),
+    "canvas": ("preprocess", "canvas"),
 }
 
 
@@ -80,7 +82,9 @@ class Pipeline:
         **options: config values by name: ``model``, ``input_size``, ``class_names``,
             ``engine``, ``device``, ``precision``, ``batch_size``, ``inference_threads``,
             ``decode_backend``, ``decode_sessions``, ``conf_threshold``, ``iou_threshold``,
-            ``max_detections``, ``class_agnostic``. Checked like the YAML (bad values raise
+            ``max_detections``, ``class_agnostic``, ``resize_filter``, ``canvas``
+            (``preprocess.canvas``: ``"square"`` runs a dynamic-shape export at its whole
+            input size). Checked like the YAML (bad values raise
             :class:`~streams.errors.ConfigError` before any work).
     """
 

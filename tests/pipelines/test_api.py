@@ -52,6 +52,14 @@ def test_bad_options_are_refused_before_any_work() -> None:
         Pipeline(conf_treshold=0.3)
     with pytest.raises(ConfigError, match=r"postprocess.conf_threshold"):
         Pipeline(conf_threshold=3.0)
+    with pytest.raises(ConfigError, match=r"preprocess.canvas"):
+        Pipeline(canvas="round")
+
+
+def test_preprocess_options_by_keyword() -> None:
+    cfg = Pipeline(canvas="square", resize_filter="opencv").config
+    assert (cfg.preprocess.canvas, cfg.preprocess.resize_filter) == ("square", "opencv")
+    assert Pipeline().config.preprocess.canvas == "auto"
     with pytest.raises(ConfigError, match="sources"):
         list(Pipeline().run([]))
 
