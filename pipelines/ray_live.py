@@ -42,8 +42,8 @@ says how to run it and what a worker's death costs.
   frames: over 1100 years at 30 fps) bounds one add's frames; indices stay below 2**53,
   exact in JSON (a worker refuses a first index past it). A consumer sees a restart as a
   jump of ``frame_index`` into the next epoch; the frames between the death and the restart
-  were never read (live). Track ids are not in any key and start again with the new tracker:
-  a track is ``(source, frame_index // EPOCH, track_id)``. A camera's summary record (key
+  were never read (live). The new tracker's ids start at ``e * TRACK_ID_EPOCH`` (2**32,
+  :mod:`pipelines.tracking`), so ``(source, track_id)`` is unique in the job too. A camera's summary record (key
   ``source|-1|summary|0``) comes from the worker that ran it at the end (a dead worker
   sends none).
 
@@ -73,6 +73,7 @@ from pipelines.live import LiveRunner, LiveSummary, _signals
 from pipelines.ray_backend import ray_init_args
 from streams.config import JobConfig, SourceEntry
 from streams.errors import ConfigError, EngineError, FoveaError, SinkError, SourceError
+from streams.frames import FRAME_INDEX_EPOCH
 from streams.live.config import HttpConfig, LiveConfig, parse_live_config
 from streams.live.health import health_report
 from streams.live.http import LiveHttpServer
@@ -82,7 +83,7 @@ from streams.live.types import StreamSpec, StreamStats
 log = logging.getLogger(__name__)
 
 CAMERA_MOVES = 3  # times a camera is restarted after its worker died before it is given up
-EPOCH = 2**40  # frame indices of one add of a camera to a worker (module docstring)
+EPOCH = FRAME_INDEX_EPOCH  # frame indices of one add of a camera to a worker (module docstring)
 REPLACEMENTS = 3  # dead workers replaced within REPLACEMENT_WINDOW_S
 REPLACEMENT_WINDOW_S = 600.0
 READY_WAIT_S = 900.0  # a worker's set-up (model load, engine build, CUDA graphs)

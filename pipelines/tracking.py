@@ -26,7 +26,10 @@ at its end. Time:
   track of the source with reason ``gap`` and starts a new tracker object; a
   :class:`~pipelines.stages.SourceEnd` ends them with its reason and frees the tracker.
   A new tracker object starts its ids after the source's highest id so far, so ids are
-  never reused within a source. Tracks the tracker drops end with reason ``lost``.
+  never reused within a source. A source whose first frame index lies in epoch ``e`` (a live
+  camera restarted on another Ray worker: :data:`~streams.frames.FRAME_INDEX_EPOCH`) starts
+  its ids at ``e * TRACK_ID_EPOCH``, so they do not repeat those of its earlier epochs.
+  Tracks the tracker drops end with reason ``lost``.
 
 Implementations (``tracker.implementation``): ``reference`` runs one ``trackers`` object per
 source (the default); ``batched`` (ByteTrack only) runs every source's tracks in one
@@ -61,7 +64,7 @@ from operators.batched_tracking import BatchedByteTrack, ByteTrackParams, Source
 from operators.tracking import SourceClock, TrackBook
 from pipelines.stages import Gap, SourceEnd, SourceEvent
 from streams.errors import MissingExtraError
-from streams.frames import FrameResult
+from streams.frames import FRAME_INDEX_EPOCH, TRACK_ID_EPOCH, FrameResult
 from streams.tracker_config import TrackerConfig
 
 log = logging.getLogger(__name__)
@@ -218,7 +221,9 @@ class TrackerStage:
         st = self._sources.get(source_id)
         if st is None:
             book = self._books.setdefault(source_id, TrackBook(self.cfg.report_tracks))
-            st = self._sources[source_id] = _SourceTracker(SourceClock(), book.next_id)
+            first = results[0].frame.frame_index if results else 0
+            base = max(book.next_id, first // FRAME_INDEX_EPOCH * TRACK_ID_EPOCH)
+            st = self._sources[source_id] = _SourceTracker(SourceClock(), base)
         pending = [*(st.held or ()), *results]
         st.held = None
         if st.tracker is None:
@@ -311,7 +316,7 @@ class TrackerStage:
             ended = book.end(book.active, "gap")
             log.info("%s: %.2f s without frames at frame %d (track buffer %.2f s): %d tracks ended", source_id,
                      silence, result.frame.frame_index, self.cfg.track_buffer_s, len(ended))
-            st.id_base = book.next_id
+            st.id_base = max(book.next_id, st.id_base)  # (a restarted camera's epoch base, no track yet)
             self._start(source_id, st)
         return t
 

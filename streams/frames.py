@@ -16,6 +16,14 @@ from dataclasses import dataclass
 from streams.detections import Detections
 from streams.events import Event
 
+#: A live camera restarted on another Ray worker numbers its frames from ``e * FRAME_INDEX_EPOCH``
+#: (its ``e``-th add, :mod:`pipelines.ray_live`), so ``(source, frame_index)`` never repeats in
+#: a job; 2**40 frames are over 1100 years at 30 fps.
+FRAME_INDEX_EPOCH = 2**40
+#: Its tracks' ids start at ``e * TRACK_ID_EPOCH`` (:mod:`pipelines.tracking`), so
+#: ``(source, track_id)`` never repeats either; both stay below 2**53 (exact in JSON).
+TRACK_ID_EPOCH = 2**32
+
 
 @dataclass(frozen=True, slots=True)
 class FrameMeta:

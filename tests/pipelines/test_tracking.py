@@ -237,6 +237,26 @@ def test_source_end_ends_tracks_frees_the_tracker_and_ids_are_not_reused() -> No
     assert [(t["track_id"], t["end"]) for t in _tracks(stage)] == [(0, "removed"), (1, None)]
 
 
+def test_a_camera_restarted_in_a_later_epoch_numbers_its_tracks_in_that_epoch() -> None:
+    """A live camera restarted on another Ray worker numbers its frames from e * 2**40; its
+    tracks start at e * 2**32, so they never repeat the ids of its earlier epochs (which ran
+    on another worker), across a tracker restart after a gap too."""
+    from streams.frames import FRAME_INDEX_EPOCH, TRACK_ID_EPOCH
+
+    base = 3 * FRAME_INDEX_EPOCH
+
+    def frame(i: int, arrival: float) -> FrameResult:
+        r = _moving(i, arrival=arrival)
+        return replace(r, frame=replace(r.frame, frame_index=base + i))
+
+    items: list[FrameResult | Gap | SourceEnd] = [frame(i, 100 + i / FPS) for i in range(10)]
+    items += [frame(i, 105 + i / FPS) for i in range(10, 20)]  # 5 s away: a new tracker object
+    with TrackerStage(TrackerConfig()) as stage:
+        ids = _ids(_feed(stage, items))
+    assert ids[base + 9] == 3 * TRACK_ID_EPOCH and ids[base + 19] == 3 * TRACK_ID_EPOCH + 1
+    assert [t["track_id"] for t in _tracks(stage)] == [3 * TRACK_ID_EPOCH, 3 * TRACK_ID_EPOCH + 1]
+
+
 def test_the_report_lists_the_most_recent_ended_tracks_and_counts_the_rest() -> None:
     items: list[FrameResult | Gap | SourceEnd] = []
     for k in range(5):  # five tracks in turn, each ended by a long gap
