@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -273,6 +274,27 @@ def job_config(
         secondary=tuple(from_dict(SecondaryConfig, e, f"secondary[{i}]") for i, e in enumerate(CASCADE_SECONDARIES))
         if cascade else (),
     )
+
+
+def preprocess_job_rate(files: Sequence[Path], expected: int, model: ModelConfig, engine: EngineConfig,
+                        sessions: int, out: Path, **preprocess: Any) -> dict[str, Any]:
+    """:func:`pipelines.runner.run_job` over ``files`` with the ``preprocess:`` values given
+    (``canvas="square"``, ``resize_filter="opencv"``, ...) and a JSONL sink at ``out`` (removed
+    afterwards): frames per second, frames, seconds, and whether every frame has its record.
+    The A/Bs of one preprocessing option (:mod:`benchmarks.rect_canvas`,
+    :mod:`benchmarks.resize_filter`); :func:`measure_e2e` is the bench's full e2e row."""
+    from pipelines.runner import run_job
+    from streams.sinks import SINKS
+
+    sink = SINKS.parse({"type": "jsonl", "path": str(out)}, "sinks[0]")
+    cfg = job_config(files, [sink], model, engine, sessions)
+    cfg = replace(cfg, preprocess=replace(cfg.preprocess, **preprocess))
+    summary = run_job(cfg, show_progress=False)
+    with out.open("rb") as f:
+        lines = sum(1 for _ in f)
+    out.unlink()
+    return {"fps": round(summary.fps, 1), "frames": summary.frames, "seconds": round(summary.seconds, 2),
+            "frames_ok": lines == expected == summary.frames and not summary.failures}
 
 
 #: the bench's ``--cascade`` secondaries: the bundled classifier twice (DeepStream's workload has

@@ -34,7 +34,6 @@ import json
 import logging
 import tempfile
 import types
-from dataclasses import replace
 from pathlib import Path
 from statistics import median
 from typing import Any, Literal
@@ -144,22 +143,12 @@ def _engines(device: str, wanted: list[str]) -> dict[str, str | None]:
 
 def measure(files: list[Path], expected: int, model: Any, engine: Any, canvas: Literal["square", "auto"],
             sessions: int, work_dir: Path) -> dict[str, Any]:
-    """:func:`pipelines.runner.run_job` over ``files`` with ``preprocess.canvas: canvas`` and a
-    JSONL sink: frames per second, and whether every frame has its record."""
-    from benchmarks.measure import job_config
-    from pipelines.runner import run_job
-    from streams.sinks import SINKS
+    """The job's rate over ``files`` with ``preprocess.canvas: canvas``
+    (:func:`benchmarks.measure.preprocess_job_rate`)."""
+    from benchmarks.measure import preprocess_job_rate
 
-    out = work_dir / f"e2e-{canvas}.jsonl"
-    sink = SINKS.parse({"type": "jsonl", "path": str(out)}, "sinks[0]")
-    cfg = job_config(files, [sink], model, engine, sessions)
-    cfg = replace(cfg, preprocess=replace(cfg.preprocess, canvas=canvas))
-    summary = run_job(cfg, show_progress=False)
-    with out.open("rb") as f:
-        lines = sum(1 for _ in f)
-    out.unlink()
-    return {"fps": round(summary.fps, 1), "frames": summary.frames, "seconds": round(summary.seconds, 2),
-            "frames_ok": lines == expected == summary.frames and not summary.failures}
+    return preprocess_job_rate(files, expected, model, engine, sessions, work_dir / f"e2e-{canvas}.jsonl",
+                               canvas=canvas)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,7 +28,6 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -72,28 +71,9 @@ def measure_source(files: list[Path], resize_filter: str, sessions: int, batch: 
     return {"fps": round(frames / secs, 1), "frames": frames, "seconds": round(secs, 2), "failures": failures}
 
 
-def measure_e2e(files: list[Path], expected: int, resize_filter: str, model: Any, engine: Any, sessions: int,
-                work_dir: Path) -> dict[str, Any]:
-    """``run_job`` over ``files`` with ``resize_filter`` and a JSONL sink: the job's frames per second."""
-    from benchmarks.measure import job_config
-    from pipelines.runner import run_job
-    from streams.config import PreprocessConfig
-    from streams.sinks import SINKS
-
-    out = work_dir / f"e2e-{resize_filter}.jsonl"
-    sink = SINKS.parse({"type": "jsonl", "path": str(out)}, "sinks[0]")
-    cfg = job_config(files, [sink], model, engine, sessions)
-    cfg = replace(cfg, preprocess=PreprocessConfig(resize_filter=resize_filter))  # type: ignore[arg-type]
-    summary = run_job(cfg, show_progress=False)
-    with out.open("rb") as f:
-        lines = sum(1 for _ in f)
-    out.unlink()
-    return {"fps": round(summary.fps, 1), "frames": summary.frames, "seconds": round(summary.seconds, 2),
-            "frames_ok": lines == expected == summary.frames and not summary.failures}
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.baselines import sample_frames
+    from benchmarks.measure import preprocess_job_rate
     from benchmarks.onnx_vs_torch import export_pair
     from streams.config import EngineConfig, ModelConfig
     from streams.sources.probe import probe_video
@@ -121,8 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row: dict[str, Any] = {}
             for f in FILTERS:
                 row[f] = {"source": measure_source(files, f, sessions, args.batch, size, device)}
-                if model is not None:
-                    row[f]["e2e"] = measure_e2e(files, expected, f, model, engine, sessions, Path(tmp))
+                if model is not None and engine is not None:  # (set together, unless --skip-e2e)
+                    row[f]["e2e"] = preprocess_job_rate(files, expected, model, engine, sessions,
+                                                        Path(tmp) / f"e2e-{f}.jsonl", resize_filter=f)
                 log.info("round %d, %s: %s", r, f, json.dumps(row[f]))
             results["rounds"].append(row)
     for what in ("source", "e2e"):
