@@ -24,19 +24,22 @@ Usage::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 
+from engines._messages import reason
 from engines.onnx_model import OnnxFacts, read_onnx
 from streams.cascade_config import BUILTIN_PREFIX, SecondaryConfig
 from streams.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Suffixes of the torch files a secondary model may come in (TorchScript, torch.export).
 TORCH_SUFFIXES = (".pt", ".ts", ".torchscript", ".pt2", ".jit")
@@ -301,16 +304,24 @@ def _onnx(cfg: SecondaryConfig, path: Path, device: str, key: str) -> SecondaryM
     return TorchSecondary(module, info, device, batch)
 
 
-def _check_output(cfg: SecondaryConfig, key: str, info: SecondaryInfo, run: Any, device: str) -> None:
-    """One blank crop through the model: its output must be ``[1, len(labels)]``."""
+def probe_blank_crop(cfg: SecondaryConfig, key: str, info: SecondaryInfo, run: Callable[[torch.Tensor], T],
+                     device: str) -> T:
+    """``run`` on one blank crop of the model's input size, at load: a model that rejects its
+    configured input is a :class:`ConfigError` at ``<key>.input_size`` (classifiers and
+    detectors, :mod:`engines.secondary_detector`, check their outputs on what this returns)."""
     h, w = info.input_size
     with torch.inference_mode():
         try:
-            out = run(torch.zeros((1, 3, h, w), device=device))
+            return run(torch.zeros((1, 3, h, w), device=device))
         except Exception as e:  # a model that rejects its configured input
-            raise ConfigError(f"{key}.input_size", f"the model {cfg.model} does not take a [1, 3, {h}, {w}] input: "
-                                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                              ) from e
+            raise ConfigError(f"{key}.input_size", f"the model {cfg.model} does not take a [1, 3, {h}, {w}] "
+                                                   f"input: {type(e).__name__}: {reason(e)}") from e
+
+
+def _check_output(cfg: SecondaryConfig, key: str, info: SecondaryInfo, run: Callable[[torch.Tensor], torch.Tensor],
+                  device: str) -> None:
+    """One blank crop through the model: its output must be ``[1, len(labels)]``."""
+    out = probe_blank_crop(cfg, key, info, run, device)
     if out.ndim != 2 or out.shape[1] != len(info.labels):
         hint = "; a detector's output? set kind: detector" if out.ndim == 3 else ""
         raise ConfigError(f"{key}.labels", f"{len(info.labels)} labels for a model whose output is "

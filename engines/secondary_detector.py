@@ -39,7 +39,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from engines._messages import reason
 from engines.model_info import SUPPORTED_TASKS
 from engines.secondary import (
     SecondaryInfo,
@@ -48,6 +47,7 @@ from engines.secondary import (
     norm_tensors,
     normalise,
     onnx_facts,
+    probe_blank_crop,
     secondary_info,
 )
 from operators.boxes import LetterboxGeometry
@@ -199,13 +199,7 @@ def _onnx(cfg: SecondaryConfig, path: Path, device: str, key: str
 def _layout(cfg: SecondaryConfig, key: str, info: SecondaryInfo, forward: Forward, hints: LayoutHints,
             device: str) -> str:
     """The model's output layout, from one blank crop's outputs; checked against the labels."""
-    h, w = info.input_size
-    with torch.inference_mode():
-        try:
-            outs = forward(torch.zeros((1, 3, h, w), device=device))
-        except Exception as e:  # a model that rejects its configured input
-            raise ConfigError(f"{key}.input_size", f"the model {cfg.model} does not take a [1, 3, {h}, {w}] "
-                                                   f"input: {type(e).__name__}: {reason(e)}") from e
+    outs = probe_blank_crop(cfg, key, info, forward, device)
     shapes = [tuple(t.shape) for t in outs.values()]
     try:
         layout = detect_layout(shapes, list(outs), hints)
