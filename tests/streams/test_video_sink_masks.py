@@ -166,20 +166,25 @@ def _tiny_clip(path: Path, w: int, h: int) -> Path:
     return path
 
 
+def _annotated_at_double_size(tmp_path: Path, dets: Detections) -> np.ndarray:
+    """``dets`` of a 160x120 decode drawn by the sink on the 320x240 grey frame it decodes."""
+    clip = _tiny_clip(tmp_path / "a.mp4", 320, 240)
+    writer = _SourceWriter("a", str(clip), tmp_path / "o.mp4", VideoSinkConfig(str(tmp_path), line_width=2), {})
+    try:
+        rgb = np.full((240, 320, 3), GREY, np.uint8)
+        return writer._annotate(rgb, dets, 0, (160, 120)).to_ndarray(format="rgb24")
+    finally:
+        writer.close()
+
+
 def test_the_sink_scales_masks_and_keypoints_to_the_decoded_frame(tmp_path: Path) -> None:
     """Results at 160x120 (another decode size), drawn on the 320x240 frame the sink decodes."""
-    clip = _tiny_clip(tmp_path / "a.mp4", 320, 240)
     kp = np.zeros((1, 17, 3), np.float32)
     kp[0, SHOULDER] = (40, 30, 0.9)
     kp[0, HIP] = (40, 70, 0.9)
     dets = _masked((90, 20, 150, 100), (120, 160), class_id=2)
     dets = Detections(dets.xyxy, dets.confidence, dets.class_id, masks=dets.masks, keypoints=kp)
-    writer = _SourceWriter("a", str(clip), tmp_path / "o.mp4", VideoSinkConfig(str(tmp_path), line_width=2), {})
-    try:
-        rgb = np.full((240, 320, 3), GREY, np.uint8)
-        out = writer._annotate(rgb, dets, 0, (160, 120)).to_ndarray(format="rgb24")
-    finally:
-        writer.close()
+    out = _annotated_at_double_size(tmp_path, dets)
     tinted = tuple(_blend(np.array([GREY] * 3), color_for_class(2), 0.4))
     assert tuple(out[120, 240]) == tinted  # the disc's centre (120, 60) doubled
     assert tuple(out[48, 190]) == (GREY,) * 3  # the box's corner at 2x: inside the box, outside the disc
@@ -241,14 +246,8 @@ def test_label_text_counts_a_detectors_children_and_names_a_classifiers_label() 
 
 
 def test_the_sink_scales_a_detectors_children_to_the_decoded_frame(tmp_path: Path) -> None:
-    clip = _tiny_clip(tmp_path / "a.mp4", 320, 240)
     dets = _with_plates((10, 10, 150, 110), [{"label": "plate", "score": 0.9, "box": [30, 40, 70, 60]}])
-    writer = _SourceWriter("a", str(clip), tmp_path / "o.mp4", VideoSinkConfig(str(tmp_path), line_width=2), {})
-    try:
-        rgb = np.full((240, 320, 3), GREY, np.uint8)
-        out = writer._annotate(rgb, dets, 0, (160, 120)).to_ndarray(format="rgb24")
-    finally:
-        writer.close()
+    out = _annotated_at_double_size(tmp_path, dets)
     assert tuple(out[80, 100]) == color_for_class(2)  # the child's top edge (y 40, x 30..70) doubled
     assert tuple(out[40, 50]) == (GREY,) * 3  # nothing at the unscaled edge
     assert dets.attributes is not None and dets.attributes[0]["plates"][0]["box"] == [30, 40, 70, 60]  # not mutated
